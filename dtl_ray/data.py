@@ -1,0 +1,237 @@
+"""Reading image-folder datasets: manifests, stable sample ids, robust decoding with Ray Data.
+
+Layout (METHOD.md): `<uri>/<split>/<class>/<image>`; `unlabeled/<any>/<image>` has no labels.
+Reading goes in two steps: a *manifest* (one row per file, listed once) and a Ray Data map that
+reads and decodes each file, keeping undecodable ones as rows with an `error` instead of
+dropping them, so every input sample is accounted for.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dtl_ray import storage
+
+__all__ = ["COLUMNS", "SPLITS", "DataError", "Manifest", "build_manifest", "decode_batch",
+           "to_dataset", "collect", "sample_id"]
+
+# the one column vocabulary
+SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR = (
+    "sample_id", "image", "label", "domain", "split", "path", "error")
+P_TARGET, WEIGHT = "p_target", "weight"
+COLUMNS = [SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR, P_TARGET, WEIGHT]
+SPLITS = {"source": ["train", "val"], "target": ["train", "unlabeled", "val", "test"]}
+REQUIRED = {("source", "train"), ("source", "val"), ("target", "train"), ("target", "val"),
+            ("target", "test")}
+UNLABELED = -1
+
+
+class DataError(ValueError):
+    """A problem with the input data that the user can fix."""
+
+
+def sample_id(domain: str, split: str, rel_path: str) -> str:
+    """The stable id of a sample: its domain, split and path below the split folder."""
+    return f"{domain}/{split}/{rel_path}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every input file with its id and label, and the class list."""
+
+    table: pd.DataFrame
+    """Columns: sample_id, domain, split, path, label (-1 when unlabeled)."""
+    classes: list[str]
+    """Class names; a label is an index into this list (sorted union of both domains)."""
+
+    def rows(self, domain: str, split: str | list[str]) -> pd.DataFrame:
+        splits = [split] if isinstance(split, str) else split
+        t = self.table
+        return t[(t[DOMAIN] == domain) & t[SPLIT].isin(splits)].reset_index(drop=True)
+
+    @property
+    def target_classes(self) -> list[int]:
+        """Class ids that the target's labeled train split has."""
+        return sorted(int(v) for v in self.rows("target", "train")[LABEL].unique())
+
+    def counts(self) -> dict:
+        return {d: {s: int(len(self.rows(d, s))) for s in SPLITS[d]} for d in SPLITS}
+
+
+def _list_domain(domain: str, uri: str, extensions: list[str]) -> list[tuple[str, str, str]]:
+    """(split, class folder or '', relative path) for every image file of a domain."""
+    if not storage.exists(uri):
+        raise DataError(f"{domain} folder not found: {uri}")
+    exts = tuple(e.lower() for e in extensions)
+    out = []
+    for split in SPLITS[domain]:
+        for rel, _size in storage.list_files(storage.join(uri, split)):
+            if not rel.lower().endswith(exts):
+                continue
+            parts = rel.split("/")
+            if len(parts) < 2:
+                raise DataError(f"{domain} {split}: image {rel!r} is not inside a class folder "
+                                f"({storage.join(uri, split)}/<class>/<image>)")
+            out.append((split, parts[0], rel))
+    return out
+
+
+def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> Manifest:
+    """Lists both domains and checks the layout.
+
+    Raises:
+        DataError: a missing folder, an empty required split, or a class that cannot be used.
+    """
+    listed = {"source": _list_domain("source", source_uri, extensions),
+              "target": _list_domain("target", target_uri, extensions)}
+    for domain, split in sorted(REQUIRED):
+        if not any(s == split for s, _, _ in listed[domain]):
+            uri = source_uri if domain == "source" else target_uri
+            raise DataError(f"{domain} split '{split}' is empty or missing: "
+                            f"expected images under {storage.join(uri, split)}/<class>/")
+    names = {(d, s): {c for s2, c, _ in listed[d] if s2 == s} for d in SPLITS for s in SPLITS[d]}
+    source_classes = names[("source", "train")]
+    target_classes = names[("target", "train")]
+    missing = sorted(target_classes - source_classes)
+    if missing:
+        raise DataError(f"target class(es) {missing} have no source train images: the source "
+                        "model cannot transfer to them (check the folder names)")
+    for split in ("val", "test"):
+        unknown = sorted(names[("target", split)] - target_classes)
+        if unknown:
+            raise DataError(f"target {split} has class(es) {unknown} that target train lacks")
+    unknown = sorted(names[("source", "val")] - source_classes)
+    if unknown:
+        raise DataError(f"source val has class(es) {unknown} that source train lacks")
+    classes = sorted(source_classes | target_classes)
+    index = {c: i for i, c in enumerate(classes)}
+    rows = []
+    for domain, uri in (("source", source_uri), ("target", target_uri)):
+        for split, cls, rel in listed[domain]:
+            label = UNLABELED if split == "unlabeled" else index[cls]
+            rows.append((sample_id(domain, split, rel), domain, split,
+                         storage.join(uri, split, rel), label))
+    table = pd.DataFrame(rows, columns=[SAMPLE_ID, DOMAIN, SPLIT, PATH, LABEL])
+    return Manifest(table=table, classes=classes)
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 8 bits
+            arr = np.asarray(im, dtype=np.float32)
+            im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+        if im.mode in ("RGBA", "LA", "P"):  # flatten transparency onto black
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+            im = Image.alpha_composite(bg, im)
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+    """Reads and decodes the files of a manifest batch; never raises for a bad file.
+
+    Returns the batch (numpy columns) with `image` (uint8, image_size x image_size x 3; zeros
+    when rejected) and `error` ('' when decoded, else the reason).
+    """
+    images, errors = [], []
+    fs_cache: dict = {}
+    for path in batch[PATH]:
+        try:
+            scheme = path.split("://", 1)[0] if "://" in path else "file"
+            if scheme not in fs_cache:
+                fs_cache[scheme] = storage.resolve(path)[0]
+            fs = fs_cache[scheme]
+            with fs.open_input_stream(storage.resolve(path)[1]) as f:
+                data = f.read()
+            if not data:
+                raise ValueError("empty file")
+            images.append(_decode(data, image_size))
+            errors.append("")
+        except Exception as e:  # a bad file becomes a rejected row, not a crash
+            images.append(np.zeros((image_size, image_size, 3), np.uint8))
+            errors.append(f"{type(e).__name__}: {e}"[:300])
+    out = dict(batch)
+    out[IMAGE] = np.stack(images)  # (B, H, W, 3) uint8
+    out[ERROR] = np.array(errors, dtype=object)
+    return out
+
+
+def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
+    """A Ray Dataset of decoded images for manifest `rows` (rejected rows kept, with `error`)."""
+    import ray.data
+
+    chunks = [rows.iloc[i:i + rows_per_block] for i in range(0, max(len(rows), 1), rows_per_block)]
+    ds = ray.data.from_pandas([c.reset_index(drop=True) for c in chunks])
+    return ds.map_batches(decode_batch, fn_kwargs={"image_size": image_size},
+                          batch_format="numpy", batch_size=None)
+
+
+def collect(ds) -> dict[str, np.ndarray]:
+    """Materialises a (small) decoded dataset as numpy arrays on the driver."""
+    parts: dict[str, list] = {}
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=1024):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def save_manifest(manifest: Manifest, run_uri: str) -> None:
+    """Writes `<run>/manifest.parquet` and `<run>/classes.json`."""
+    write_parquet_df(manifest.table, storage.join(run_uri, "manifest.parquet"))
+    storage.write_json(storage.join(run_uri, "classes.json"), manifest.classes)
+
+
+def load_manifest(run_uri: str) -> Manifest:
+    return Manifest(table=read_parquet_df(storage.join(run_uri, "manifest.parquet")),
+                    classes=storage.read_json(storage.join(run_uri, "classes.json")))
+
+
+def drop_rejected(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keeps decoded rows only (the score stage accounts for the rejected ones)."""
+    ok = batch[ERROR] == ""
+    return {k: v[ok] for k, v in batch.items()}
+
+
+def training_dataset(rows: pd.DataFrame, image_size: int, cache: str, columns: list[str]):
+    """Decoded, good rows with `columns`, cached in the object store when they fit.
+
+    cache: 'always', 'never', or 'auto' (when decoded bytes < 1/4 of the object store).
+    """
+    import ray
+
+    ds = to_dataset(rows, image_size).map_batches(drop_rejected, batch_format="numpy",
+                                                  batch_size=None)
+    ds = ds.select_columns(columns)
+    nbytes = len(rows) * image_size * image_size * 3
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    if cache == "always" or (cache == "auto" and nbytes < store / 4):
+        ds = ds.materialize()
+    return ds
+
+
+def read_parquet_df(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Reads a Parquet file or folder (local or S3) into pandas."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(uri)
+    return pq.read_table(path, filesystem=fs, columns=columns).to_pandas()
+
+
+def write_parquet_df(df: pd.DataFrame, uri: str) -> None:
+    """Writes one Parquet file atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+    storage.write_bytes(uri, buf.getvalue().to_pybytes())

@@ -1,0 +1,164 @@
+"""Backbones by name, the classifier, the intermediate-layer tap and the domain discriminator.
+
+Plain PyTorch: no Ray here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+__all__ = ["SmallCNN", "Classifier", "FeatureTap", "Discriminator", "build_backbone",
+           "build_classifier", "set_trainable", "tap_nodes", "ModelError"]
+
+
+class ModelError(ValueError):
+    """A model setting the user can fix (unknown backbone, unknown layer, bad weights)."""
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+        nn.MaxPool2d(2))
+
+
+class SmallCNN(nn.Module):
+    """A small VGG-style CNN for tiny images; returns pooled 64-d features."""
+
+    out_features = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = _block(3, 16)
+        self.block2 = _block(16, 32)
+        self.block3 = _block(32, 64)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, H, W)
+        x = self.block3(self.block2(self.block1(x)))  # (B, 64, H/8, W/8)
+        return self.flatten(self.pool(x))  # (B, 64)
+
+
+def _strip_last_linear(model: nn.Module) -> int:
+    """Replaces the model's last nn.Linear (its classifier) by Identity; returns in_features."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ModelError("backbone has no final nn.Linear classifier to replace")
+    parent = model
+    *path, leaf = last.split(".")
+    for p in path:
+        parent = getattr(parent, p)
+    in_features = getattr(parent, leaf).in_features
+    setattr(parent, leaf, nn.Identity())
+    return in_features
+
+
+def build_backbone(name: str, weights: dict | None = None) -> tuple[nn.Module, int]:
+    """Returns (backbone g producing pooled features, feature width).
+
+    Args:
+        name: `smallcnn` or a torchvision classification model name (`resnet18`, ...).
+        weights: optional state_dict of the *full* torchvision model (as torchvision saves it).
+    """
+    if name == "smallcnn":
+        g = SmallCNN()
+        if weights is not None:
+            g.load_state_dict(weights)
+        return g, SmallCNN.out_features
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(f"unknown backbone {name!r}: use 'smallcnn' or a torchvision "
+                         "classification model name such as 'resnet18'")
+    model = torchvision.models.get_model(name, weights=None)
+    if weights is not None:
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ModelError(f"model.weights do not fit {name}: {str(e).splitlines()[0]}") from None
+    return model, _strip_last_linear(model)
+
+
+class Classifier(nn.Module):
+    """Backbone g followed by a linear head h."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feat_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))  # (B, num_classes)
+
+
+def build_classifier(name: str, num_classes: int, weights: dict | None = None) -> Classifier:
+    g, dim = build_backbone(name, weights)
+    return Classifier(g, dim, num_classes)
+
+
+def tap_nodes(backbone: nn.Module) -> list[str]:
+    """Names of the backbone's nodes that `FeatureTap` accepts."""
+    return get_graph_node_names(backbone)[1]
+
+
+class FeatureTap(nn.Module):
+    """Features of backbone layer `layer` (None: the backbone's pooled output), as (B, D).
+
+    Spatial maps (B, C, H, W) are average-pooled to (B, C).
+    """
+
+    def __init__(self, backbone: nn.Module, layer: str | None = None) -> None:
+        super().__init__()
+        if layer is None:
+            self.body = backbone
+        else:
+            nodes = tap_nodes(backbone)
+            # a module name (`layer3`) means the output of its last node
+            if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes):
+                raise ModelError(f"discriminate.layer {layer!r} is not a node of the backbone; "
+                                 f"some that are: {nodes[-12:]}")
+            self.body = create_feature_extractor(backbone, return_nodes={layer: "feat"})
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if isinstance(out, dict):
+            out = out["feat"]
+        if out.dim() == 4:
+            out = out.mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
+        return out.flatten(1)
+
+
+class Discriminator(nn.Module):
+    """MLP domain discriminator: features (B, D) -> logit of P(target) (B,)."""
+
+    def __init__(self, in_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(0.1),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f).squeeze(1)
+
+
+def set_trainable(model: Classifier, layers: str) -> None:
+    """Freezes all but `layers`: 'head', 'last_block' (last parametrised backbone child) or 'all'.
+
+    Frozen BatchNorm layers are put in eval mode by `loops.train_mode`.
+    """
+    if layers not in ("head", "last_block", "all"):
+        raise ModelError(f"unknown train_layers {layers!r}")
+    for p in model.parameters():
+        p.requires_grad = layers == "all"
+    for p in model.head.parameters():
+        p.requires_grad = True
+    if layers == "last_block":
+        children = [m for m in model.backbone.children() if any(True for _ in m.parameters())]
+        for p in children[-1].parameters():
+            p.requires_grad = True

@@ -1,0 +1,116 @@
+"""Runs the stages in order, skips those already done, resumes the rest, writes the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import time
+
+import yaml
+
+from dtl_ray import data, report, storage
+from dtl_ray.config import ConfigError, PipelineConfig, to_dict
+
+__all__ = ["STAGES", "run", "ensure_ray", "run_uri"]
+
+STAGES = ["pretrain", "discriminate", "score", "select", "finetune", "evaluate"]
+
+
+def run_uri(cfg: PipelineConfig) -> str:
+    return storage.join(cfg.storage, cfg.name)
+
+
+def absolute(cfg: PipelineConfig) -> PipelineConfig:
+    """Local paths made absolute: Ray workers do not share the driver's working directory."""
+    def fix(uri: str | None) -> str | None:
+        return None if uri is None else (storage.local_path(uri) or uri)
+
+    return dataclasses.replace(
+        cfg, storage=fix(cfg.storage),
+        source=dataclasses.replace(cfg.source, uri=fix(cfg.source.uri)),
+        target=dataclasses.replace(cfg.target, uri=fix(cfg.target.uri)),
+        model=dataclasses.replace(cfg.model, weights=fix(cfg.model.weights)))
+
+
+def ensure_ray() -> None:
+    """Connects to RAY_ADDRESS if set, else starts a local Ray (dashboard on 127.0.0.1)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"dashboard_host": "127.0.0.1"}
+    ray.init(address=address or None, logging_level=logging.WARNING, **kwargs)
+
+
+def _write_config(cfg: PipelineConfig, uri: str) -> None:
+    """Keeps the config of the first run; warns when a re-run's config differs."""
+    path = storage.join(uri, "config.yaml")
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if storage.exists(path):
+        old = yaml.safe_load(storage.read_bytes(path))
+        if old != to_dict(cfg):
+            changed = sorted(k for k in to_dict(cfg) if old.get(k) != to_dict(cfg)[k])
+            print(f"[dtl-ray] note: config sections {changed} differ from the first run's; "
+                  "finished stages are kept (delete their folders to redo them)", flush=True)
+        return
+    storage.write_bytes(path, text.encode())
+
+
+def _manifest(cfg: PipelineConfig, uri: str) -> data.Manifest:
+    if storage.exists(storage.join(uri, "manifest.parquet")):
+        return data.load_manifest(uri)
+    manifest = data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
+    data.save_manifest(manifest, uri)
+    return manifest
+
+
+def _summary(stage_uri: str) -> dict:
+    return storage.read_json(storage.join(stage_uri, storage.DONE_MARKER))["summary"]
+
+
+def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
+    """Runs the pipeline (or `stages` of it) and writes report.json and report.html.
+
+    Raises:
+        ConfigError: an unknown stage, or a stage whose upstream has not finished.
+        data.DataError: problems with the input folders.
+    """
+    wanted = stages or STAGES
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}: choose from {STAGES}")
+    t0 = time.time()
+    cfg = absolute(cfg)
+    uri = run_uri(cfg)
+    manifest = _manifest(cfg, uri)  # fails fast, before Ray starts, on bad folders
+    counts = manifest.counts()
+    print(f"[dtl-ray] run {uri}: classes {manifest.classes}; source {counts['source']}; "
+          f"target {counts['target']}", flush=True)
+    _write_config(cfg, uri)
+    ensure_ray()
+    summaries: dict[str, dict] = {}
+    for name in STAGES:
+        stage_uri = storage.join(uri, name)
+        if storage.is_done(stage_uri):
+            summaries[name] = _summary(stage_uri)
+            if name in wanted:
+                print(f"[dtl-ray] {name}: already done, skipped", flush=True)
+            continue
+        if name not in wanted:
+            continue
+        missing = [s for s in STAGES[:STAGES.index(name)] if s not in summaries]
+        if missing:
+            raise ConfigError(f"stage '{name}' needs {missing} to finish first "
+                              f"(run with --stages {','.join(missing + [name])})")
+        print(f"[dtl-ray] {name}: starting", flush=True)
+        module = importlib.import_module(f"dtl_ray.stages.{name}")
+        summaries[name] = module.run(cfg, uri)
+        storage.mark_done(stage_uri, {"summary": summaries[name]})
+        print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
+    doc = report.build(cfg, manifest, summaries, time.time() - t0)
+    report.write(doc, uri)
+    print(f"[dtl-ray] report: {storage.join(uri, 'report.html')}", flush=True)
+    return doc

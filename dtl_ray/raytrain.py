@@ -1,0 +1,122 @@
+"""Ray Train plumbing shared by the TorchTrainer stages: trainer construction, resumable
+checkpoints, and cross-worker sums.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+
+import torch
+
+from dtl_ray import checkpoints, storage
+from dtl_ray.config import PipelineConfig, to_dict
+
+__all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "say"]
+
+
+def say(line: str) -> None:
+    """One progress line on the driver's console (Ray forwards worker stdout).
+
+    Writes to stdout directly: Ray Train's patched `print` would log it twice.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def fit(train_fn: Callable, cfg: PipelineConfig, stage_uri: str, name: str,
+        datasets: dict, extra: dict, max_failures: int = 0):
+    """Runs `train_fn` on `cfg.scaling.num_workers` workers and returns the Train Result.
+
+    The run is named after the stage (deterministic), so running again resumes it.
+    """
+    import ray.train
+    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    local = storage.local_path(stage_uri)
+    run_config = RunConfig(
+        name=name,
+        storage_path=local if local else stage_uri,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        logging_config=LoggingConfig(log_level="WARNING"),
+    )
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config={"cfg": to_dict(cfg), **extra},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
+    )
+    return trainer.fit()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this Train worker."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def allreduce_sum(values: list[float], device) -> list[float]:
+    """Sums numbers over all workers (identity on one worker)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def allreduce_min(value: float, device) -> float:
+    """The smallest of a number over all workers."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return float(t.item())
+
+
+def restore() -> tuple[dict, dict] | None:
+    """The (state, meta) of the run's latest checkpoint, if it is resuming."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return checkpoints.load_dir(d)
+
+
+def report_epoch(metrics: dict, state: dict, meta: dict) -> None:
+    """Reports metrics; rank 0 attaches a checkpoint (every worker calls this: a barrier)."""
+    import ray.train
+
+    rank, _ = world()
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        checkpoints.save_dir(d, state, meta)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def set_threads(cpus: int) -> None:
+    torch.set_num_threads(max(1, cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))

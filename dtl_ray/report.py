@@ -1,0 +1,196 @@
+"""`report.json` and a human report (`report.html` with PNG plots)."""
+
+from __future__ import annotations
+
+import html
+import io
+
+import numpy as np
+
+from dtl_ray import data, storage
+from dtl_ray.config import PipelineConfig
+
+__all__ = ["build", "write", "render", "verdict"]
+
+
+def build(cfg: PipelineConfig, manifest: data.Manifest, s: dict, seconds: float) -> dict:
+    """The report document from the stage summaries (missing stages are left out)."""
+    counts = manifest.counts()
+    doc = {
+        "name": cfg.name, "seed": cfg.seed,
+        "seconds_total": round(sum(v.get("seconds", 0) for v in s.values()), 2),
+        "seconds_this_invocation": round(seconds, 2),
+        "data": {"source": counts["source"], "target": counts["target"],
+                 "classes": manifest.classes,
+                 "target_classes": [manifest.classes[c] for c in manifest.target_classes],
+                 "rejected": s.get("score", {}).get("rows_rejected")},
+        "config": {"backbone": cfg.model.backbone, "image_size": cfg.model.image_size,
+                   "source": cfg.source.uri, "target": cfg.target.uri,
+                   "num_workers": cfg.scaling.num_workers, "use_gpu": cfg.scaling.use_gpu},
+    }
+    keys = {"pretrain": "pretrain", "discriminate": "discriminator", "score": "score",
+            "select": "select", "finetune": "finetune", "evaluate": "evaluate"}
+    for stage, key in keys.items():
+        if stage in s:
+            doc[key] = s[stage]
+    if "evaluate" in s:
+        doc["verdict"] = verdict(s["evaluate"])
+    return doc
+
+
+def verdict(ev: dict) -> str:
+    """One plain sentence on whether discriminator selection beat the baselines on test."""
+    if not ev.get("method"):
+        return "No discriminator-selection trial finished, so there is nothing to compare."
+    acc = ev["method"]["target_test_accuracy"]
+    lost = [f"{k} ({v['target_test_accuracy']:.3f})" for k, v in ev["baselines"].items()
+            if v["target_test_accuracy"] >= acc]
+    head = f"Discriminator-selected transfer reached {acc:.3f} target test accuracy"
+    if not lost:
+        return head + ", above every baseline."
+    return head + ", and did NOT beat: " + ", ".join(lost) + "."
+
+
+def write(doc: dict, run_uri: str) -> None:
+    storage.write_json(storage.join(run_uri, "report.json"), doc)
+    storage.write_bytes(storage.join(run_uri, "report.html"), render(doc, run_uri).encode())
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _plot_histograms(scores) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bins = np.linspace(0, 1, 41)
+    src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]["p_target"]
+    tgt = scores[(scores["domain"] == "target") & scores["split"].isin(["train", "unlabeled"])]
+    ax.hist(src, bins=bins, alpha=0.6, density=True, label=f"source train (n={len(src)})")
+    ax.hist(tgt["p_target"], bins=bins, alpha=0.6, density=True,
+            label=f"target train+unlabeled (n={len(tgt)})")
+    ax.set_xlabel("p_target = D(g(x))")
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_title("How target-like each sample looks to the discriminator")
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def _plot_fractions(trials, doc: dict) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for strategy, sub in trials[trials["strategy"].isin(["discriminator", "random"])].groupby(
+            "strategy"):
+        best = sub.groupby("source_fraction")["best_val_accuracy"].max()
+        ax.plot(best.index, best.values, marker="o", label=strategy)
+    for arm, marker in (("target_only", "s"), ("all_source", "^"), ("self_training", "D")):
+        sub = trials[trials["arm"] == arm]
+        if len(sub):
+            ax.scatter(sub["source_fraction"].iloc[0], sub["best_val_accuracy"].max(),
+                       marker=marker, s=60, label=arm, zorder=3)
+    ax.set_xlabel("fraction of the source pool selected")
+    ax.set_ylabel("best target val accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title("Target val accuracy against selection fraction")
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def _plot_ranked(scores, k: int = 10) -> bytes:
+    import matplotlib.pyplot as plt
+
+    src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
+    src = src.sort_values(["weight", "sample_id"], ascending=[False, True])
+    rows = [("highest w", src.head(k)), ("lowest w", src.tail(k))]
+    fig, axes = plt.subplots(2, k, figsize=(k * 1.1, 2.6))
+    for r, (title, sub) in enumerate(rows):
+        for c in range(k):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(sub):
+                continue
+            row = sub.iloc[c]
+            try:
+                from PIL import Image
+
+                ax.imshow(Image.open(io.BytesIO(storage.read_bytes(row["path"]))).convert("RGB"))
+            except Exception:
+                continue
+            ax.set_title(f"{row['weight']:.2g}", fontsize=7)
+        axes[r][0].text(-0.3, 0.5, title, transform=axes[r][0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    fig.suptitle("Source images ranked by importance weight w", fontsize=9)
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def _plots(run_uri: str, doc: dict) -> list[tuple[str, str]]:
+    """Writes the PNGs that the run's data allows; returns (file name, caption)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    made = []
+    scores_uri = storage.join(run_uri, "score", "scores")
+    if storage.exists(scores_uri):
+        scores = data.read_parquet_df(scores_uri)
+        storage.write_bytes(storage.join(run_uri, "p_target_hist.png"), _plot_histograms(scores))
+        made.append(("p_target_hist.png", "p_target of source and target samples"))
+        storage.write_bytes(storage.join(run_uri, "ranked_source.png"), _plot_ranked(scores))
+        made.append(("ranked_source.png", "highest- and lowest-weighted source images"))
+    trials_uri = storage.join(run_uri, "finetune", "trials.parquet")
+    if storage.exists(trials_uri):
+        trials = data.read_parquet_df(trials_uri)
+        storage.write_bytes(storage.join(run_uri, "val_vs_fraction.png"),
+                            _plot_fractions(trials, doc))
+        made.append(("val_vs_fraction.png", "target val accuracy against fraction"))
+    return made
+
+
+def _table(rows: list[list], head: list[str]) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render(doc: dict, run_uri: str) -> str:
+    """The human report: verdict first, then results, stages, plots and the data."""
+    parts = [f"<h1>dtl-ray report: {html.escape(doc['name'])}</h1>",
+             f"<p><b>{html.escape(doc.get('verdict', 'The pipeline has not finished.'))}</b></p>"]
+    ev = doc.get("evaluate")
+    if ev:
+        rows = [["method (discriminator selection)", ev["method"].get("target_test_accuracy"),
+                 ev["method"].get("transfer_loss"), ev["method"].get("transfer_gain", "")]]
+        rows += [[k, v["target_test_accuracy"], v["transfer_loss"], ""]
+                 for k, v in ev["baselines"].items()]
+        parts.append("<h2>Target test (measured once; nothing was chosen on it)</h2>")
+        parts.append(_table(rows, ["model", "accuracy", "transfer loss (CE)", "gain vs "
+                                   "target_only"]))
+        parts.append(f"<p>The whole search's choice on target val was <b>{ev['chosen']['arm']}"
+                     f"</b>, test accuracy {ev['chosen']['target_test_accuracy']:.3f}.</p>")
+    for key, title in (("pretrain", "Pretraining"), ("discriminator", "Discriminator"),
+                       ("score", "Scoring"), ("select", "Selection"),
+                       ("finetune", "Fine-tuning search")):
+        if key in doc:
+            flat = [[k, v] for k, v in doc[key].items()
+                    if not isinstance(v, (dict, list)) or k in ("best",)]
+            parts.append(f"<h2>{title}</h2>" + _table(flat, ["", ""]))
+    for name, caption in _plots(run_uri, doc):
+        parts.append(f"<figure><img src='{name}'><figcaption>{caption}</figcaption></figure>")
+    parts.append("<h2>Data</h2>" + _table([[k, v] for k, v in doc["data"].items()], ["", ""]))
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:"
+             "collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>dtl-ray {doc['name']}"
+            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")

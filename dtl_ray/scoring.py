@@ -1,0 +1,147 @@
+"""Callable classes for Ray Data `map_batches` actor pools: load models once, score batches.
+
+Used by the score stage (source model + discriminator), by fine-tuning (pseudo-labels from the
+teacher) and by evaluation (several models over target test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dtl_ray import checkpoints, data, loops, models, weighting
+
+__all__ = ["load_classifier", "Scorer", "MultiEvaluator", "actor_pool", "score_dataset"]
+
+
+def load_classifier(uri: str) -> tuple[models.Classifier, dict]:
+    """A classifier from a dtl-ray checkpoint with `state['model']` and meta['backbone'...]."""
+    state, meta = checkpoints.load(uri)
+    model = models.build_classifier(meta["backbone"], meta["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.eval(), meta
+
+
+def _device(use_gpu: bool) -> str:
+    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+
+
+class Scorer:
+    """Scores decoded batches: p_target, weight, and the classifier's pred/confidence/entropy.
+
+    Rejected rows (non-empty `error`) pass through with NaN scores so none is lost.
+    Predictions are over `classes` (global ids; the target's classes), returned as global ids.
+    """
+
+    def __init__(self, model_uri: str, classes: list[int], disc_uri: str | None = None,
+                 n_source: int = 1, n_target: int = 1, clip: float = 0.01, cap: float = 20.0,
+                 use_gpu: bool = False) -> None:
+        self.device = _device(use_gpu)
+        self.model, meta = load_classifier(model_uri)
+        self.model.to(self.device)
+        self.classes = list(classes)
+        self.restrict = meta["num_classes"] != len(self.classes)  # source head: all classes
+        self.disc = self.tap = None
+        if disc_uri is not None:
+            dstate, dmeta = checkpoints.load(disc_uri)
+            self.tap = models.FeatureTap(self.model.backbone, dmeta["layer"]).eval().to(self.device)
+            self.disc = models.Discriminator(dmeta["in_dim"], dmeta["hidden"])
+            self.disc.load_state_dict(dstate["discriminator"])
+            self.disc.eval().to(self.device)
+        self.n_source, self.n_target, self.clip, self.cap = n_source, n_target, clip, cap
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = batch["error"] == ""
+        n = len(ok)
+        out = {k: v for k, v in batch.items() if k != "image"}
+        for k in ("p_target", "weight", "confidence", "entropy"):
+            out[k] = np.full(n, np.nan, dtype=np.float64)
+        out["pred"] = np.full(n, -1, dtype=np.int64)
+        out["capped"] = np.zeros(n, dtype=np.int8)
+        if ok.any():
+            x = loops.to_input(batch["image"][ok], self.device)  # (B, 3, H, W)
+            logits = self.model(x).float()  # (B, K)
+            if self.restrict:
+                logits = logits[:, self.classes]  # (B, K_t)
+            probs = F.softmax(logits, dim=1).cpu()
+            conf, idx = probs.max(1)
+            out["pred"][ok] = np.asarray(self.classes)[idx.numpy()]
+            out["confidence"][ok] = conf.numpy()
+            out["entropy"][ok] = loops.entropy(probs).numpy()
+            if self.disc is not None:
+                p = torch.sigmoid(self.disc(self.tap(x)).float()).cpu().numpy()
+                w, _ = weighting.density_ratio(p, self.n_source, self.n_target, self.clip,
+                                               self.cap)
+                out["p_target"][ok] = p
+                out["weight"][ok] = w
+                pc = np.clip(p, self.clip, 1 - self.clip)
+                out["capped"][ok] = pc / (1 - pc) * (self.n_source / self.n_target) > self.cap
+        return out
+
+
+class MultiEvaluator:
+    """Per-row prediction and cross-entropy of several classifiers over the target classes."""
+
+    def __init__(self, model_uris: dict[str, str], classes: list[int],
+                 use_gpu: bool = False) -> None:
+        self.device = _device(use_gpu)
+        self.models = {k: load_classifier(u) for k, u in model_uris.items()}
+        for m, _ in self.models.values():
+            m.to(self.device)
+        self.classes = list(classes)
+        self.local = {c: i for i, c in enumerate(self.classes)}
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = batch["error"] == ""
+        out = {k: batch[k][ok] for k in ("sample_id", "label")}
+        x = loops.to_input(batch["image"][ok], self.device)
+        y = torch.as_tensor([self.local[int(v)] for v in batch["label"][ok]], dtype=torch.long)
+        for name, (model, meta) in self.models.items():
+            logits = model(x).float().cpu()
+            if meta["num_classes"] != len(self.classes):  # the source model: restrict its head
+                logits = logits[:, self.classes]
+            out[f"pred__{name}"] = np.asarray(self.classes)[logits.argmax(1).numpy()]
+            out[f"loss__{name}"] = F.cross_entropy(logits, y, reduction="none").numpy()
+        return out
+
+
+def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool) -> int:
+    """Scoring actors: `requested`, or what the cluster's CPUs (GPUs) allow, keeping one CPU
+    free for reading and decoding."""
+    if requested > 0:
+        return requested
+    import ray
+
+    res = ray.cluster_resources()
+    if use_gpu:
+        return max(1, int(res.get("GPU", 1)))
+    return max(1, (int(res.get("CPU", 2)) - 1) // cpus_per_actor)
+
+
+def score_dataset(cfg, rows, model_uri: str, classes: list[int],
+                  disc_uri: str | None = None):
+    """The lazy Ray Dataset of `rows` decoded and scored by an actor pool of `Scorer`s."""
+    import ray.data
+
+    n_source = n_target = 1
+    if disc_uri is not None:
+        _, meta = checkpoints.load(disc_uri)
+        if not meta["balanced"]:  # D learnt the domains' real prior ratio: undo it
+            n_source, n_target = meta["n_source"], meta["n_target"]
+    actors = actor_pool(cfg.score.actors, cfg.scaling.cpus_per_worker,
+                                cfg.scaling.use_gpu)
+    return data.to_dataset(rows, cfg.model.image_size).map_batches(
+        Scorer,
+        fn_constructor_kwargs={"model_uri": model_uri, "classes": classes, "disc_uri": disc_uri,
+                               "n_source": n_source, "n_target": n_target,
+                               "clip": cfg.score.clip, "cap": cfg.score.max_weight,
+                               "use_gpu": cfg.scaling.use_gpu},
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=cfg.score.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.scaling.cpus_per_worker,
+        num_gpus=1 if cfg.scaling.use_gpu else 0,
+    )

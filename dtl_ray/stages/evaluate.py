@@ -1,0 +1,74 @@
+"""Stage 6: the chosen models, measured once on target test.
+
+Models: `method` (best discriminator-selection trial on target val), `chosen` (best trial of the
+whole search), every baseline's best trial, and `source_only` (the pretrained model, its head
+restricted to the target classes). One Ray Data pass scores them all.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from dtl_ray import data, scoring, storage
+
+__all__ = ["run", "measure"]
+
+STAGE = "evaluate"
+BASELINES = ["source_only", "target_only", "all_source", "random_subset", "self_training"]
+
+
+def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[str]) -> dict:
+    """Accuracy, per-class accuracy, transfer loss (mean CE) and confusion of model `name`."""
+    pred, label = df[f"pred__{name}"].to_numpy(), df["label"].to_numpy()
+    per_class = {class_names[c]: float((pred[label == c] == c).mean())
+                 for c in classes if (label == c).any()}
+    index = {c: i for i, c in enumerate(classes)}
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(label, pred):
+        confusion[index[int(t)], index[int(p)]] += 1
+    return {"target_test_accuracy": float((pred == label).mean()),
+            "transfer_loss": float(df[f"loss__{name}"].mean()),
+            "per_class_accuracy": per_class, "confusion": confusion.tolist()}
+
+
+def run(cfg, run_uri: str) -> dict:
+    """Evaluates every model on target test; returns method, baselines and the verdict."""
+    import ray.data
+
+    t0 = time.time()
+    manifest = data.load_manifest(run_uri)
+    classes = manifest.target_classes
+    uris = {"source_only": storage.join(run_uri, "pretrain", "model.pt")}
+    for arm in ["method", "chosen"] + BASELINES[1:]:
+        uri = storage.join(run_uri, "finetune", "models", f"{arm}.pt")
+        if storage.exists(uri):
+            uris[arm] = uri
+    test = manifest.rows("target", "test")
+    df = data.to_dataset(test, cfg.model.image_size).map_batches(
+        scoring.MultiEvaluator,
+        fn_constructor_kwargs={"model_uris": uris, "classes": classes,
+                               "use_gpu": cfg.scaling.use_gpu},
+        compute=ray.data.ActorPoolStrategy(size=1), batch_size=cfg.score.batch_size,
+        batch_format="numpy", num_cpus=cfg.scaling.cpus_per_worker,
+        num_gpus=1 if cfg.scaling.use_gpu else 0).to_pandas()
+    data.write_parquet_df(df, storage.join(run_uri, STAGE, "predictions.parquet"))
+    results = {k: measure(df, k, classes, manifest.classes) for k in uris}
+    base = {k: {m: results[k][m] for m in ("target_test_accuracy", "transfer_loss")}
+            for k in BASELINES if k in results}
+    method = dict(results.get("method", {}))
+    target_only = results.get("target_only", {}).get("target_test_accuracy")
+    if method and target_only is not None:
+        method["transfer_gain"] = method["target_test_accuracy"] - target_only
+    chosen = storage.read_json(storage.join(run_uri, "finetune", "_DONE.json"))["summary"]
+    beaten = [k for k, v in base.items()
+              if method and method["target_test_accuracy"] > v["target_test_accuracy"]]
+    return {"method": method, "baselines": base,
+            "chosen": {"arm": chosen["best"]["arm"],
+                       **{m: results["chosen"][m] for m in ("target_test_accuracy",
+                                                            "transfer_loss")}},
+            "method_beats": beaten,
+            "test_images": int(len(df)), "test_rejected": int(len(test) - len(df)),
+            "seconds": round(time.time() - t0, 2)}

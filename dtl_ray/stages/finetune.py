@@ -1,0 +1,358 @@
+"""Stage 5: fine-tune target models, searching the settings with Ray Tune (ASHA).
+
+1. A *teacher* is fitted on labeled target train + the selected source candidates.
+2. The unlabeled target pool is pseudo-labeled by the teacher with the same distributed map.
+3. One Tune search over cells (strategy x source fraction x target fraction) times the same
+   `num_samples` settings (lr, layers, candidate weight) per cell, so every baseline gets the
+   method's budget. Cells: `target_only` (0, 0), `all_source` (1, 0), `method`
+   (discriminator), `random_subset` (random, same sizes), `self_training` (confidence only).
+4. Trials are chosen on target val; each arm's best model is saved for evaluation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from dtl_ray import checkpoints, data, finetuning, scoring, storage, weighting
+from dtl_ray.config import PipelineConfig, from_dict
+from dtl_ray.stages.pretrain import augment_settings
+
+__all__ = ["run", "Cell", "make_cells", "ARMS"]
+
+STAGE = "finetune"
+ARMS = ["method", "random_subset", "target_only", "all_source", "self_training"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the data axes of the search."""
+
+    arm: str
+    strategy: str  # discriminator | random | confidence | none | all
+    source_fraction: float
+    target_fraction: float
+
+
+def make_cells(cfg: PipelineConfig) -> list[Cell]:
+    """Every (strategy, source fraction, target fraction) the search covers."""
+    f = cfg.finetune
+    cells = [Cell("target_only", "none", 0.0, 0.0), Cell("all_source", "all", 1.0, 0.0)]
+    arm = {"discriminator": "method", "random": "random_subset"}
+    for strategy, sf, tf in itertools.product(f.strategies, f.source_fractions,
+                                              f.target_fractions):
+        cells.append(Cell(arm[strategy], strategy, sf, tf))
+    self_fracs = [t for t in f.target_fractions if t > 0] or [cfg.select.target_fraction]
+    cells += [Cell("self_training", "confidence", 0.0, t) for t in self_fracs]
+    return cells
+
+
+def _settings_grid(cfg: PipelineConfig) -> list[dict]:
+    """`num_samples` settings drawn once (seeded); every cell trains with all of them."""
+    f = cfg.finetune
+    grid = list(itertools.product(f.lr, f.train_layers, f.candidate_weight))
+    rng = np.random.default_rng(cfg.seed)
+    picks = rng.permutation(len(grid))[:f.num_samples] if f.num_samples < len(grid) else \
+        np.resize(np.arange(len(grid)), f.num_samples)
+    return [{"lr": grid[i][0], "train_layers": grid[i][1], "candidate_weight": grid[i][2]}
+            for i in picks]
+
+
+def _members(cell: Cell, scores: pd.DataFrame, unlabeled: pd.DataFrame, classes: list[int],
+             cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(source candidates, target candidates) of a cell; random ones match the method's sizes."""
+    seed = cfg.seed + int(cell.source_fraction * 1000) + int(cell.target_fraction * 10)
+    if cell.strategy == "all":
+        src = weighting.select_source(scores, classes, "top_fraction", 1.0)
+    elif cell.source_fraction > 0:
+        src = weighting.select_source(scores, classes, "top_fraction", cell.source_fraction)
+        if cell.strategy == "random":
+            src = weighting.random_source(scores, classes, len(src), seed)
+    else:
+        src = scores.iloc[:0]
+    tgt = unlabeled.iloc[:0]
+    if cell.target_fraction > 0:
+        n = int(round(cell.target_fraction * len(unlabeled)))
+        floor = cfg.select.confidence_floor
+        tgt = weighting.select_target(unlabeled, "discriminator", n, floor)
+        if cell.strategy in ("random", "confidence"):  # same size as the discriminator's
+            tgt = weighting.select_target(unlabeled, cell.strategy, len(tgt), floor, seed)
+    return src, tgt
+
+
+def _train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,
+               local: dict, weight_by_w: bool) -> finetuning.TrainSet:
+    w = src["weight"].to_numpy(float)
+    w = w / w.mean() if weight_by_w and len(w) else np.ones(len(src))
+    ids = list(labeled["sample_id"]) + list(src["sample_id"]) + list(tgt["sample_id"])
+    labels = list(labeled["label"]) + list(src["label"]) + list(tgt["pred"])
+    return finetuning.TrainSet(
+        index=np.array([pos[i] for i in ids], dtype=np.int64),
+        label=np.array([local[int(v)] for v in labels], dtype=np.int64),
+        weight=np.concatenate([np.ones(len(labeled)), w, np.ones(len(tgt))]),
+        labeled=np.arange(len(ids)) < len(labeled))
+
+
+def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
+    """A Tune trial: fine-tune one cell with one setting, report each epoch, resume if retried."""
+    import ray.tune
+
+    cfg = from_dict(PipelineConfig, setup["cfg"])
+    import torch
+
+    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
+    device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    settings = finetuning.Settings(**config["setting"], epochs=cfg.finetune.epochs,
+                                   batch_size=cfg.finetune.batch_size,
+                                   mix_ratio=cfg.finetune.mix_ratio,
+                                   epoch_samples=setup["epoch_samples"], seed=cfg.seed)
+    model = finetuning.target_model(setup["pretrain_model"], len(setup["classes"]))
+    resume = None
+    ckpt = ray.tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume, _ = checkpoints.load_dir(d)
+    for metrics, state in finetuning.train(
+            model, pool["images"], sets[config["cell"]], pool["val_images"], pool["val_labels"],
+            settings, augment_settings(cfg), device, resume):
+        with tempfile.TemporaryDirectory() as d:
+            checkpoints.save_dir(d, state, {"cell": config["cell"]})
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
+
+
+def _pool(cfg: PipelineConfig, manifest: data.Manifest) -> tuple[dict, dict, pd.DataFrame]:
+    """Decoded images every trial may need, held in Ray's object store.
+
+    Returns (arrays, sample_id -> row of `images`, the decoded rows with labels).
+    """
+    classes = manifest.target_classes
+    rows = pd.concat([manifest.rows("target", ["train", "unlabeled"]),
+                      manifest.rows("source", "train").query("label in @classes")])
+    arrays = data.collect(data.to_dataset(rows, cfg.model.image_size).map_batches(
+        data.drop_rejected, batch_format="numpy", batch_size=None).select_columns(
+        ["sample_id", "image"]))
+    val = data.collect(data.to_dataset(manifest.rows("target", "val"), cfg.model.image_size)
+                       .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
+                       .select_columns(["image", "label"]))
+    local = {c: i for i, c in enumerate(classes)}
+    pool = {"images": arrays["image"], "val_images": val["image"],
+            "val_labels": np.array([local[int(v)] for v in val["label"]], dtype=np.int64)}
+    pos = {s: i for i, s in enumerate(arrays["sample_id"])}
+    return pool, pos, rows[rows["sample_id"].isin(pos)]
+
+
+def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Settings,
+             cfg_dict: dict, pretrain_model: str, num_classes: int) -> dict:
+    """Fits one model to the end (used for the teacher, in a Ray task); returns the best."""
+    import torch
+
+    cfg = from_dict(PipelineConfig, cfg_dict)
+    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
+    device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    model = finetuning.target_model(pretrain_model, num_classes)
+    last = None
+    for _metrics, last in finetuning.train(model, pool["images"], train_set,  # noqa: B007
+                                           pool["val_images"], pool["val_labels"], settings,
+                                           augment_settings(cfg), device):
+        pass
+    return last["best"]
+
+
+def _concurrency(cfg: PipelineConfig) -> int:
+    import ray
+
+    if cfg.finetune.max_concurrent_trials > 0:
+        return cfg.finetune.max_concurrent_trials
+    res = ray.cluster_resources()
+    if cfg.scaling.use_gpu:
+        return max(1, int(res.get("GPU", 1)))
+    return max(1, int(res.get("CPU", 1)) // cfg.scaling.cpus_per_worker)
+
+
+def _trial_lines(total: int):
+    import ray.tune
+
+    class TrialLines(ray.tune.Callback):
+        """One progress line per finished (or failed) trial."""
+
+        def __init__(self) -> None:
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            r, c = trial.last_result or {}, trial.config
+            print(f"[finetune] trial {self.done}/{total} {trial.trial_id}: cell {c['cell']} "
+                  f"setting {c['setting']}  best val acc {r.get('best_val_accuracy', 0):.3f} "
+                  f"(epoch {r.get('best_epoch')}, {r.get('epoch')} run)", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            print(f"[finetune] trial {self.done}/{total} {trial.trial_id} FAILED "
+                  f"(see {trial.local_path})", flush=True)
+
+    return TrialLines()
+
+
+def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: dict,
+            settings: list[dict]):
+    """Runs (or resumes) the Tune experiment; returns its ResultGrid."""
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
+        {"cpu": cfg.scaling.cpus_per_worker, "gpu": 1 if cfg.scaling.use_gpu else 0})
+    local = storage.local_path(stage_uri)
+    root = local if local else stage_uri
+    path = os.path.join(root, "search") if local else storage.join(root, "search")
+    total = len(sets) * len(settings)
+    if ray.tune.Tuner.can_restore(path):
+        print(f"[finetune] resuming the search in {path}", flush=True)
+        tuner = ray.tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={"cell": ray.tune.grid_search(list(range(len(sets)))),
+                         "setting": ray.tune.grid_search(settings)},
+            tune_config=ray.tune.TuneConfig(
+                metric="val_accuracy", mode="max",
+                scheduler=ASHAScheduler(max_t=cfg.finetune.epochs,
+                                        grace_period=min(cfg.finetune.grace_period,
+                                                         cfg.finetune.epochs),
+                                        reduction_factor=3),
+                max_concurrent_trials=_concurrency(cfg)),
+            run_config=ray.tune.RunConfig(
+                name="search", storage_path=root, verbose=0,
+                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[_trial_lines(total)]),
+        )
+    return tuner.fit()
+
+
+def _trial_table(grid, cells: list[Cell]) -> tuple[pd.DataFrame, dict]:
+    """One row per trial (cell, settings, best val) and each trial's best weights."""
+    rows, states = [], {}
+    for r in grid:
+        if r.error is not None or r.checkpoint is None:
+            continue
+        cell = cells[r.config["cell"]]
+        m = r.metrics
+        with r.checkpoint.as_directory() as d:
+            state, _ = checkpoints.load_dir(d)
+        tid = m.get("trial_id") or os.path.basename(r.path)
+        states[tid] = state["best"]["model"]
+        rows.append({"trial_id": tid, **asdict(cell), **r.config["setting"],
+                     "best_val_accuracy": m["best_val_accuracy"],
+                     "best_val_loss": m["best_val_loss"], "best_epoch": m["best_epoch"],
+                     "epochs_run": m["epoch"], "samples_per_epoch": m["samples"]})
+    return pd.DataFrame(rows), states
+
+
+def _best(table: pd.DataFrame) -> pd.Series:
+    """The trial with the highest val accuracy, then the lowest val loss."""
+    return table.sort_values(["best_val_accuracy", "best_val_loss", "trial_id"],
+                             ascending=[False, True, True]).iloc[0]
+
+
+def run(cfg: PipelineConfig, run_uri: str) -> dict:
+    """Teacher, pseudo-labels, the search, and each arm's chosen model."""
+    import ray
+
+    t0 = time.time()
+    stage_uri = storage.join(run_uri, STAGE)
+    manifest = data.load_manifest(run_uri)
+    classes = manifest.target_classes
+    local = {c: i for i, c in enumerate(classes)}
+    scores = data.read_parquet_df(storage.join(run_uri, "score", "scores"))
+    pretrain_model = storage.join(run_uri, "pretrain", "model.pt")
+    pool, pos, rows = _pool(cfg, manifest)
+    labeled = rows[(rows["domain"] == "target") & (rows["split"] == "train")]
+    print(f"[finetune] pool: {len(pos)} decoded images, {len(labeled)} labeled target",
+          flush=True)
+    pool_ref = ray.put(pool)
+
+    # 1-2. teacher on labeled target + selected source candidates, then pseudo-labels
+    cand = data.read_parquet_df(storage.join(run_uri, "select", "candidates.parquet"))
+    src_cand = scores[scores["sample_id"].isin(cand.loc[cand["pool"] == "source", "sample_id"])]
+    teacher_set = _train_set(labeled, src_cand, scores.iloc[:0].assign(pred=[]), pos, local,
+                             False)
+    f = cfg.finetune
+    # the teacher gets a trial's budget: epochs as long as the all-source cell's
+    all_source, _ = _members(Cell("all_source", "all", 1.0, 0.0), scores, scores.iloc[:0],
+                             classes, cfg)
+    budget = _train_set(labeled, all_source, scores.iloc[:0].assign(pred=[]), pos, local, False)
+    teacher_settings = finetuning.Settings(
+        lr=f.lr[0], train_layers="all", epochs=f.epochs, batch_size=f.batch_size,
+        mix_ratio=f.mix_ratio, seed=cfg.seed,
+        epoch_samples=finetuning.epoch_length([teacher_set, budget], f.mix_ratio))
+    remote = ray.remote(num_cpus=cfg.scaling.cpus_per_worker,
+                        num_gpus=1 if cfg.scaling.use_gpu else 0)(_fit_one)
+    best = ray.get(remote.remote(pool_ref, teacher_set, teacher_settings, asdict(cfg),
+                                 pretrain_model, len(classes)))
+    teacher_uri = storage.join(stage_uri, "teacher.pt")
+    meta = {"backbone": cfg.model.backbone, "num_classes": len(classes), "classes": classes,
+            "arm": "teacher", "val_accuracy": best["val_accuracy"]}
+    checkpoints.save(teacher_uri, {"model": best["model"]}, meta)
+    print(f"[finetune] teacher: val acc {best['val_accuracy']:.3f} (epoch {best['epoch'] + 1}, "
+          f"{len(src_cand)} source candidates)", flush=True)
+    unl_rows = manifest.rows("target", "unlabeled")
+    unl_rows = unl_rows[unl_rows["sample_id"].isin(pos)]
+    unlabeled = pd.DataFrame(columns=["sample_id", "pred", "confidence"])
+    if len(unl_rows):
+        unlabeled = scoring.score_dataset(cfg, unl_rows, teacher_uri, classes).select_columns(
+            ["sample_id", "pred", "confidence"]).to_pandas()
+    unlabeled = unlabeled.merge(scores[["sample_id", "p_target", "label"]], on="sample_id")
+    data.write_parquet_df(unlabeled, storage.join(stage_uri, "pseudo_labels.parquet"))
+
+    # 3. the search
+    cells = make_cells(cfg)
+    sets = []
+    for cell in cells:
+        src, tgt = _members(cell, scores, unlabeled, classes, cfg)
+        sets.append(_train_set(labeled, src, tgt, pos, local, f.weight_by_w))
+    settings = _settings_grid(cfg)
+    epoch_samples = finetuning.epoch_length(sets, f.mix_ratio)
+    setup = {"cfg": asdict(cfg), "pretrain_model": pretrain_model, "classes": classes,
+             "epoch_samples": epoch_samples}
+    print(f"[finetune] search: {len(cells)} cells x {len(settings)} settings = "
+          f"{len(cells) * len(settings)} trials, {epoch_samples} samples per epoch each",
+          flush=True)
+    grid = _search(cfg, stage_uri, pool, sets, setup, settings)
+    table, states = _trial_table(grid, cells)
+    if table.empty:
+        raise RuntimeError(f"every fine-tuning trial failed: see {stage_uri}/search")
+    table["n_candidates"] = [int((~sets[cells.index(Cell(r.arm, r.strategy, r.source_fraction,
+                                                         r.target_fraction))].labeled).sum())
+                             for r in table.itertuples()]
+    data.write_parquet_df(table, storage.join(stage_uri, "trials.parquet"))
+
+    # 4. each arm's best trial on target val, and the overall choice
+    chosen = {}
+    for arm in ARMS + ["chosen"]:
+        sub = table if arm == "chosen" else table[table["arm"] == arm]
+        if sub.empty:
+            continue
+        row = _best(sub)
+        meta = {"backbone": cfg.model.backbone, "num_classes": len(classes),
+                "classes": classes, "arm": str(row["arm"]), "trial_id": str(row["trial_id"])}
+        checkpoints.save(storage.join(stage_uri, "models", f"{arm}.pt"),
+                         {"model": states[row["trial_id"]]}, meta)
+        chosen[arm] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    return {
+        "trials": int(len(table)),
+        "trials_failed": int(len(cells) * len(settings) - len(table)),
+        "cells": len(cells),
+        "samples_per_epoch": epoch_samples,
+        "settings": settings,
+        "best": chosen["chosen"],
+        "arms": chosen,
+        "teacher_val_accuracy": float(best["val_accuracy"]),
+        "pseudo_labeled": int(len(unlabeled)),
+        "seconds": round(time.time() - t0, 2),
+    }

@@ -1,0 +1,145 @@
+"""Stage 1: pretrain backbone g and head h on source train (DDP with Ray Train).
+
+Outputs `<run>/pretrain/model.pt` (the best epoch on source val) and a summary.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dtl_ray import checkpoints, data, loops, models, raytrain, storage
+from dtl_ray.config import PipelineConfig, from_dict
+
+__all__ = ["run", "initial_weights", "augment_settings"]
+
+STAGE = "pretrain"
+
+
+def augment_settings(cfg: PipelineConfig) -> loops.Augment:
+    p = cfg.pretrain
+    return loops.Augment(rotation=p.rotation, crop=p.crop, flip=p.flip,
+                         brightness=p.brightness, contrast=p.contrast)
+
+
+def initial_weights(cfg: PipelineConfig) -> tuple[dict | None, dict | None]:
+    """(full-model state_dict for build_backbone, our classifier state) from `model.weights`."""
+    if cfg.model.weights is None:
+        return None, None
+    kind, state = checkpoints.load_weights(cfg.model.weights)
+    if kind == "torchvision":
+        return state, None
+    return None, state["model"]
+
+
+def _build(cfg: PipelineConfig, num_classes: int) -> models.Classifier:
+    tv_weights, ours = initial_weights(cfg)
+    model = models.build_classifier(cfg.model.backbone, num_classes, tv_weights)
+    if ours is not None:  # our checkpoint: take the backbone, keep a fresh head
+        backbone = {k[len("backbone."):]: v for k, v in ours.items() if k.startswith("backbone.")}
+        try:
+            model.backbone.load_state_dict(backbone)
+        except RuntimeError as e:
+            raise models.ModelError(f"model.weights do not fit backbone {cfg.model.backbone}: "
+                                    f"{str(e).splitlines()[0]}") from None
+    return model
+
+
+def _val(model, it, batch_size: int, device) -> tuple[float, float]:
+    correct, total, loss_sum = 0.0, 0.0, 0.0
+    model.eval()
+    with torch.no_grad():
+        for b in it.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            logits = model(loops.to_input(b["image"], device))
+            y = torch.as_tensor(b["label"]).long().to(device)
+            correct += float((logits.argmax(1) == y).sum())
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            total += len(y)
+    correct, total, loss_sum = raytrain.allreduce_sum([correct, total, loss_sum], device)
+    return correct / max(total, 1), loss_sum / max(total, 1)
+
+
+def train_fn(config: dict) -> dict:
+    """Per-worker training loop (Ray Train)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(PipelineConfig, config["cfg"])
+    rank, _ = raytrain.world()
+    raytrain.set_threads(cfg.scaling.cpus_per_worker)
+    torch.manual_seed(cfg.seed)
+    model = ray.train.torch.prepare_model(_build(cfg, config["num_classes"]))
+    device = ray.train.torch.get_device()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
+                            weight_decay=cfg.pretrain.weight_decay)
+    start, best = 0, {"accuracy": -1.0, "epoch": -1, "state": None}
+    restored = raytrain.restore()
+    if restored is not None:
+        state, meta = restored
+        raytrain.unwrap(model).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = meta["epoch"] + 1
+        best = {"accuracy": meta["best_accuracy"], "epoch": meta["best_epoch"],
+                "state": state["best"]}
+        if rank == 0:
+            raytrain.say(f"[pretrain] resuming after epoch {start} from checkpoint")
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    aug = augment_settings(cfg)
+    train_it, val_it = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    bs = cfg.data.batch_size
+    history = list(restored[1].get("history", [])) if restored else []
+    for epoch in range(start, cfg.pretrain.epochs):
+        t0 = time.time()
+        batches = ((b["image"], b["label"]) for b in train_it.iter_batches(
+            batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
+            local_shuffle_seed=cfg.seed + epoch))
+        stats = loops.train_epoch(model, batches, opt, aug, gen, device)
+        acc, loss = _val(model, val_it, 4 * bs, device)
+        if acc > best["accuracy"]:
+            best = {"accuracy": acc, "epoch": epoch, "state": raytrain.cpu_state(model)}
+        metrics = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+                   "val_accuracy": acc, "val_loss": loss, "best_val_accuracy": best["accuracy"],
+                   "best_epoch": best["epoch"], "seconds": time.time() - t0}
+        if rank == 0:
+            raytrain.say(f"[pretrain] epoch {epoch + 1}/{cfg.pretrain.epochs}  "
+                  f"train loss {stats['loss']:.3f} acc {stats['accuracy']:.3f}  "
+                  f"source val acc {acc:.3f} loss {loss:.3f}  ({metrics['seconds']:.1f}s)")
+        history.append({k: float(metrics[k]) for k in ("epoch", "train_loss", "val_accuracy",
+                                                        "val_loss", "seconds")})
+        state = {"model": raytrain.cpu_state(model), "best": best["state"],
+                 "optimizer": opt.state_dict()}
+        raytrain.report_epoch(metrics, state, {"epoch": epoch, "best_accuracy": best["accuracy"],
+                                               "best_epoch": best["epoch"], "history": history})
+    return {"history": history}
+
+
+def run(cfg: PipelineConfig, run_uri: str) -> dict:
+    """Pretrains on source train, keeps the best source-val epoch. Returns the summary."""
+    t0 = time.time()
+    stage_uri = storage.join(run_uri, STAGE)
+    manifest = data.load_manifest(run_uri)
+    cols = ["image", "label"]
+    size, cache = cfg.model.image_size, cfg.data.cache
+    datasets = {
+        "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols),
+        "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols),
+    }
+    result = raytrain.fit(train_fn, cfg, stage_uri, "train", datasets,
+                          {"num_classes": len(manifest.classes)})
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        state, meta = checkpoints.load_dir(d)
+    summary = {
+        "source_val_accuracy": float(meta["best_accuracy"]),
+        "best_epoch": int(meta["best_epoch"]) + 1,
+        "epochs": cfg.pretrain.epochs,
+        "curve": meta["history"],
+        "seconds": round(time.time() - t0, 2),
+    }
+    checkpoints.save(storage.join(stage_uri, "model.pt"), {"model": state["best"]}, {
+        "backbone": cfg.model.backbone, "num_classes": len(manifest.classes),
+        "classes": manifest.classes, "image_size": cfg.model.image_size,
+        "source_val_accuracy": summary["source_val_accuracy"]})
+    return summary

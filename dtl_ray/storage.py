@@ -1,0 +1,110 @@
+"""URIs to pyarrow filesystems, atomic writes and stage done-markers.
+
+A URI is a local path or `s3://bucket/prefix`. S3 endpoint, region and credentials come from
+the standard AWS variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import pyarrow.fs as pafs
+
+__all__ = ["resolve", "join", "exists", "read_bytes", "write_bytes", "read_json", "write_json",
+           "is_done", "mark_done", "local_path", "list_files"]
+
+DONE_MARKER = "_DONE.json"
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        if endpoint.startswith("http://"):
+            kwargs["scheme"] = "http"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Returns (filesystem, path within it) for a local path or an s3:// URI."""
+    if uri.startswith("s3://"):
+        return _s3_filesystem(), uri[len("s3://"):].rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def local_path(uri: str) -> str | None:
+    """The absolute local path of `uri`, or None when it is remote."""
+    if uri.startswith("s3://"):
+        return None
+    return resolve(uri)[1]
+
+
+def join(uri: str, *parts: str) -> str:
+    """Joins URI parts with '/'."""
+    out = uri.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes atomically: a reader sees the old file or the whole new one, never a part."""
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:  # an S3 PUT is atomic per object
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=False, default=float).encode())
+
+
+def is_done(stage_uri: str) -> bool:
+    """Whether a stage finished: its done-marker is written last, after all its outputs."""
+    return exists(join(stage_uri, DONE_MARKER))
+
+
+def mark_done(stage_uri: str, summary: dict) -> None:
+    write_json(join(stage_uri, DONE_MARKER), summary)
+
+
+def list_files(uri: str) -> list[tuple[str, int]]:
+    """All files below `uri` as (path relative to uri, size), sorted; [] if it is missing."""
+    fs, root = resolve(uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    out = [(i.path[len(root):].lstrip("/"), i.size) for i in infos if i.type == pafs.FileType.File]
+    return sorted(out)

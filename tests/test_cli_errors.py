@@ -1,0 +1,65 @@
+"""User errors end in one clear line and exit code 2, before anything is written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dtl_ray import cli
+
+
+def _run(args, capsys):
+    code = cli.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_unknown_key(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("source: {uri: a}\ntarget: {uri: b}\npretrain: {epocs: 2}\n")
+    code, err = _run(["run", str(f)], capsys)
+    assert code == 2 and len(err) == 1
+    assert "unknown config key 'pretrain.epocs'" in err[0]
+
+
+def test_missing_folder_writes_nothing(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(f"source: {{uri: {tmp_path}/nope}}\ntarget: {{uri: {tmp_path}/nope2}}\n"
+                 f"storage: {tmp_path}/out\n")
+    code, err = _run(["run", str(f)], capsys)
+    assert code == 2 and len(err) == 1 and "source folder not found" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_split(tmp_path, capsys):
+    for rel in ("s/train/a/x.png", "s/val/a/x.png", "t/train/a/x.png", "t/val/a/x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "t" / "test").mkdir()
+    f = tmp_path / "c.yaml"
+    f.write_text(f"source: {{uri: {tmp_path}/s}}\ntarget: {{uri: {tmp_path}/t}}\n")
+    code, err = _run(["run", str(f)], capsys)
+    assert code == 2 and "target split 'test' is empty" in err[0]
+
+
+def test_unknown_stage(tiny_demo, tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(f"source: {{uri: {tiny_demo}/source}}\ntarget: {{uri: {tiny_demo}/target}}\n"
+                 f"storage: {tmp_path}/out\n")
+    code, err = _run(["run", str(f), "--stages", "pretrain,polish"], capsys)
+    assert code == 2 and "unknown stage(s) ['polish']" in err[0]
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("pretrain.epochs=abc", "'pretrain.epochs': expected an integer"),
+    ("model.image_size=2", "'model.image_size'"),
+])
+def test_console_script_bad_override(tmp_path, override, needle):
+    f = tmp_path / "c.yaml"
+    f.write_text("source: {uri: a}\ntarget: {uri: b}\n")
+    proc = subprocess.run([sys.executable, "-m", "dtl_ray.cli", "run", str(f), "--set", override],
+                          capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr

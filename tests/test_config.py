@@ -1,0 +1,84 @@
+import glob
+import os
+
+import pytest
+
+from dtl_ray import config
+from dtl_ray.config import ConfigError, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = {"source": {"uri": "/data/s"}, "target": {"uri": "/data/t"}}
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.source.uri and cfg.target.uri
+    with open(path) as f:
+        assert f.readline().startswith("# Run:"), "each config starts with the command that runs it"
+
+
+def test_packaged_demo_config_matches_the_checkout():
+    with open(os.path.join(ROOT, "configs", "demo.yaml")) as a, \
+            open(os.path.join(ROOT, "dtl_ray", "demo.yaml")) as b:
+        assert a.read() == b.read()
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(base=BASE, overrides=["pretrain.epochs=3", "model.backbone=smallcnn",
+                                            "finetune.lr=[0.1, 0.2]", "model.weights=null"])
+    assert cfg.pretrain.epochs == 3
+    assert cfg.model.backbone == "smallcnn"
+    assert cfg.finetune.lr == [0.1, 0.2]
+    assert cfg.model.weights is None
+    assert cfg.model.image_size == 224  # a sensible default for real photos
+
+
+def test_int_is_accepted_for_float():
+    cfg = load_config(base={**BASE, "pretrain": {"lr": 1}})
+    assert cfg.pretrain.lr == 1.0 and isinstance(cfg.pretrain.lr, float)
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError,
+                       match=r"unknown config key 'pretrain.epocs'.*'pretrain.epochs'"):
+        load_config(base={**BASE, "pretrain": {"epocs": 3}})
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError, match="unknown config key 'sead'"):
+        load_config(base={**BASE, "sead": 1})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match="'pretrain.epochs': expected an integer"):
+        load_config(base=BASE, overrides=["pretrain.epochs=many"])
+    with pytest.raises(ConfigError, match="'scaling.use_gpu': expected true/false"):
+        load_config(base=BASE, overrides=["scaling.use_gpu=3"])
+    with pytest.raises(ConfigError, match="'data.cache'"):
+        load_config(base=BASE, overrides=["data.cache=sometimes"])
+
+
+def test_out_of_range_and_missing_values():
+    with pytest.raises(ConfigError, match="'select.fraction'"):
+        load_config(base=BASE, overrides=["select.fraction=1.5"])
+    with pytest.raises(ConfigError, match="'source.uri' is required"):
+        load_config(base={"target": {"uri": "x"}})
+    with pytest.raises(ConfigError, match="finetune.strategies"):
+        load_config(base=BASE, overrides=["finetune.strategies=[magic]"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(base=BASE, overrides=["pretrain.epochs"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(base=BASE, overrides=["seed=7"])
+    assert config.from_dict(config.PipelineConfig, config.to_dict(cfg)) == cfg

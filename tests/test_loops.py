@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from dtl_ray import finetuning, loops, models
+
+
+def test_to_input_normalises_and_permutes():
+    x = loops.to_input(np.full((2, 4, 5, 3), 255, np.uint8))
+    assert x.shape == (2, 3, 4, 5)
+    torch.testing.assert_close(x[0, :, 0, 0], (1 - loops.MEAN.view(3)) / loops.STD.view(3))
+
+
+def test_augment_identity_and_shapes():
+    x = torch.randn(6, 3, 16, 16)
+    torch.testing.assert_close(loops.augment(x, loops.Augment()), x)
+    y = loops.augment(x, loops.Augment(15, 0.1, True, 0.2, 0.2), torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.allclose(x, y)
+
+
+def test_flip_only_mirrors():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(64, 3, 1, 1)
+    y = loops.augment(x, loops.Augment(flip=True), torch.Generator().manual_seed(0))
+    for i in range(64):
+        assert torch.allclose(y[i], x[i], atol=1e-4) or torch.allclose(y[i], x[i].flip(-1),
+                                                                        atol=1e-4)
+
+
+def test_roc_auc_hand_values():
+    assert loops.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert loops.roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert loops.roc_auc(np.array([0.9, 0.1]), np.array([1, 0])) == 1.0
+
+
+def test_proxy_a_distance():
+    assert loops.proxy_a_distance(0.5) == 0.0
+    assert loops.proxy_a_distance(0.0) == 2.0
+    assert loops.proxy_a_distance(0.1) == pytest.approx(1.6)
+
+
+def test_evaluate_accuracy_and_loss():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    out = loops.evaluate(logits, np.array([0, 1, 1]))
+    assert out["accuracy"] == pytest.approx(2 / 3)
+    assert out["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(
+        logits, torch.tensor([0, 1, 1]))))
+
+
+def test_epoch_order_mixes_and_has_a_fixed_length():
+    labeled = np.array([True] * 2 + [False] * 18)
+    # 2 labeled repeated 3x (6 of 24 = 25%), one pass = 24 samples
+    assert finetuning.mixed_repeats(2, 18, 0.25) == 3
+    order = finetuning.epoch_order(labeled, 0.25, 24, np.random.default_rng(0))
+    assert len(order) == 24 and labeled[order].sum() == 6
+    assert sorted(set(order)) == list(range(20))
+    tiny = finetuning.epoch_order(np.array([True] * 3), 0.25, 30, np.random.default_rng(0))
+    assert len(tiny) == 30 and np.bincount(tiny).tolist() == [10, 10, 10]
+    sets = [finetuning.TrainSet(np.arange(20), np.zeros(20, int), np.ones(20), labeled),
+            finetuning.TrainSet(np.arange(3), np.zeros(3, int), np.ones(3), np.ones(3, bool))]
+    assert finetuning.epoch_length(sets, 0.25) == 24
+
+
+def test_train_epoch_learns_a_separable_problem():
+    torch.manual_seed(0)
+    images = np.zeros((64, 8, 8, 3), np.uint8)
+    labels = np.arange(64) % 2
+    images[labels == 1] = 255
+    model = models.Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 8)),
+                              8, 2)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    batches = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
+    first = loops.train_epoch(model, batches, opt)["loss"]
+    for _ in range(5):
+        last = loops.train_epoch(model, batches, opt)
+    assert last["loss"] < first and last["accuracy"] == 1.0

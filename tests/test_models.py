@@ -1,0 +1,68 @@
+import pytest
+import torch
+import torchvision
+
+from dtl_ray import models
+
+
+@pytest.mark.parametrize("layer,dim", [(None, 64), ("block2", 32), ("block1", 16)])
+def test_smallcnn_tap_shapes(layer, dim):
+    g, width = models.build_backbone("smallcnn")
+    assert width == 64
+    tap = models.FeatureTap(g, layer).eval()
+    assert tap(torch.zeros(3, 3, 32, 32)).shape == (3, dim)
+
+
+@pytest.mark.parametrize("layer,dim", [(None, 512), ("layer3", 256), ("layer4", 512)])
+def test_resnet18_tap_shapes(layer, dim):
+    g, width = models.build_backbone("resnet18")
+    assert width == 512
+    tap = models.FeatureTap(g, layer).eval()
+    assert tap(torch.zeros(2, 3, 64, 64)).shape == (2, dim)
+
+
+def test_unknown_layer_and_backbone_are_clear_errors():
+    g, _ = models.build_backbone("smallcnn")
+    with pytest.raises(models.ModelError, match="not a node of the backbone"):
+        models.FeatureTap(g, "block9")
+    with pytest.raises(models.ModelError, match="unknown backbone 'resnet19'"):
+        models.build_backbone("resnet19")
+
+
+def test_torchvision_weights_load_from_a_local_state_dict(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    g, _ = models.build_backbone("resnet18", reference.state_dict())
+    torch.testing.assert_close(g.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(g.layer4[1].bn2.running_mean, reference.layer4[1].bn2.running_mean)
+    assert isinstance(g.fc, torch.nn.Identity)  # the 1000-class head is gone
+
+
+def test_weights_of_another_model_are_refused():
+    with pytest.raises(models.ModelError, match="do not fit resnet18"):
+        models.build_backbone("resnet18", torchvision.models.resnet34(weights=None).state_dict())
+
+
+def test_classifier_and_discriminator_shapes():
+    clf = models.build_classifier("smallcnn", 7)
+    assert clf(torch.zeros(4, 3, 32, 32)).shape == (4, 7)
+    d = models.Discriminator(64, 16)
+    assert d(torch.zeros(5, 64)).shape == (5,)
+
+
+def _trainable(model):
+    return {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters()
+            if p.requires_grad}
+
+
+def test_set_trainable_modes():
+    clf = models.build_classifier("smallcnn", 3)
+    models.set_trainable(clf, "head")
+    assert _trainable(clf) == {"head.weight", "head.bias"}
+    models.set_trainable(clf, "last_block")
+    assert _trainable(clf) == {"head.weight", "head.bias", "backbone.block3"}
+    models.set_trainable(clf, "all")
+    assert all(p.requires_grad for p in clf.parameters())
+    r = models.build_classifier("resnet18", 3)
+    models.set_trainable(r, "last_block")
+    assert {n.split(".")[1] for n, p in r.named_parameters()
+            if p.requires_grad and n.startswith("backbone")} == {"layer4"}
