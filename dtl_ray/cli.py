@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="demo-data + run with configs/demo.yaml into runs/demo/")
     m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     m.add_argument("--data", default="runs/demo-data", help="where the demo pair is written")
+    pk = sub.add_parser("pack", help="pack an image-folder domain into Parquet shards")
+    pk.add_argument("src", help="image-folder domain (local or s3://)")
+    pk.add_argument("dst", help="where the shards and _packed.json go (local or s3://)")
+    pk.add_argument("--rows-per-shard", type=int, default=10000)
+    pk.add_argument("--domain", choices=["source", "target"], default=None,
+                    help="default: target when it has unlabeled/ or test/, else source")
     rep = sub.add_parser("report", help="re-render report.html from a run's report.json")
     rep.add_argument("run_dir")
     return p
@@ -45,8 +51,18 @@ def _main(args: argparse.Namespace) -> int:
     from dtl_ray import config, demo, pipeline, report, storage
 
     if args.command == "demo-data":
+        storage.check_access(args.out, write=True)
         counts = demo.write_demo(args.out, seed=args.seed, scale=args.scale)
         print(f"wrote the demo pair to {args.out}: {counts}")
+        return 0
+    if args.command == "pack":
+        from dtl_ray import packing
+
+        storage.check_access(args.src)
+        storage.check_access(args.dst, write=True)
+        m = packing.pack(args.src, args.dst, args.rows_per_shard, args.domain)
+        print(f"packed {m['rows']} images ({m['domain']}: {m['splits']}) into "
+              f"{len(m['shards'])} shards at {args.dst}")
         return 0
     if args.command == "report":
         doc = storage.read_json(storage.join(args.run_dir, "report.json"))
@@ -79,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     from dtl_ray.config import ConfigError
     from dtl_ray.data import DataError
     from dtl_ray.models import ModelError
+    from dtl_ray.storage import StorageError
 
     args = _parser().parse_args(argv)
     try:
         return _main(args)
-    except (ConfigError, DataError, ModelError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ModelError, CheckpointError, StorageError,
+            FileNotFoundError) as e:
         print(f"dtl-ray: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

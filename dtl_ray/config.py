@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
-    "ConfigError", "DomainConfig", "ModelConfig", "ScalingConfig", "DataConfig",
+    "ConfigError", "S3Config", "DomainConfig", "ModelConfig", "ScalingConfig", "DataConfig",
     "PretrainConfig", "DiscriminateConfig", "ScoreConfig", "SelectConfig",
     "FinetuneConfig", "PipelineConfig", "load_config", "from_dict", "to_dict", "apply_overrides",
 ]
@@ -29,6 +29,14 @@ class ConfigError(ValueError):
 class DomainConfig:
     uri: str = ""
     """Dataset root: a local folder or `s3://bucket/prefix` in the layout of METHOD.md."""
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None
+    """S3-compatible endpoint (e.g. http://127.0.0.1:9000); else AWS_ENDPOINT_URL or AWS's own."""
+    region: str | None = None
+    """Region; else AWS_REGION. Credentials always come from the AWS chain, never the config."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,9 @@ class PipelineConfig:
     seed: int = 0
     """Seed for every random choice (data order, init, random subsets, demo data)."""
     storage: str = "runs"
-    """Output root."""
+    """Output root: a local folder or s3://bucket/prefix."""
+    s3: S3Config = field(default_factory=S3Config)
+    """S3 endpoint and region (no secrets)."""
     source: DomainConfig = field(default_factory=DomainConfig)
     """The labeled source domain."""
     target: DomainConfig = field(default_factory=DomainConfig)

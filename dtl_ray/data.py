@@ -62,10 +62,20 @@ class Manifest:
         return {d: {s: int(len(self.rows(d, s))) for s in SPLITS[d]} for d in SPLITS}
 
 
-def _list_domain(domain: str, uri: str, extensions: list[str]) -> list[tuple[str, str, str]]:
-    """(split, class folder or '', relative path) for every image file of a domain."""
+def _list_domain(domain: str, uri: str, extensions: list[str]) -> list[tuple[str, str, str, str]]:
+    """(split, class folder, path below the split, shard) for every image of a domain.
+
+    `shard` is '' for a file in an image folder, else the Parquet shard of a packed dataset.
+    """
+    from dtl_ray import packing
+
     if not storage.exists(uri):
         raise DataError(f"{domain} folder not found: {uri}")
+    if packing.is_packed(uri):
+        index = packing.read_index(uri)
+        return [(s, "" if s == "unlabeled" else str(c), r, sh) for s, c, r, sh in zip(
+            index["split"], index["label"], index["rel_path"], index["shard"])
+            if s in SPLITS[domain]]
     exts = tuple(e.lower() for e in extensions)
     out = []
     for split in SPLITS[domain]:
@@ -76,7 +86,7 @@ def _list_domain(domain: str, uri: str, extensions: list[str]) -> list[tuple[str
             if len(parts) < 2:
                 raise DataError(f"{domain} {split}: image {rel!r} is not inside a class folder "
                                 f"({storage.join(uri, split)}/<class>/<image>)")
-            out.append((split, parts[0], rel))
+            out.append((split, parts[0], rel, ""))
     return out
 
 
@@ -89,11 +99,12 @@ def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> M
     listed = {"source": _list_domain("source", source_uri, extensions),
               "target": _list_domain("target", target_uri, extensions)}
     for domain, split in sorted(REQUIRED):
-        if not any(s == split for s, _, _ in listed[domain]):
+        if not any(s == split for s, _, _, _ in listed[domain]):
             uri = source_uri if domain == "source" else target_uri
             raise DataError(f"{domain} split '{split}' is empty or missing: "
                             f"expected images under {storage.join(uri, split)}/<class>/")
-    names = {(d, s): {c for s2, c, _ in listed[d] if s2 == s} for d in SPLITS for s in SPLITS[d]}
+    names = {(d, s): {c for s2, c, _, _ in listed[d] if s2 == s}
+             for d in SPLITS for s in SPLITS[d]}
     source_classes = names[("source", "train")]
     target_classes = names[("target", "train")]
     missing = sorted(target_classes - source_classes)
@@ -111,11 +122,11 @@ def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> M
     index = {c: i for i, c in enumerate(classes)}
     rows = []
     for domain, uri in (("source", source_uri), ("target", target_uri)):
-        for split, cls, rel in listed[domain]:
+        for split, cls, rel, shard in listed[domain]:
             label = UNLABELED if split == "unlabeled" else index[cls]
             rows.append((sample_id(domain, split, rel), domain, split,
-                         storage.join(uri, split, rel), label))
-    table = pd.DataFrame(rows, columns=[SAMPLE_ID, DOMAIN, SPLIT, PATH, LABEL])
+                         storage.join(uri, split, rel), label, shard, rel))
+    table = pd.DataFrame(rows, columns=[SAMPLE_ID, DOMAIN, SPLIT, PATH, LABEL, "shard", "rel"])
     return Manifest(table=table, classes=classes)
 
 
@@ -166,14 +177,70 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
     return out
 
 
-def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
-    """A Ray Dataset of decoded images for manifest `rows` (rejected rows kept, with `error`)."""
+def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict) -> dict:
+    """Keeps the packed rows in `wanted` ((shard path, split, rel) -> manifest row), decoded.
+
+    Returns the manifest rows' columns plus `image` and `error`, as `decode_batch` does.
+    """
+    records, images, errors = [], [], []
+    for shard, split, rel, blob in zip(batch["path"], batch["split"], batch["rel_path"],
+                                       batch["image_bytes"]):
+        row = wanted.get((shard, split, rel))
+        if row is None:
+            continue
+        records.append(row)
+        try:
+            if not blob:
+                raise ValueError("empty file")
+            images.append(_decode(blob, image_size))
+            errors.append("")
+        except Exception as e:  # a bad image becomes a rejected row, not a crash
+            images.append(np.zeros((image_size, image_size, 3), np.uint8))
+            errors.append(f"{type(e).__name__}: {e}"[:300])
+    template = next(iter(wanted.values()))
+    frame = pd.DataFrame(records) if records else pd.DataFrame([template]).iloc[:0]
+    out = {k: frame[k].to_numpy() for k in template}
+    out[IMAGE] = np.stack(images) if images else np.zeros((0, image_size, image_size, 3),
+                                                           np.uint8)
+    out[ERROR] = np.array(errors, dtype=object)
+    return out
+
+
+def _packed_dataset(rows: pd.DataFrame, image_size: int):
+    """Decoded packed rows, read shard by shard (no object listing)."""
     import ray.data
 
-    chunks = [rows.iloc[i:i + rows_per_block] for i in range(0, max(len(rows), 1), rows_per_block)]
-    ds = ray.data.from_pandas([c.reset_index(drop=True) for c in chunks])
-    return ds.map_batches(decode_batch, fn_kwargs={"image_size": image_size},
-                          batch_format="numpy", batch_size=None)
+    fs, _ = storage.resolve(rows["shard"].iloc[0])
+    shards = sorted(rows["shard"].unique())
+    paths = [storage.resolve(s)[1] for s in shards]
+    keyed = {(storage.resolve(r["shard"])[1], r[SPLIT], r["rel"]): r
+             for r in rows.to_dict("records")}
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True,
+                               columns=["split", "rel_path", "image_bytes"])
+    return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "wanted": keyed},
+                          batch_format="numpy", batch_size=256)
+
+
+def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
+    """A Ray Dataset of decoded images for manifest `rows` (rejected rows kept, with `error`).
+
+    Rows from image folders are read file by file; rows from packed datasets shard by shard.
+    """
+    import ray.data
+
+    packed = rows[rows["shard"] != ""] if "shard" in rows else rows.iloc[:0]
+    files = rows[rows["shard"] == ""] if "shard" in rows else rows
+    parts = []
+    if len(files) or not len(packed):
+        chunks = [files.iloc[i:i + rows_per_block]
+                  for i in range(0, max(len(files), 1), rows_per_block)]
+        ds = ray.data.from_pandas([c.reset_index(drop=True) for c in chunks])
+        parts.append(ds.map_batches(decode_batch, fn_kwargs={"image_size": image_size},
+                                    batch_format="numpy", batch_size=None))
+    if len(packed):  # one read per filesystem (a domain may be local, the other on S3)
+        scheme = packed["shard"].str.startswith("s3://")
+        parts += [_packed_dataset(packed[m], image_size) for m in (scheme, ~scheme) if m.any()]
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
 def collect(ds) -> dict[str, np.ndarray]:

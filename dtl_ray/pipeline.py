@@ -34,15 +34,30 @@ def absolute(cfg: PipelineConfig) -> PipelineConfig:
         model=dataclasses.replace(cfg.model, weights=fix(cfg.model.weights)))
 
 
-def ensure_ray() -> None:
-    """Connects to RAY_ADDRESS if set, else starts a local Ray (dashboard on 127.0.0.1)."""
+def ensure_ray(env: dict[str, str] | None = None) -> None:
+    """Connects to RAY_ADDRESS if set, else starts a local Ray (dashboard on 127.0.0.1).
+
+    `env` (S3 endpoint and region, never secrets) reaches every worker of this job.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
     kwargs = {} if address else {"dashboard_host": "127.0.0.1"}
-    ray.init(address=address or None, logging_level=logging.WARNING, **kwargs)
+    if env:
+        kwargs["runtime_env"] = {"env_vars": env}
+    # "local": never attach by accident to another cluster started on this machine
+    ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
+
+
+def check_uris(cfg: PipelineConfig) -> None:
+    """Every URI is reachable (and storage writable) before anything starts."""
+    storage.check_access(cfg.source.uri)
+    storage.check_access(cfg.target.uri)
+    storage.check_access(cfg.storage, write=True)
+    if cfg.model.weights:
+        storage.check_access(cfg.model.weights)
 
 
 def _write_config(cfg: PipelineConfig, uri: str) -> None:
@@ -84,13 +99,15 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
         raise ConfigError(f"unknown stage(s) {unknown}: choose from {STAGES}")
     t0 = time.time()
     cfg = absolute(cfg)
+    env = storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
+    check_uris(cfg)
     uri = run_uri(cfg)
     manifest = _manifest(cfg, uri)  # fails fast, before Ray starts, on bad folders
     counts = manifest.counts()
     print(f"[dtl-ray] run {uri}: classes {manifest.classes}; source {counts['source']}; "
           f"target {counts['target']}", flush=True)
     _write_config(cfg, uri)
-    ensure_ray()
+    ensure_ray(env)
     summaries: dict[str, dict] = {}
     for name in STAGES:
         stage_uri = storage.join(uri, name)

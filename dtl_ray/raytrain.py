@@ -36,10 +36,11 @@ def fit(train_fn: Callable, cfg: PipelineConfig, stage_uri: str, name: str,
     from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    local = storage.local_path(stage_uri)
+    path, fs = storage.train_storage(stage_uri)
     run_config = RunConfig(
         name=name,
-        storage_path=local if local else stage_uri,
+        storage_path=path,
+        storage_filesystem=fs,
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         logging_config=LoggingConfig(log_level="WARNING"),

@@ -14,9 +14,76 @@ from typing import Any
 import pyarrow.fs as pafs
 
 __all__ = ["resolve", "join", "exists", "read_bytes", "write_bytes", "read_json", "write_json",
-           "is_done", "mark_done", "local_path", "list_files"]
+           "is_done", "mark_done", "local_path", "list_files", "StorageError", "check_access",
+           "configure_s3", "train_storage", "delete"]
 
 DONE_MARKER = "_DONE.json"
+
+
+class StorageError(OSError):
+    """A URI that cannot be used: missing bucket, refused credentials, unreachable endpoint."""
+
+
+def configure_s3(endpoint_url: str | None, region: str | None) -> dict[str, str]:
+    """Sets the S3 endpoint and region for this process (and the Ray workers it starts).
+
+    Returns the environment variables set, for a Ray runtime_env. Credentials are never
+    handled here: they come from the standard AWS chain (variables, profiles, roles).
+    """
+    env = {}
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = endpoint_url
+    if region:
+        env["AWS_REGION"] = region
+    os.environ.update(env)
+    return env
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).replace("\n", " ")
+    for marker in ("AWS Error ", "Detail: "):
+        if marker in text:
+            text = text[text.index(marker):]
+    return text[:240]
+
+
+def check_access(uri: str, write: bool = False) -> None:
+    """Fails early, with one clear line, when `uri` cannot be read (or written).
+
+    Raises:
+        StorageError: unreachable endpoint, refused credentials, missing bucket.
+    """
+    if not uri.startswith("s3://"):
+        return
+    fs, path = resolve(uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise StorageError(f"bucket '{bucket}' of {uri} does not exist (or is not visible "
+                               "with these credentials)")
+        fs.get_file_info(path)
+        if write:
+            probe = join(uri, f".dtl-ray-probe-{uuid.uuid4().hex[:8]}")
+            write_bytes(probe, b"ok")
+            delete(probe)
+    except StorageError:
+        raise
+    except OSError as e:
+        raise StorageError(f"cannot {'write' if write else 'read'} {uri}: {_reason(e)}") from None
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    fs.delete_file(path)
+
+
+def train_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for a Ray Train/Tune RunConfig."""
+    local = local_path(uri)
+    if local is not None:
+        return local, None
+    fs, path = resolve(uri)
+    return path, fs
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:

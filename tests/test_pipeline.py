@@ -12,20 +12,6 @@ from dtl_ray.stages import finetune
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_run(ray_session, tiny_demo, tmp_path_factory):
-    """Runs the pipeline stage by stage; yields (cfg, run dir, {stage: summary})."""
-    out = tmp_path_factory.mktemp("runs")
-    cfg = config.load_config(overrides=tiny_overrides(
-        tiny_demo / "source", tiny_demo / "target", out, "tiny"))
-    summaries = {}
-    for stage in pipeline.STAGES:
-        doc = pipeline.run(cfg, [stage])
-        key = "discriminator" if stage == "discriminate" else stage
-        summaries[stage] = doc[key]
-    return cfg, os.path.join(out, "tiny"), summaries
-
-
 def test_pretrain_stage(tiny_run):
     cfg, run, s = tiny_run
     state, meta = checkpoints.load(os.path.join(run, "pretrain", "model.pt"))

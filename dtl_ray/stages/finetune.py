@@ -208,13 +208,13 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
         {"cpu": cfg.scaling.cpus_per_worker, "gpu": 1 if cfg.scaling.use_gpu else 0})
-    local = storage.local_path(stage_uri)
-    root = local if local else stage_uri
-    path = os.path.join(root, "search") if local else storage.join(root, "search")
+    root, fs = storage.train_storage(stage_uri)
+    path = f"{root}/search"
     total = len(sets) * len(settings)
-    if ray.tune.Tuner.can_restore(path):
+    if ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
         print(f"[finetune] resuming the search in {path}", flush=True)
-        tuner = ray.tune.Tuner.restore(path, trainable, resume_errored=True)
+        tuner = ray.tune.Tuner.restore(path, trainable, resume_errored=True,
+                                       storage_filesystem=fs)
     else:
         tuner = ray.tune.Tuner(
             trainable,
@@ -228,7 +228,7 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
                                         reduction_factor=3),
                 max_concurrent_trials=_concurrency(cfg)),
             run_config=ray.tune.RunConfig(
-                name="search", storage_path=root, verbose=0,
+                name="search", storage_path=root, storage_filesystem=fs, verbose=0,
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[_trial_lines(total)]),
         )

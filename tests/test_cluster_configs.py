@@ -1,0 +1,82 @@
+"""The cluster configs agree with Ray's schema, the installed Ray and the repo's paths."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jsonschema
+import ray
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(ROOT, "cluster")
+
+
+def _load(rel):
+    with open(os.path.join(CLUSTER, rel)) as f:
+        return yaml.safe_load(f)
+
+
+def test_aws_config_validates_against_rays_schema():
+    schema_path = os.path.join(os.path.dirname(ray.__file__), "autoscaler", "ray-schema.json")
+    with open(schema_path) as f:
+        schema = json.load(f)
+    cfg = _load("aws-gpu.yaml")
+    jsonschema.validate(cfg, schema)
+    types = cfg["available_node_types"]
+    assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["resources"]["GPU"] >= 1
+    assert "GPU" not in types["cpu_worker"]["resources"]
+    assert types[cfg["head_node_type"]]["node_config"]["IamInstanceProfile"]["Name"]
+
+
+def test_a_broken_config_is_caught_by_the_schema():
+    schema_path = os.path.join(os.path.dirname(ray.__file__), "autoscaler", "ray-schema.json")
+    with open(schema_path) as f:
+        schema = json.load(f)
+    cfg = _load("aws-gpu.yaml")
+    cfg["available_node_types"]["gpu_worker"]["min_workers"] = "none"
+    try:
+        jsonschema.validate(cfg, schema)
+    except jsonschema.ValidationError:
+        return
+    raise AssertionError("the schema accepted min_workers: 'none'")
+
+
+def _images(obj):
+    text = yaml.safe_dump(obj)
+    return re.findall(r"rayproject/ray:([\w.\-]+)", text)
+
+
+def test_images_and_versions_match_the_installed_ray():
+    tags = _images(_load("aws-gpu.yaml"))
+    for rel in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        doc = _load(rel)
+        tags += _images(doc)
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert spec["rayVersion"] == ray.__version__
+    assert tags and {t.split("-")[0] for t in tags} == {ray.__version__}
+    assert all("py311" in t for t in tags)
+
+
+def test_every_entrypoint_path_exists():
+    job = _load("kuberay/rayjob.yaml")
+    named = re.findall(r"[\w/]+\.(?:py|yaml)", job["spec"]["entrypoint"])
+    with open(os.path.join(CLUSTER, "README.md")) as f:
+        named += re.findall(r"(?:jobs|configs|cluster)/[\w/.\-]+\.(?:py|yaml)", f.read())
+    with open(os.path.join(ROOT, "jobs", "README.md")) as f:
+        named += re.findall(r"(?:jobs|configs|cluster)/[\w/.\-]+\.(?:py|yaml)", f.read())
+    assert "jobs/pipeline.py" in named
+    for rel in set(named):
+        assert os.path.exists(os.path.join(ROOT, rel)), rel
+
+
+def test_job_scripts_parse_and_fail_cleanly(tmp_path):
+    for name in ("pipeline", "stage_pretrain", "stage_discriminate", "stage_score",
+                 "stage_select", "stage_finetune", "stage_evaluate"):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", f"{name}.py"),
+                               "--config", str(tmp_path / "missing.yaml")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert "config file not found" in proc.stderr
