@@ -57,6 +57,9 @@ class ScalingConfig:
     """Train, score and fine-tune on GPUs."""
     cpus_per_worker: int = 1
     """CPUs reserved by each training worker, scoring actor and tuning trial."""
+    max_failures: int = 3
+    """Restarts of a Train worker group or a Tune trial after a worker dies (each resumes
+    from its last checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class DataConfig:
     """Training batch size per worker."""
     cache: Literal["auto", "always", "never"] = "auto"
     """Keep decoded training images in Ray's object store: `auto` does when they fit in 1/4."""
+    max_rejected_fraction: float = 0.01
+    """The run stops before training when more images than this cannot be decoded."""
     extensions: list[str] = field(
         default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"])
     """File name endings treated as images."""
@@ -295,6 +300,8 @@ def _validate(cfg: PipelineConfig) -> None:
         ("model.image_size", cfg.model.image_size >= 8),
         ("scaling.num_workers", cfg.scaling.num_workers >= 1),
         ("scaling.cpus_per_worker", cfg.scaling.cpus_per_worker >= 1),
+        ("scaling.max_failures", cfg.scaling.max_failures >= 0),
+        ("data.max_rejected_fraction", 0 <= cfg.data.max_rejected_fraction <= 1),
         ("data.batch_size", cfg.data.batch_size >= 1),
         ("pretrain.epochs", cfg.pretrain.epochs >= 1),
         ("discriminate.epochs", cfg.discriminate.epochs >= 1),

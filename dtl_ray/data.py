@@ -149,7 +149,8 @@ def _decode(data: bytes, size: int) -> np.ndarray:
 
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
-    """Reads and decodes the files of a manifest batch; never raises for a bad file.
+    """Reads and decodes the files of a manifest batch; never raises for a bad file (only for
+    a transient storage error that outlasted its retries).
 
     Returns the batch (numpy columns) with `image` (uint8, image_size x image_size x 3; zeros
     when rejected) and `error` ('' when decoded, else the reason).
@@ -161,14 +162,16 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
             scheme = path.split("://", 1)[0] if "://" in path else "file"
             if scheme not in fs_cache:
                 fs_cache[scheme] = storage.resolve(path)[0]
-            fs = fs_cache[scheme]
-            with fs.open_input_stream(storage.resolve(path)[1]) as f:
-                data = f.read()
+            # transient storage errors are retried, then raised: only a file that is missing,
+            # empty or undecodable becomes a rejected row
+            data = storage.read_file(fs_cache[scheme], storage.resolve(path)[1])
             if not data:
                 raise ValueError("empty file")
             images.append(_decode(data, image_size))
             errors.append("")
         except Exception as e:  # a bad file becomes a rejected row, not a crash
+            if isinstance(e, OSError) and any(t in str(e) for t in storage.TRANSIENT):
+                raise  # the task fails and Ray retries it; never a wrongly rejected row
             images.append(np.zeros((image_size, image_size, 3), np.uint8))
             errors.append(f"{type(e).__name__}: {e}"[:300])
     out = dict(batch)
@@ -241,6 +244,15 @@ def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
         scheme = packed["shard"].str.startswith("s3://")
         parts += [_packed_dataset(packed[m], image_size) for m in (scheme, ~scheme) if m.any()]
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def find_rejected(rows: pd.DataFrame, image_size: int) -> pd.DataFrame:
+    """Decodes every row once (distributed); returns the undecodable ones with their reason."""
+    from ray.data.expressions import col
+
+    cols = [SAMPLE_ID, DOMAIN, SPLIT, PATH, ERROR]
+    bad = to_dataset(rows, image_size).select_columns(cols).filter(expr=col(ERROR) != "")
+    return bad.to_pandas().reindex(columns=cols)  # an empty result has no columns
 
 
 def collect(ds) -> dict[str, np.ndarray]:

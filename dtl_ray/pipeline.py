@@ -75,11 +75,55 @@ def _write_config(cfg: PipelineConfig, uri: str) -> None:
 
 
 def _manifest(cfg: PipelineConfig, uri: str) -> data.Manifest:
-    if storage.exists(storage.join(uri, "manifest.parquet")):
+    """The run's manifest: listed afresh until a stage has finished, then kept (so a resumed
+    run sees the samples its finished stages saw, and a fixed folder is seen before)."""
+    started = storage.is_done(storage.join(uri, STAGES[0]))
+    if started and storage.exists(storage.join(uri, "manifest.parquet")):
         return data.load_manifest(uri)
-    manifest = data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
-    data.save_manifest(manifest, uri)
-    return manifest
+    return data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Builds the model once on the driver: unknown backbones, bad weights files, unknown
+    layers and image sizes the backbone cannot take fail here, before anything is written."""
+    import torch
+
+    from dtl_ray import models
+    from dtl_ray.stages import pretrain
+
+    model = pretrain.build_model(cfg, 2).eval()
+    x = torch.zeros(2, 3, cfg.model.image_size, cfg.model.image_size)
+    tap = models.FeatureTap(model.backbone, cfg.discriminate.layer)
+    try:
+        with torch.no_grad():
+            model(x)
+            tap(x)
+    except RuntimeError as e:
+        raise models.ModelError(f"model.image_size {cfg.model.image_size} is too small for "
+                                f"{cfg.model.backbone}: {str(e).splitlines()[0][:160]}") from None
+
+
+def inspect_images(cfg: PipelineConfig, uri: str, manifest: data.Manifest) -> dict:
+    """Decodes every image once before training; lists the undecodable ones in
+    `<run>/rejected.parquet` and stops when there are more than data.max_rejected_fraction."""
+    stage_uri = storage.join(uri, "inspect")
+    if storage.is_done(stage_uri):
+        return _summary(stage_uri)
+    t0 = time.time()
+    rejected = data.find_rejected(manifest.table, cfg.model.image_size)
+    data.write_parquet_df(rejected, storage.join(uri, "rejected.parquet"))
+    n, total = len(rejected), len(manifest.table)
+    if n > cfg.data.max_rejected_fraction * total:
+        examples = ", ".join(rejected["path"].head(3))
+        raise data.DataError(f"{n} of {total} images ({n / total:.1%}) cannot be decoded, over "
+                             f"data.max_rejected_fraction={cfg.data.max_rejected_fraction}; "
+                             f"e.g. {examples} (all listed in {uri}/rejected.parquet)")
+    summary = {"rejected": n, "images": total, "seconds": round(time.time() - t0, 2)}
+    storage.mark_done(stage_uri, {"summary": summary})
+    if n:
+        print(f"[dtl-ray] {n} of {total} images cannot be decoded and are left out "
+              f"(listed in {uri}/rejected.parquet)", flush=True)
+    return summary
 
 
 def _summary(stage_uri: str) -> dict:
@@ -101,13 +145,16 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
     cfg = absolute(cfg)
     env = storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
     check_uris(cfg)
+    preflight(cfg)
     uri = run_uri(cfg)
     manifest = _manifest(cfg, uri)  # fails fast, before Ray starts, on bad folders
     counts = manifest.counts()
     print(f"[dtl-ray] run {uri}: classes {manifest.classes}; source {counts['source']}; "
           f"target {counts['target']}", flush=True)
+    data.save_manifest(manifest, uri)
     _write_config(cfg, uri)
     ensure_ray(env)
+    inspected = inspect_images(cfg, uri, manifest)
     summaries: dict[str, dict] = {}
     for name in STAGES:
         stage_uri = storage.join(uri, name)
@@ -128,6 +175,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
         storage.mark_done(stage_uri, {"summary": summaries[name]})
         print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
     doc = report.build(cfg, manifest, summaries, time.time() - t0)
+    doc["data"]["rejected"] = inspected["rejected"]
     report.write(doc, uri)
     print(f"[dtl-ray] report: {storage.join(uri, 'report.html')}", flush=True)
     return doc

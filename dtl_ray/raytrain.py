@@ -27,7 +27,7 @@ def say(line: str) -> None:
 
 
 def fit(train_fn: Callable, cfg: PipelineConfig, stage_uri: str, name: str,
-        datasets: dict, extra: dict, max_failures: int = 0):
+        datasets: dict, extra: dict):
     """Runs `train_fn` on `cfg.scaling.num_workers` workers and returns the Train Result.
 
     The run is named after the stage (deterministic), so running again resumes it.
@@ -41,7 +41,7 @@ def fit(train_fn: Callable, cfg: PipelineConfig, stage_uri: str, name: str,
         name=name,
         storage_path=path,
         storage_filesystem=fs,
-        failure_config=FailureConfig(max_failures=max_failures),
+        failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         logging_config=LoggingConfig(log_level="WARNING"),
     )

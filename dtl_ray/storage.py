@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = ["resolve", "join", "exists", "read_bytes", "write_bytes", "read_json"
            "configure_s3", "train_storage", "delete"]
 
 DONE_MARKER = "_DONE.json"
+S3_MAX_ATTEMPTS = 10
 
 
 class StorageError(OSError):
@@ -86,6 +88,24 @@ def train_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     return path, fs
 
 
+TRANSIENT = ("HTTP status 503", "HTTP status 500", "SLOW_DOWN", "NETWORK_CONNECTION",
+             "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "REQUEST_TIMEOUT", "Connection reset",
+             "timed out")
+
+
+def retry(fn, *args, attempts: int = 6, base_s: float = 0.2):
+    """Calls fn(*args), retrying transient storage errors (503s, dropped connections) with
+    exponential backoff; other errors, and the last transient one, are raised."""
+    for i in range(attempts):
+        try:
+            return fn(*args)
+        except OSError as e:
+            if i == attempts - 1 or not any(t in str(e) for t in TRANSIENT):
+                raise
+            time.sleep(base_s * 2 ** i)
+    raise AssertionError("unreachable")
+
+
 def _s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict[str, Any] = {}
@@ -96,7 +116,9 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
+    # transient errors (503 SlowDown, dropped connections) are retried with backoff
+    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(S3_MAX_ATTEMPTS),
+                             **kwargs)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -126,28 +148,39 @@ def join(uri: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return retry(fs.get_file_info, path).type != pafs.FileType.NotFound
+
+
+def read_file(fs: pafs.FileSystem, path: str) -> bytes:
+    """The bytes of one file, transient errors retried."""
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return retry(read)
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+    return read_file(fs, path)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Writes atomically: a reader sees the old file or the whole new one, never a part."""
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
+    retry(lambda: fs.create_dir(parent, recursive=True))
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         os.replace(tmp, path)
     else:  # an S3 PUT is atomic per object
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        def put() -> None:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+
+        retry(put)
 
 
 def read_json(uri: str) -> Any:
@@ -170,8 +203,8 @@ def mark_done(stage_uri: str, summary: dict) -> None:
 def list_files(uri: str) -> list[tuple[str, int]]:
     """All files below `uri` as (path relative to uri, size), sorted; [] if it is missing."""
     fs, root = resolve(uri)
-    if fs.get_file_info(root).type != pafs.FileType.Directory:
+    if retry(fs.get_file_info, root).type != pafs.FileType.Directory:
         return []
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    infos = retry(fs.get_file_info, pafs.FileSelector(root, recursive=True))
     out = [(i.path[len(root):].lstrip("/"), i.size) for i in infos if i.type == pafs.FileType.File]
     return sorted(out)

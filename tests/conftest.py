@@ -18,20 +18,31 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """An S3-compatible server (moto) on 127.0.0.1, with the AWS variables pointing at it.
+def s3_faults():
+    """An S3-compatible server (moto) on 127.0.0.1 behind a proxy that fails every 25th
+    request with 503 SlowDown, and the AWS variables pointing at the proxy: every S3 test
+    runs through transient errors.
 
     Started before Ray so that Ray's workers inherit the endpoint and credentials.
     """
     from moto.server import ThreadedMotoServer
+    from s3_faults import FaultyProxy
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    os.environ.update(AWS_ACCESS_KEY_ID="dtl-test-key", AWS_SECRET_ACCESS_KEY=SECRET,
-                      AWS_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-    yield f"http://127.0.0.1:{port}"
+    with FaultyProxy(port, every=25) as proxy:
+        os.environ.update(AWS_ACCESS_KEY_ID="dtl-test-key", AWS_SECRET_ACCESS_KEY=SECRET,
+                          AWS_REGION="us-east-1",
+                          AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
+        yield proxy
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_faults):
+    """The S3 endpoint the tests use (the faulty proxy in front of moto)."""
+    return f"http://127.0.0.1:{s3_faults.port}"
 
 
 @pytest.fixture(scope="session")

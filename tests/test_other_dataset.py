@@ -46,7 +46,7 @@ def test_resnet18_from_local_weights_on_jpeg_dataset(ray_session, tmp_path):
                                          "discriminate.layer=layer3", "model.image_size=32"]
     cfg = config.load_config(overrides=overrides)
     # the weights really are loaded: pretraining starts from them
-    model = pretrain._build(cfg, 2)
+    model = pretrain.build_model(cfg, 2)
     ref = torch.load(weights, weights_only=True)
     torch.testing.assert_close(model.backbone.conv1.weight, ref["conv1.weight"])
     doc = pipeline.run(cfg)

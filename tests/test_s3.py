@@ -61,6 +61,15 @@ def test_numbers_match_a_local_run(s3_run, tiny_run):
         local["evaluate"]["method"]["target_test_accuracy"], abs=0.2)
 
 
+def test_transient_errors_were_injected_and_survived(s3_run, s3_faults):
+    """Every 25th S3 request of this session failed with 503 SlowDown (see conftest), yet the
+    run above completed with every row and nothing wrongly rejected."""
+    assert s3_faults.failed >= 10
+    assert s3_faults.forwarded >= 20 * s3_faults.failed
+    assert s3_run["score"]["rows_in"] == s3_run["score"]["rows_out"] == 322
+    assert s3_run["data"]["rejected"] == 0
+
+
 def test_no_secret_is_written(s3_run):
     s3 = boto3.client("s3")
     for key in _keys("runs/tiny/"):

@@ -199,12 +199,25 @@ def _trial_lines(total: int):
     return TrialLines()
 
 
+def _keep_credentials_out_of_ray_logs() -> None:
+    """Ray Tune copies AWS credentials from the driver's environment into every trial's
+    runtime_env, and Ray's runtime-env agent logs runtime envs verbatim (INFO), so the secret
+    key would land in `<ray session>/logs/runtime_env_agent.log`. Trials get credentials from
+    their node instead: the local raylet's environment, or the instance role on a cluster."""
+    from ray.tune.execution import class_cache
+
+    secrets = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+               "AWS_SECURITY_TOKEN"}
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secrets
+
+
 def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: dict,
             settings: list[dict]):
     """Runs (or resumes) the Tune experiment; returns its ResultGrid."""
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
+    _keep_credentials_out_of_ray_logs()
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
         {"cpu": cfg.scaling.cpus_per_worker, "gpu": 1 if cfg.scaling.use_gpu else 0})
@@ -229,6 +242,7 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
                 max_concurrent_trials=_concurrency(cfg)),
             run_config=ray.tune.RunConfig(
                 name="search", storage_path=root, storage_filesystem=fs, verbose=0,
+                failure_config=ray.tune.FailureConfig(max_failures=cfg.scaling.max_failures),
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[_trial_lines(total)]),
         )

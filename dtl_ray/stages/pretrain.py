@@ -12,7 +12,7 @@ import torch
 from dtl_ray import checkpoints, data, loops, models, raytrain, storage
 from dtl_ray.config import PipelineConfig, from_dict
 
-__all__ = ["run", "initial_weights", "augment_settings"]
+__all__ = ["run", "initial_weights", "augment_settings", "build_model"]
 
 STAGE = "pretrain"
 
@@ -33,7 +33,7 @@ def initial_weights(cfg: PipelineConfig) -> tuple[dict | None, dict | None]:
     return None, state["model"]
 
 
-def _build(cfg: PipelineConfig, num_classes: int) -> models.Classifier:
+def build_model(cfg: PipelineConfig, num_classes: int) -> models.Classifier:
     tv_weights, ours = initial_weights(cfg)
     model = models.build_classifier(cfg.model.backbone, num_classes, tv_weights)
     if ours is not None:  # our checkpoint: take the backbone, keep a fresh head
@@ -69,14 +69,16 @@ def train_fn(config: dict) -> dict:
     rank, _ = raytrain.world()
     raytrain.set_threads(cfg.scaling.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    model = ray.train.torch.prepare_model(_build(cfg, config["num_classes"]))
+    model = ray.train.torch.prepare_model(build_model(cfg, config["num_classes"]))
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
                             weight_decay=cfg.pretrain.weight_decay)
     start, best = 0, {"accuracy": -1.0, "epoch": -1, "state": None}
+    resumed: list[int] = []
     restored = raytrain.restore()
     if restored is not None:
         state, meta = restored
+        resumed = list(meta.get("resumed_from", [])) + [meta["epoch"] + 1]
         raytrain.unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = meta["epoch"] + 1
@@ -110,7 +112,8 @@ def train_fn(config: dict) -> dict:
         state = {"model": raytrain.cpu_state(model), "best": best["state"],
                  "optimizer": opt.state_dict()}
         raytrain.report_epoch(metrics, state, {"epoch": epoch, "best_accuracy": best["accuracy"],
-                                               "best_epoch": best["epoch"], "history": history})
+                                               "best_epoch": best["epoch"], "history": history,
+                                               "resumed_from": resumed})
     return {"history": history}
 
 
@@ -136,6 +139,7 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         "best_epoch": int(meta["best_epoch"]) + 1,
         "epochs": cfg.pretrain.epochs,
         "curve": meta["history"],
+        "resumed_from_epochs": meta["resumed_from"],
         "seconds": round(time.time() - t0, 2),
     }
     checkpoints.save(storage.join(stage_uri, "model.pt"), {"model": state["best"]}, {
