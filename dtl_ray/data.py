@@ -164,7 +164,7 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
                 fs_cache[scheme] = storage.resolve(path)[0]
             # transient storage errors are retried, then raised: only a file that is missing,
             # empty or undecodable becomes a rejected row
-            data = storage.read_file(fs_cache[scheme], storage.resolve(path)[1])
+            data = storage.read_file(fs_cache[scheme], storage.path_of(path))
             if not data:
                 raise ValueError("empty file")
             images.append(_decode(data, image_size))
@@ -215,8 +215,8 @@ def _packed_dataset(rows: pd.DataFrame, image_size: int):
 
     fs, _ = storage.resolve(rows["shard"].iloc[0])
     shards = sorted(rows["shard"].unique())
-    paths = [storage.resolve(s)[1] for s in shards]
-    keyed = {(storage.resolve(r["shard"])[1], r[SPLIT], r["rel"]): r
+    paths = [storage.path_of(s) for s in shards]
+    keyed = {(storage.path_of(r["shard"]), r[SPLIT], r["rel"]): r
              for r in rows.to_dict("records")}
     ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True,
                                columns=["split", "rel_path", "image_bytes"])

@@ -121,14 +121,19 @@ def _s3_filesystem() -> pafs.S3FileSystem:
                              **kwargs)
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Returns (filesystem, path within it) for a local path or an s3:// URI."""
+def path_of(uri: str) -> str:
+    """The path of `uri` within its filesystem (no filesystem is built: cheap per file)."""
     if uri.startswith("s3://"):
-        return _s3_filesystem(), uri[len("s3://"):].rstrip("/")
+        return uri[len("s3://"):].rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    return pafs.LocalFileSystem(), os.path.abspath(path)
+    return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Returns (filesystem, path within it) for a local path or an s3:// URI."""
+    path = path_of(uri)
+    return (_s3_filesystem() if uri.startswith("s3://") else pafs.LocalFileSystem()), path
 
 
 def local_path(uri: str) -> str | None:
