@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test seeds lint clean
+.PHONY: demo test bench seeds lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+# performance figures, Ray against plain PyTorch (runs/perf/perf.json); see docs/performance.md
+bench: $(STAMP)
+	$(VENV)/bin/dtl-ray perf
 
 seeds: $(STAMP)
 	$(PY) scripts/check_seeds.py --seeds 0 1 2

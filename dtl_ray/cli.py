@@ -34,6 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--rows-per-shard", type=int, default=10000)
     pk.add_argument("--domain", choices=["source", "target"], default=None,
                     help="default: target when it has unlabeled/ or test/, else source")
+    pf = sub.add_parser("perf", help="performance figures: Ray path against plain PyTorch "
+                        "(writes runs/perf/perf.json)")
+    pf.add_argument("config", nargs="?", default=None, help="YAML config (default: the demo's)")
+    pf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pf.add_argument("--out", default="runs/perf")
+    pf.add_argument("--data", default=None, help="a demo pair to read (default: written to "
+                    "OUT/demo-data)")
+    pf.add_argument("--n", type=int, default=3000,
+                    help="images of the memory figure's 1x run (10x for scoring throughput)")
+    pf.add_argument("--repeats", type=int, default=2, help="runs of each scoring variant")
+    pf.add_argument("--epochs", type=int, default=3, help="epochs of each training variant")
+    pf.add_argument("--only", help="comma-separated figures: score,memory,train,demo")
     rep = sub.add_parser("report", help="re-render report.html from a run's report.json")
     rep.add_argument("run_dir")
     return p
@@ -68,6 +80,15 @@ def _main(args: argparse.Namespace) -> int:
         doc = storage.read_json(storage.join(args.run_dir, "report.json"))
         report.write(doc, args.run_dir)
         print(f"wrote {storage.join(args.run_dir, 'report.html')}")
+        return 0
+    if args.command == "perf":
+        from dtl_ray import perf
+
+        cfg = config.load_config(args.config or _demo_config_path(), args.overrides)
+        only = [s.strip() for s in args.only.split(",")] if args.only else None
+        perf.run(cfg, out=args.out, data_uri=args.data, n=args.n, repeats=args.repeats,
+                 epochs=args.epochs, only=only)
+        print(f"wrote {os.path.join(args.out, 'perf.json')}")
         return 0
     if args.command == "demo":
         cfg = config.load_config(_demo_config_path(), args.overrides)

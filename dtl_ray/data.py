@@ -17,7 +17,7 @@ import pandas as pd
 from dtl_ray import storage
 
 __all__ = ["COLUMNS", "SPLITS", "DataError", "Manifest", "build_manifest", "decode_batch",
-           "to_dataset", "collect", "sample_id"]
+           "to_dataset", "dataset_parts", "collect", "sample_id"]
 
 # the one column vocabulary
 SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR = (
@@ -224,10 +224,14 @@ def _packed_dataset(rows: pd.DataFrame, image_size: int):
                           batch_format="numpy", batch_size=256)
 
 
-def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
-    """A Ray Dataset of decoded images for manifest `rows` (rejected rows kept, with `error`).
+def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
+                  decode_files: bool = True) -> list[tuple[str, object]]:
+    """(kind, Ray Dataset) pairs for manifest `rows`: ('files', ...) for rows from image
+    folders (read file by file), ('packed', ...) per filesystem for rows from packed datasets
+    (read shard by shard, decoded).
 
-    Rows from image folders are read file by file; rows from packed datasets shard by shard.
+    decode_files=False leaves folder rows undecoded (no `image` column) for a consumer that
+    decodes them itself (`decode_batch`), so image bytes never pass through the object store.
     """
     import ray.data
 
@@ -238,11 +242,23 @@ def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
         chunks = [files.iloc[i:i + rows_per_block]
                   for i in range(0, max(len(files), 1), rows_per_block)]
         ds = ray.data.from_pandas([c.reset_index(drop=True) for c in chunks])
-        parts.append(ds.map_batches(decode_batch, fn_kwargs={"image_size": image_size},
-                                    batch_format="numpy", batch_size=None))
+        if decode_files:
+            ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": image_size},
+                                batch_format="numpy", batch_size=None)
+        parts.append(("files", ds))
     if len(packed):  # one read per filesystem (a domain may be local, the other on S3)
         scheme = packed["shard"].str.startswith("s3://")
-        parts += [_packed_dataset(packed[m], image_size) for m in (scheme, ~scheme) if m.any()]
+        parts += [("packed", _packed_dataset(packed[m], image_size))
+                  for m in (scheme, ~scheme) if m.any()]
+    return parts
+
+
+def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
+    """A Ray Dataset of decoded images for manifest `rows` (rejected rows kept, with `error`).
+
+    Rows from image folders are read file by file; rows from packed datasets shard by shard.
+    """
+    parts = [ds for _, ds in dataset_parts(rows, image_size, rows_per_block)]
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 

@@ -93,7 +93,7 @@ def train(model: models.Classifier, images: np.ndarray, train_set: TrainSet,
     `resume` is a state yielded earlier: training continues after its epoch.
     """
     models.set_trainable(model, settings.train_layers)
-    model.to(device)
+    model = loops.for_device(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)

@@ -4,6 +4,7 @@ epochs over batches, discriminator metrics.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Augment", "to_input", "augment", "train_epoch", "evaluate", "predict",
-           "roc_auc", "proxy_a_distance", "train_mode", "entropy"]
+__all__ = ["Augment", "to_input", "autocast", "for_device", "on_gpu", "augment", "train_epoch",
+           "evaluate", "predict", "roc_auc", "proxy_a_distance", "train_mode", "entropy"]
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -32,18 +33,41 @@ class Augment:
     contrast: float = 0.0
 
 
+def on_gpu(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def to_input(images: torch.Tensor | np.ndarray, device: torch.device | str = "cpu",
-             channels_last: bool = False) -> torch.Tensor:
+             channels_last: bool | None = None) -> torch.Tensor:
     """uint8 images (B, H, W, 3) -> normalised float (B, 3, H, W) on `device`.
 
-    Images stay uint8 until the device, which moves a quarter of the bytes.
+    Images stay uint8 until the device, which moves a quarter of the bytes; on a GPU they go
+    from pinned memory without blocking, and come out channels_last (the default there).
     """
     if isinstance(images, np.ndarray) and not images.flags.writeable:
         images = images.copy()  # Ray hands out read-only views; torch wants to own writable ones
-    x = torch.as_tensor(images).to(device, non_blocking=True)
+    x = torch.as_tensor(images)
+    if on_gpu(device):
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
     x = (x - MEAN.to(x.device)) / STD.to(x.device)
+    if channels_last is None:
+        channels_last = on_gpu(device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def autocast(device: torch.device | str):
+    """bf16 autocast on a GPU (no loss scaling needed); nothing on CPU."""
+    if on_gpu(device):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """The model on `device`; channels_last on a GPU (faster convolutions with AMP)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if on_gpu(device) else model
 
 
 def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -99,12 +123,13 @@ def train_epoch(model: nn.Module, batches: Iterable, opt: torch.optim.Optimizer,
     train_mode(model)
     total, correct, loss_sum = 0, 0, 0.0
     for batch in batches:
-        images, labels = batch[0], torch.as_tensor(batch[1]).to(device).long()
-        weights = torch.as_tensor(batch[2]).to(device).float() if len(batch) > 2 else None
+        images, labels = batch[0], torch.tensor(np.asarray(batch[1])).to(device).long()
+        weights = torch.tensor(np.asarray(batch[2])).to(device).float() if len(batch) > 2 else None
         x = to_input(images, device)
         if aug is not None:
             x = augment(x, aug, gen)
-        logits = model(x)  # (B, K)
+        with autocast(device):
+            logits = model(x).float()  # (B, K)
         losses = F.cross_entropy(logits, labels, reduction="none")
         loss = (losses * weights).sum() / weights.sum() if weights is not None else losses.mean()
         opt.zero_grad(set_to_none=True)
@@ -123,14 +148,15 @@ def predict(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        logits = model(to_input(images[i:i + batch_size], device))
+        with autocast(device):
+            logits = model(to_input(images[i:i + batch_size], device)).float()
         out.append((logits[:, classes] if classes is not None else logits).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(classes or []))
 
 
 def evaluate(logits: torch.Tensor, labels: torch.Tensor | np.ndarray) -> dict:
     """Accuracy and mean cross-entropy of (N, K) logits against labels (N,)."""
-    labels = torch.as_tensor(labels).long()
+    labels = torch.tensor(np.asarray(labels)).long()
     if len(labels) == 0:
         return {"accuracy": float("nan"), "loss": float("nan")}
     return {"accuracy": float((logits.argmax(1) == labels).float().mean()),

@@ -6,9 +6,10 @@ Plain PyTorch: no Ray here.
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+# torchvision is imported where it is needed: it costs about 1.3 s per process, which every
+# scoring actor, Train worker and Tune trial would pay even for `smallcnn`.
 
 __all__ = ["SmallCNN", "Classifier", "FeatureTap", "Discriminator", "build_backbone",
            "build_classifier", "set_trainable", "tap_nodes", "ModelError"]
@@ -72,6 +73,8 @@ def build_backbone(name: str, weights: dict | None = None) -> tuple[nn.Module, i
         if weights is not None:
             g.load_state_dict(weights)
         return g, SmallCNN.out_features
+    import torchvision
+
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ModelError(f"unknown backbone {name!r}: use 'smallcnn' or a torchvision "
                          "classification model name such as 'resnet18'")
@@ -103,6 +106,8 @@ def build_classifier(name: str, num_classes: int, weights: dict | None = None) -
 
 def tap_nodes(backbone: nn.Module) -> list[str]:
     """Names of the backbone's nodes that `FeatureTap` accepts."""
+    from torchvision.models.feature_extraction import get_graph_node_names
+
     return get_graph_node_names(backbone)[1]
 
 
@@ -122,6 +127,8 @@ class FeatureTap(nn.Module):
             if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes):
                 raise ModelError(f"discriminate.layer {layer!r} is not a node of the backbone; "
                                  f"some that are: {nodes[-12:]}")
+            from torchvision.models.feature_extraction import create_feature_extractor
+
             self.body = create_feature_extractor(backbone, return_nodes={layer: "feat"})
         self.layer = layer
 

@@ -32,14 +32,17 @@ class Scorer:
 
     Rejected rows (non-empty `error`) pass through with NaN scores so none is lost.
     Predictions are over `classes` (global ids; the target's classes), returned as global ids.
+    A batch without an `image` column is decoded here first (`data.decode_batch`), so the
+    actor reads, decodes and scores in one step.
     """
 
     def __init__(self, model_uri: str, classes: list[int], disc_uri: str | None = None,
                  n_source: int = 1, n_target: int = 1, clip: float = 0.01, cap: float = 20.0,
-                 use_gpu: bool = False) -> None:
+                 use_gpu: bool = False, image_size: int | None = None) -> None:
         self.device = _device(use_gpu)
+        self.image_size = image_size
         self.model, meta = load_classifier(model_uri)
-        self.model.to(self.device)
+        self.model = loops.for_device(self.model, self.device)
         self.classes = list(classes)
         self.restrict = meta["num_classes"] != len(self.classes)  # source head: all classes
         self.disc = self.tap = None
@@ -53,6 +56,8 @@ class Scorer:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "image" not in batch:
+            batch = data.decode_batch(batch, self.image_size)
         ok = batch["error"] == ""
         n = len(ok)
         out = {k: v for k, v in batch.items() if k != "image"}
@@ -62,7 +67,13 @@ class Scorer:
         out["capped"] = np.zeros(n, dtype=np.int8)
         if ok.any():
             x = loops.to_input(batch["image"][ok], self.device)  # (B, 3, H, W)
-            logits = self.model(x).float()  # (B, K)
+            f = None
+            with loops.autocast(self.device):
+                if self.tap is not None and self.tap.layer is None:  # D reads g's output:
+                    f = self.model.backbone(x)  # one backbone pass serves both
+                    logits = self.model.head(f).float()  # (B, K)
+                else:
+                    logits = self.model(x).float()  # (B, K)
             if self.restrict:
                 logits = logits[:, self.classes]  # (B, K_t)
             probs = F.softmax(logits, dim=1).cpu()
@@ -71,7 +82,10 @@ class Scorer:
             out["confidence"][ok] = conf.numpy()
             out["entropy"][ok] = loops.entropy(probs).numpy()
             if self.disc is not None:
-                p = torch.sigmoid(self.disc(self.tap(x)).float()).cpu().numpy()
+                if f is None:
+                    with loops.autocast(self.device):
+                        f = self.tap(x)
+                p = torch.sigmoid(self.disc(f.float()).float()).cpu().numpy()
                 w, _ = weighting.density_ratio(p, self.n_source, self.n_target, self.clip,
                                                self.cap)
                 out["p_target"][ok] = p
@@ -88,19 +102,21 @@ class MultiEvaluator:
                  use_gpu: bool = False) -> None:
         self.device = _device(use_gpu)
         self.models = {k: load_classifier(u) for k, u in model_uris.items()}
-        for m, _ in self.models.values():
-            m.to(self.device)
+        self.models = {k: (loops.for_device(m, self.device), meta)
+                       for k, (m, meta) in self.models.items()}
         self.classes = list(classes)
-        self.local = {c: i for i, c in enumerate(self.classes)}
+        self.local = np.full(max(self.classes) + 1, -1, dtype=np.int64)  # global id -> local
+        self.local[self.classes] = np.arange(len(self.classes))
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["error"] == ""
         out = {k: batch[k][ok] for k in ("sample_id", "label")}
         x = loops.to_input(batch["image"][ok], self.device)
-        y = torch.as_tensor([self.local[int(v)] for v in batch["label"][ok]], dtype=torch.long)
+        y = torch.from_numpy(self.local[batch["label"][ok].astype(np.int64)])
         for name, (model, meta) in self.models.items():
-            logits = model(x).float().cpu()
+            with loops.autocast(self.device):
+                logits = model(x).float().cpu()
             if meta["num_classes"] != len(self.classes):  # the source model: restrict its head
                 logits = logits[:, self.classes]
             out[f"pred__{name}"] = np.asarray(self.classes)[logits.argmax(1).numpy()]
@@ -108,9 +124,10 @@ class MultiEvaluator:
         return out
 
 
-def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool) -> int:
-    """Scoring actors: `requested`, or what the cluster's CPUs (GPUs) allow, keeping one CPU
-    free for reading and decoding."""
+def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool,
+               spare_cpus: int = 0) -> int:
+    """Scoring actors: `requested`, or what the cluster's GPUs (CPUs, less `spare_cpus` kept
+    for upstream read and decode tasks) allow."""
     if requested > 0:
         return requested
     import ray
@@ -118,12 +135,17 @@ def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool) -> int:
     res = ray.cluster_resources()
     if use_gpu:
         return max(1, int(res.get("GPU", 1)))
-    return max(1, (int(res.get("CPU", 2)) - 1) // cpus_per_actor)
+    return max(1, (int(res.get("CPU", 2)) - spare_cpus) // max(cpus_per_actor, 1))
 
 
 def score_dataset(cfg, rows, model_uri: str, classes: list[int],
                   disc_uri: str | None = None):
-    """The lazy Ray Dataset of `rows` decoded and scored by an actor pool of `Scorer`s."""
+    """The lazy Ray Dataset of `rows` decoded and scored by an actor pool of `Scorer`s.
+
+    On CPU, the actors read and decode image-folder rows themselves: no image bytes go
+    through the object store and every CPU can hold an actor. On GPU, CPU tasks decode and
+    the GPU actors only run the models. Packed rows are read and decoded by tasks.
+    """
     import ray.data
 
     n_source = n_target = 1
@@ -131,17 +153,31 @@ def score_dataset(cfg, rows, model_uri: str, classes: list[int],
         _, meta = checkpoints.load(disc_uri)
         if not meta["balanced"]:  # D learnt the domains' real prior ratio: undo it
             n_source, n_target = meta["n_source"], meta["n_target"]
-    actors = actor_pool(cfg.score.actors, cfg.scaling.cpus_per_worker,
-                                cfg.scaling.use_gpu)
-    return data.to_dataset(rows, cfg.model.image_size).map_batches(
+    use_gpu = cfg.scaling.use_gpu
+    packed = "shard" in rows and bool((rows["shard"] != "").any())
+    # on CPU, image-folder rows are read and decoded by the actors themselves; packed rows
+    # (and all rows on GPU) by upstream tasks, which keep a CPU free for them
+    in_actor = not use_gpu and not packed
+    size = actor_pool(cfg.score.actors, cfg.scaling.cpus_per_worker, use_gpu,
+                      spare_cpus=0 if in_actor else 1)
+    # blocks small enough that every actor gets several (balance), at most 512 rows
+    block = int(min(512, max(cfg.score.batch_size, -(-len(rows) // (4 * size)))))
+    parts = [ds for _, ds in data.dataset_parts(rows, cfg.model.image_size, block,
+                                                 decode_files=not in_actor)]
+    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    # a fixed pool when asked for; else it grows to what the cluster allows
+    compute = (ray.data.ActorPoolStrategy(size=size) if cfg.score.actors > 0 else
+               ray.data.ActorPoolStrategy(min_size=1, max_size=size))
+    return ds.map_batches(
         Scorer,
-        fn_constructor_kwargs={"model_uri": model_uri, "classes": classes, "disc_uri": disc_uri,
-                               "n_source": n_source, "n_target": n_target,
-                               "clip": cfg.score.clip, "cap": cfg.score.max_weight,
-                               "use_gpu": cfg.scaling.use_gpu},
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"model_uri": model_uri, "classes": classes,
+                               "disc_uri": disc_uri, "n_source": n_source,
+                               "n_target": n_target, "clip": cfg.score.clip,
+                               "cap": cfg.score.max_weight, "use_gpu": use_gpu,
+                               "image_size": cfg.model.image_size},
+        compute=compute,
         batch_size=cfg.score.batch_size,
         batch_format="numpy",
         num_cpus=cfg.scaling.cpus_per_worker,
-        num_gpus=1 if cfg.scaling.use_gpu else 0,
+        num_gpus=1 if use_gpu else 0,
     )

@@ -41,7 +41,7 @@ def _features(tap, it, batch_size: int, device) -> tuple[torch.Tensor, torch.Ten
     feats, ys = [], []
     for b in it.iter_batches(batch_size=batch_size, batch_format="numpy"):
         feats.append(tap(loops.to_input(b["image"], device)).float())  # (B, D)
-        ys.append(torch.as_tensor(b["is_target"]).float().to(device))
+        ys.append(torch.tensor(b["is_target"]).float().to(device))
     if not feats:
         return torch.zeros(0, 1, device=device), torch.zeros(0, device=device)
     return torch.cat(feats), torch.cat(ys)

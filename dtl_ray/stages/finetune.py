@@ -239,7 +239,9 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
                                         grace_period=min(cfg.finetune.grace_period,
                                                          cfg.finetune.epochs),
                                         reduction_factor=3),
-                max_concurrent_trials=_concurrency(cfg)),
+                max_concurrent_trials=_concurrency(cfg),
+                # a trial's process (torch imported, the pool fetched) serves the next trial
+                reuse_actors=True),
             run_config=ray.tune.RunConfig(
                 name="search", storage_path=root, storage_filesystem=fs, verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.scaling.max_failures),

@@ -52,7 +52,7 @@ def _val(model, it, batch_size: int, device) -> tuple[float, float]:
     with torch.no_grad():
         for b in it.iter_batches(batch_size=batch_size, batch_format="numpy"):
             logits = model(loops.to_input(b["image"], device))
-            y = torch.as_tensor(b["label"]).long().to(device)
+            y = torch.tensor(b["label"]).long().to(device)
             correct += float((logits.argmax(1) == y).sum())
             loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             total += len(y)
@@ -69,7 +69,10 @@ def train_fn(config: dict) -> dict:
     rank, _ = raytrain.world()
     raytrain.set_threads(cfg.scaling.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    model = ray.train.torch.prepare_model(build_model(cfg, config["num_classes"]))
+    model = build_model(cfg, config["num_classes"])
+    if cfg.scaling.use_gpu:  # faster convolutions under bf16 autocast
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
                             weight_decay=cfg.pretrain.weight_decay)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
+
 from dtl_ray import data, scoring, storage
 from dtl_ray.config import PipelineConfig
 
@@ -17,12 +19,24 @@ __all__ = ["run", "SCORE_COLUMNS"]
 STAGE = "score"
 SCORE_COLUMNS = ["sample_id", "domain", "split", "path", "label", "p_target", "weight", "pred",
                  "confidence", "entropy"]
+REJECTED_COLUMNS = ["sample_id", "domain", "split", "path", "error"]
+
+
+SCHEMA = [("sample_id", "string"), ("domain", "string"), ("split", "string"),
+          ("path", "string"), ("label", "int64"), ("p_target", "float64"),
+          ("weight", "float64"), ("pred", "int64"), ("confidence", "float64"),
+          ("entropy", "float64")]
+ROWS_PER_FILE = 200_000  # a file is built in memory (about 30 MB), then written atomically
 
 
 def run(cfg: PipelineConfig, run_uri: str) -> dict:
-    """Scores all samples; returns row counts, capped weights and timing."""
-    from ray.data import SaveMode
-    from ray.data.expressions import col
+    """Scores all samples; returns row counts, capped weights and timing.
+
+    One streaming pass: the driver receives the scalar columns batch by batch and appends them
+    to Parquet files (images never reach it), so its memory stays flat whatever the size.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     t0 = time.time()
     manifest = data.load_manifest(run_uri)
@@ -30,24 +44,66 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
                                    storage.join(run_uri, "pretrain", "model.pt"),
                                    manifest.target_classes,
                                    storage.join(run_uri, "discriminate", "discriminator.pt"))
-    scored = scored.materialize()  # scalar columns only: small, and read twice below
-    rejected_cols = ["sample_id", "domain", "split", "path", "error"]
-    rejected = scored.filter(expr=col("error") != "").select_columns(rejected_cols).to_pandas()
-    rejected = rejected.reindex(columns=rejected_cols)  # an empty result has no columns
-    good = scored.filter(expr=col("error") == "")
-    fs, path = storage.resolve(storage.join(run_uri, STAGE, "scores"))
-    good.select_columns(SCORE_COLUMNS).write_parquet(path, filesystem=fs, mode=SaveMode.OVERWRITE)
+    out_uri = storage.join(run_uri, STAGE, "scores")
+    fs, path = storage.resolve(out_uri)
+    storage.retry(lambda: fs.create_dir(path, recursive=True))
+    storage.retry(lambda: fs.delete_dir_contents(path, missing_dir_ok=True))  # rerun: clean
+    schema = pa.schema(SCHEMA)
+    writer, buf, files, in_file = None, None, 0, 0
+
+    def flush() -> None:
+        writer.close()
+        storage.write_bytes(storage.join(out_uri, f"part-{files - 1:05d}.parquet"),
+                            buf.getvalue().to_pybytes())
+
+    rejected, n_out, capped = [], 0, 0
+    wsum: dict[str, float] = {}
+    wcnt: dict[str, int] = {}
+    total = len(manifest.table)
+    next_say = time.time() + 10
+    first, first_rows = None, 0
+    for b in scored.iter_batches(batch_format="pandas", batch_size=None):
+        if first is None:
+            first, first_rows = time.time(), len(b)
+        bad = b["error"] != ""
+        if bad.any():
+            rejected.append(b.loc[bad, REJECTED_COLUMNS])
+        good = b.loc[~bad]
+        if len(good):
+            if writer is None or in_file >= ROWS_PER_FILE:
+                if writer is not None:
+                    flush()
+                buf = pa.BufferOutputStream()
+                writer, files, in_file = pq.ParquetWriter(buf, schema), files + 1, 0
+            writer.write_table(pa.Table.from_pandas(good[SCORE_COLUMNS], schema=schema,
+                                                    preserve_index=False))
+            in_file += len(good)
+            n_out += len(good)
+            capped += int(good["capped"].sum())
+            for key, g in good.groupby(["domain", "split"])["weight"]:
+                k = "/".join(key)
+                wsum[k] = wsum.get(k, 0.0) + float(g.sum())
+                wcnt[k] = wcnt.get(k, 0) + len(g)
+        done = n_out + sum(len(r) for r in rejected)
+        if time.time() >= next_say:
+            print(f"[score] {done}/{total} images scored", flush=True)
+            next_say = time.time() + 10
+    if writer is None:  # nothing readable: an empty file keeps the schema for readers
+        buf = pa.BufferOutputStream()
+        writer, files = pq.ParquetWriter(buf, schema), 1
+    flush()
+    rejected = (pd.concat(rejected, ignore_index=True) if rejected
+                else pd.DataFrame(columns=REJECTED_COLUMNS))
     data.write_parquet_df(rejected, storage.join(run_uri, "rejected.parquet"))
-    scores = data.read_parquet_df(storage.join(run_uri, STAGE, "scores"),
-                                  columns=["domain", "split", "weight"])
-    capped = int(good.sum("capped") or 0) if len(scores) else 0
-    by_split = scores.groupby(["domain", "split"])["weight"].mean()
     return {
-        "rows_in": int(len(manifest.table)),
-        "rows_out": int(len(scores)),
+        "rows_in": int(total),
+        "rows_out": int(n_out),
         "rows_rejected": int(len(rejected)),
         "rejected_examples": rejected.head(5)[["path", "error"]].to_dict("records"),
         "weights_capped": capped,
-        "mean_weight": {f"{d}/{s}": float(v) for (d, s), v in by_split.items()},
+        "mean_weight": {k: wsum[k] / wcnt[k] for k in sorted(wsum)},
         "seconds": round(time.time() - t0, 2),
+        # until the first scored batch came back: actor start-up and model loading
+        "startup_seconds": round((first or time.time()) - t0, 2),
+        "startup_rows": first_rows,
     }

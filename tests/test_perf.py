@@ -1,0 +1,71 @@
+"""The performance harness compares like with like, and its memory probe measures memory."""
+
+import numpy as np
+import pandas as pd
+
+from dtl_ray import cli, config, data, perf
+
+
+def test_plain_loop_and_score_stage_give_the_same_scores(ray_session, tiny_demo, tmp_path):
+    """The plain-PyTorch baseline does the score stage's work: same rows, same numbers."""
+    rows, names, classes = perf.bench_rows(str(tiny_demo), 400)
+    assert len(rows) == 400 and rows["sample_id"].is_unique
+    run_uri = str(tmp_path / "run")
+    perf._stage_run_dir(run_uri, rows, names, "smallcnn", 32)
+    cfg = config.load_config(None, [f"source.uri={tiny_demo}/source",
+                                    f"target.uri={tiny_demo}/target", "model.image_size=32",
+                                    "score.batch_size=64"])
+    ray_fig = perf.score_ray(cfg, run_uri, actors=2)
+    plain_fig = perf.score_plain(rows, f"{run_uri}/pretrain/model.pt",
+                                 f"{run_uri}/discriminate/discriminator.pt", classes,
+                                 str(tmp_path / "plain"), 32, 64, decode_workers=1, threads=1)
+    assert ray_fig["images"] == plain_fig["images"] == 400
+    assert ray_fig["startup_seconds"] < ray_fig["seconds"]
+    a = data.read_parquet_df(f"{run_uri}/score/scores").sort_values("sample_id")
+    b = data.read_parquet_df(str(tmp_path / "plain")).sort_values("sample_id")
+    assert list(a["sample_id"]) == list(b["sample_id"])
+    for c in ("p_target", "weight", "confidence", "entropy"):
+        np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-5, atol=1e-7)
+    assert (a["pred"].to_numpy() == b["pred"].to_numpy()).all()
+
+
+def test_peak_memory_sees_an_allocation():
+    with perf.PeakMemory(interval_s=0.05) as pm:
+        block = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MB, touched
+        pm.peak_mb = max(pm.peak_mb, pm.sample())
+        del block
+    assert pm.peak_mb - pm.base_mb > 150
+
+
+def test_bench_rows_repeat_files_under_new_ids(tiny_demo):
+    rows, _, _ = perf.bench_rows(str(tiny_demo), 1000)
+    base = data.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"),
+                               [".png"]).table
+    assert len(rows) == 1000 and rows["sample_id"].is_unique
+    assert set(rows["path"]) <= set(base["path"])
+    assert pd.Series(rows["path"]).value_counts().max() == -(-1000 // len(base))
+
+
+def test_perf_names_an_unknown_figure(capsys):
+    assert cli.main(["perf", "--only", "score,speed"]) == 2
+    assert "speed" in capsys.readouterr().err
+
+
+def test_gpu_bench_runs_its_figures_on_cpu(ray_session, tmp_path, capsys):
+    """jobs/gpu_bench.py is run on GPU machines only when one is lent: keep it from rotting."""
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "jobs", "gpu_bench.py")
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--device", "cpu", "--model", "smallcnn", "--image-size", "32",
+                       "--batch", "64", "--train-batch", "32", "--seconds", "0.5",
+                       "--images", "300", "--files", "60", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "gpu.json").read_text())
+    assert doc["score_stage"]["images"] == 300
+    for key in ("forward_ceiling", "train_amp", "score_stage"):
+        assert doc[key]["images_per_second"] > 0
+    assert 0 < doc["score_stage"]["over_ceiling"]
