@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("out", help="output folder or s3:// URI")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--scale", type=float, default=1.0, help="multiplies the image counts")
+    d.add_argument("--pair", choices=["standard", "partial"], default="standard",
+                   help="partial: the target has 3 of the source's 7 classes")
     r = sub.add_parser("run", help="run the pipeline")
     r.add_argument("config", help="YAML config")
     r.add_argument("--set", dest="overrides", action="append", default=[],
@@ -46,6 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--repeats", type=int, default=2, help="runs of each scoring variant")
     pf.add_argument("--epochs", type=int, default=3, help="epochs of each training variant")
     pf.add_argument("--only", help="comma-separated figures: score,memory,train,demo")
+    b = sub.add_parser("bench", help="the method and every baseline over seeds "
+                       "(bench.json, bench.html)")
+    b.add_argument("config", nargs="?", default=None, help="YAML config (default: the demo's)")
+    b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    b.add_argument("--fractions", type=float, nargs="+", default=None,
+                   help="source fractions of the search (finetune.source_fractions)")
+    b.add_argument("--pair", choices=["standard", "partial"], default=None,
+                   help="generate this demo pair per seed (default: standard for the demo "
+                   "config, else the config's data)")
+    b.add_argument("--out", default="runs/bench")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     rep = sub.add_parser("report", help="re-render report.html from a run's report.json")
     rep.add_argument("run_dir")
     return p
@@ -64,7 +77,7 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.command == "demo-data":
         storage.check_access(args.out, write=True)
-        counts = demo.write_demo(args.out, seed=args.seed, scale=args.scale)
+        counts = demo.write_demo(args.out, seed=args.seed, scale=args.scale, pair=args.pair)
         print(f"wrote the demo pair to {args.out}: {counts}")
         return 0
     if args.command == "pack":
@@ -80,6 +93,22 @@ def _main(args: argparse.Namespace) -> int:
         doc = storage.read_json(storage.join(args.run_dir, "report.json"))
         report.write(doc, args.run_dir)
         print(f"wrote {storage.join(args.run_dir, 'report.html')}")
+        return 0
+    if args.command == "bench":
+        from dtl_ray import bench
+
+        path = args.config or _demo_config_path()
+        is_demo = os.path.basename(path) == DEMO_CONFIG
+        pair = args.pair or ("standard" if is_demo else None)
+        doc = bench.run(path, args.seeds, args.out, pair, args.fractions, args.overrides)
+        s = doc["summary"]
+        for row, v in s["accuracy"].items():
+            print(f"{row:>14}  {v['mean']:.3f} ± {v['sd']:.3f}")
+        free = s["label_free"]
+        if free["mean"] is not None:
+            print(f"{'label-free':>14}  {free['mean']:.3f} ± {free['sd']:.3f}  (chosen on "
+                  f"target val: {s['chosen']['mean']:.3f})")
+        print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.html")
         return 0
     if args.command == "perf":
         from dtl_ray import perf

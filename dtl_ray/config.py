@@ -109,10 +109,27 @@ class DiscriminateConfig:
     """Part of both domains held out to report accuracy, AUC and proxy A-distance."""
     balanced: bool = True
     """Class-balanced loss (each domain weighs half). Then N_s/N_t in the weights is 1."""
+    mode: Literal["standard", "adversarial"] = "standard"
+    """`adversarial`: first adapt g with a gradient reversal layer against a domain head while
+    keeping the source classification loss (DANN); D is then trained on the adapted features,
+    scoring uses the adapted model, and it is evaluated as the `dann` row."""
+    dann_baseline: bool = False
+    """Also adapt g with DANN in standard mode, only to evaluate it as the `dann` row and report
+    the domain gap before and after (scoring keeps the pretrained features)."""
+    dann_epochs: int = 8
+    """Adversarial mode: epochs over source train."""
+    dann_lr: float = 1e-3
+    """Adversarial mode: AdamW learning rate of g, h and the domain head."""
+    dann_weight: float = 1.0
+    """Adversarial mode: the most the reversed domain loss counts (DANN's schedule ramps it)."""
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    weighting: Literal["density_ratio", "iwan", "iwc"] = "density_ratio"
+    """Importance weights from p = P(target|x): `density_ratio` p/(1-p)*N_s/N_t (Bickel et
+    al.), `iwan` 1 - P(source|x) normalised to mean 1 over source train (Zhang et al.), `iwc`
+    1/P(source|x) - 1 (ADAPT's IWC; equals density_ratio with a balanced discriminator)."""
     batch_size: int = 256
     """Images per scoring batch."""
     actors: int = 0
@@ -155,12 +172,18 @@ class FinetuneConfig:
     """Selection strategies searched; baselines are added automatically."""
     lr: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
     """Learning rates to sample from."""
+    init: Literal["pretrain", "adapted"] = "pretrain"
+    """The backbone fine-tuning starts from: the pretrained one, or the adversarially adapted
+    one (needs discriminate.mode: adversarial)."""
     train_layers: list[str] = field(default_factory=lambda: ["all", "last_block"])
     """Which layers train: `head`, `last_block`, `all`."""
     candidate_weight: list[float] = field(default_factory=lambda: [1.0])
     """Loss weight of candidate samples relative to labeled target."""
     weight_by_w: bool = False
     """Multiply source-candidate losses by their (mean-normalised) importance weight."""
+    label_free: Literal["dev", "iwcv"] = "dev"
+    """Label-free model choice (reported beside the target-val choice): the trial and epoch
+    with the lowest DEV (You et al. 2019) or IWCV risk on weighted source val."""
     mix_ratio: float = 0.25
     """Labeled target is oversampled to at least this share of every epoch."""
     batch_size: int = 64
@@ -290,6 +313,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def adapts(cfg: PipelineConfig) -> bool:
+    """Whether the discriminate stage trains a DANN-adapted backbone."""
+    return cfg.discriminate.mode == "adversarial" or cfg.discriminate.dann_baseline
+
+
 def _validate(cfg: PipelineConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     if not cfg.source.uri:
@@ -316,6 +344,9 @@ def _validate(cfg: PipelineConfig) -> None:
         ("finetune.target_fractions", all(0 <= f <= 1 for f in cfg.finetune.target_fractions)),
         ("finetune.lr", len(cfg.finetune.lr) > 0 and all(v > 0 for v in cfg.finetune.lr)),
         ("finetune.mix_ratio", 0 <= cfg.finetune.mix_ratio < 1),
+        ("discriminate.dann_epochs", cfg.discriminate.dann_epochs >= 1),
+        ("discriminate.dann_lr", cfg.discriminate.dann_lr > 0),
+        ("discriminate.dann_weight", cfg.discriminate.dann_weight >= 0),
     ]
     for key, ok in checks:
         if not ok:
@@ -331,6 +362,10 @@ def _validate(cfg: PipelineConfig) -> None:
         if layers not in ("head", "last_block", "all"):
             raise ConfigError(f"config key 'finetune.train_layers': unknown value {layers!r} "
                               "(choose from 'head', 'last_block', 'all')")
+    if cfg.finetune.init == "adapted" and not adapts(cfg):
+        raise ConfigError("config key 'finetune.init': 'adapted' needs "
+                          "discriminate.mode: adversarial or discriminate.dann_baseline: true "
+                          "(there is no adapted backbone otherwise)")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"config key 'name': {cfg.name!r} must be a non-empty name without '/'")
 

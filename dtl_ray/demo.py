@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dtl_ray import storage
 
-__all__ = ["SHARED_CLASSES", "SOURCE_ONLY_CLASSES", "DEFAULT_COUNTS", "render", "write_demo"]
+__all__ = ["SHARED_CLASSES", "SOURCE_ONLY_CLASSES", "DEFAULT_COUNTS", "PAIRS",
+           "target_classes", "render", "write_demo"]
 
 SHARED_CLASSES = ["bars", "circle", "cross", "ring", "square", "triangle"]
 SOURCE_ONLY_CLASSES = ["crescent"]
@@ -114,23 +115,40 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0) -> dict:
+PAIRS = ("standard", "partial")
+# the partial pair: the target has only these classes; the source keeps all seven
+PARTIAL_TARGET_CLASSES = ["circle", "cross", "square"]
+
+
+def target_classes(pair: str = "standard") -> list[str]:
+    """The classes the target domain of `pair` has."""
+    if pair == "standard":
+        return list(SHARED_CLASSES)
+    if pair == "partial":
+        return list(PARTIAL_TARGET_CLASSES)
+    raise ValueError(f"unknown demo pair {pair!r}: choose from {list(PAIRS)}")
+
+
+def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "standard") -> dict:
     """Writes the demo pair to `<out_uri>/source` and `<out_uri>/target`.
 
     Args:
         out_uri: local folder or s3:// URI.
         seed: everything drawn follows from it.
         scale: multiplies every per-class count (at least 1 image per class and split).
+        pair: `standard` (the target lacks one source class) or `partial` (partial domain
+            adaptation: the target has 3 of the source's 7 classes, so 4 are source-only).
 
     Returns:
         Counts per domain/split, and the near/far make-up of source train.
     """
+    tgt_classes = target_classes(pair)
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     near_total = 0
     for key, per_class in DEFAULT_COUNTS.items():
         domain, split = key.split("/")
-        classes = SHARED_CLASSES + (SOURCE_ONLY_CLASSES if domain == "source" else [])
+        classes = SHARED_CLASSES + SOURCE_ONLY_CLASSES if domain == "source" else tgt_classes
         n = max(1, int(round(per_class * scale)))
         for name in classes:
             sub = "unknown" if split == "unlabeled" else name

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dtl_ray import checkpoints, loops, models
+from dtl_ray import checkpoints, loops, models, weighting
 
 __all__ = ["Settings", "TrainSet", "epoch_order", "epoch_length", "mixed_repeats",
            "target_model", "train"]
@@ -85,12 +85,16 @@ def target_model(pretrain_uri: str, num_classes: int) -> models.Classifier:
 
 def train(model: models.Classifier, images: np.ndarray, train_set: TrainSet,
           val_images: np.ndarray, val_labels: np.ndarray, settings: Settings,
-          aug: loops.Augment, device: str = "cpu", resume: dict | None = None
-          ) -> Iterator[tuple[dict, dict]]:
+          aug: loops.Augment, device: str = "cpu", resume: dict | None = None,
+          source_val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+          label_free: str = "dev") -> Iterator[tuple[dict, dict]]:
     """Trains epoch by epoch; yields (metrics, state) after each, state holding the latest and
     the best (by val accuracy, then val loss) weights, the optimiser and the epoch.
 
     `resume` is a state yielded earlier: training continues after its epoch.
+    `source_val` (uint8 images, target-local labels, importance weights) of source val in the
+    target's classes: each epoch's IWCV and DEV risks on it are reported, and the state also
+    keeps `best_free`, the weights with the lowest `label_free` risk (no target label used).
     """
     models.set_trainable(model, settings.train_layers)
     model = loops.for_device(model, device)
@@ -99,11 +103,13 @@ def train(model: models.Classifier, images: np.ndarray, train_set: TrainSet,
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
     start, best = 0, {"val_accuracy": -1.0, "val_loss": float("inf"), "epoch": -1,
                       "model": None}
+    best_free = {"risk": float("inf"), "epoch": -1, "model": None}
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         start, best = resume["epoch"] + 1, resume["best"]
+        best_free = resume.get("best_free", best_free)
     weights = np.where(train_set.labeled, 1.0, settings.candidate_weight * train_set.weight)
     bs = settings.batch_size
     for epoch in range(start, settings.epochs):
@@ -122,7 +128,20 @@ def train(model: models.Classifier, images: np.ndarray, train_set: TrainSet,
                    "val_accuracy": val["accuracy"], "val_loss": val["loss"],
                    "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],
                    "best_epoch": best["epoch"] + 1, "samples": len(order)}
+        if source_val is not None and len(source_val[0]):
+            logits = loops.predict(model, source_val[0], device=device)
+            losses = torch.nn.functional.cross_entropy(
+                logits, torch.tensor(np.asarray(source_val[1])).long(), reduction="none").numpy()
+            risks = {"iwcv": weighting.iwcv_risk(losses, source_val[2]),
+                     "dev": weighting.dev_risk(losses, source_val[2])}
+            if risks[label_free] < best_free["risk"]:
+                best_free = {"risk": risks[label_free], "epoch": epoch,
+                             "model": {k: v.detach().cpu().clone()
+                                       for k, v in model.state_dict().items()}}
+            metrics.update({"iwcv_risk": risks["iwcv"], "dev_risk": risks["dev"],
+                            "best_free_risk": best_free["risk"],
+                            "best_free_epoch": best_free["epoch"] + 1})
         state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch, "best": best}
+                 "epoch": epoch, "best": best, "best_free": best_free}
         yield metrics, state

@@ -12,7 +12,8 @@ from torch import nn
 # scoring actor, Train worker and Tune trial would pay even for `smallcnn`.
 
 __all__ = ["SmallCNN", "Classifier", "FeatureTap", "Discriminator", "build_backbone",
-           "build_classifier", "set_trainable", "tap_nodes", "ModelError"]
+           "build_classifier", "set_trainable", "tap_nodes", "ModelError", "grad_reverse",
+           "dann_scale", "DANN"]
 
 
 class ModelError(ValueError):
@@ -139,6 +140,48 @@ class FeatureTap(nn.Module):
         if out.dim() == 4:
             out = out.mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
         return out.flatten(1)
+
+
+class _GradReverse(torch.autograd.Function):
+    """Identity forward; the gradient times -scale backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The gradient reversal layer: features pass unchanged, their gradient flips sign (and is
+    scaled), so minimising the domain loss through it trains the features to *fool* D."""
+    return _GradReverse.apply(x, scale)
+
+
+class DANN(nn.Module):
+    """A classifier and a domain head behind a gradient reversal layer, in one module (so that
+    DistributedDataParallel sees one forward and syncs every gradient)."""
+
+    def __init__(self, classifier: Classifier, domain: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.domain = domain
+
+    def forward(self, x: torch.Tensor, n_source: int, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: source then target images; returns (source class logits, domain logits)."""
+        f = self.classifier.backbone(x)  # (B, D)
+        return self.classifier.head(f[:n_source]), self.domain(grad_reverse(f, scale))
+
+
+def dann_scale(progress: float, gamma: float = 10.0) -> float:
+    """DANN's schedule for the reversal strength: 2/(1+exp(-gamma p)) - 1, p in [0, 1]."""
+    import math
+
+    return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
 class Discriminator(nn.Module):

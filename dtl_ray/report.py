@@ -180,6 +180,17 @@ def render(doc: dict, run_uri: str) -> str:
                                    "target_only"]))
         parts.append(f"<p>The whole search's choice on target val was <b>{ev['chosen']['arm']}"
                      f"</b>, test accuracy {ev['chosen']['target_test_accuracy']:.3f}.</p>")
+        free = ev.get("label_free")
+        if free:
+            parts.append(
+                f"<p>Chosen <b>without target labels</b> ({free['criterion'].upper()} risk on "
+                f"importance-weighted source val): <b>{free['arm']}</b> (trial "
+                f"{html.escape(free['trial_id'])}, epoch {free['epoch']}), test accuracy "
+                f"{free['target_test_accuracy']:.3f}, against "
+                f"{ev['chosen']['target_test_accuracy']:.3f} for the choice on labeled target "
+                f"val: the label-free choice costs "
+                f"{ev['chosen']['target_test_accuracy'] - free['target_test_accuracy']:+.3f}."
+                "</p>")
     for key, title in (("pretrain", "Pretraining"), ("discriminator", "Discriminator"),
                        ("score", "Scoring"), ("select", "Selection"),
                        ("finetune", "Fine-tuning search")):

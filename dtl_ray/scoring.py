@@ -38,9 +38,11 @@ class Scorer:
 
     def __init__(self, model_uri: str, classes: list[int], disc_uri: str | None = None,
                  n_source: int = 1, n_target: int = 1, clip: float = 0.01, cap: float = 20.0,
-                 use_gpu: bool = False, image_size: int | None = None) -> None:
+                 use_gpu: bool = False, image_size: int | None = None,
+                 weighting: str = "density_ratio") -> None:
         self.device = _device(use_gpu)
         self.image_size = image_size
+        self.weighting = weighting
         self.model, meta = load_classifier(model_uri)
         self.model = loops.for_device(self.model, self.device)
         self.classes = list(classes)
@@ -86,12 +88,11 @@ class Scorer:
                     with loops.autocast(self.device):
                         f = self.tap(x)
                 p = torch.sigmoid(self.disc(f.float()).float()).cpu().numpy()
-                w, _ = weighting.density_ratio(p, self.n_source, self.n_target, self.clip,
-                                               self.cap)
+                w, capped = weighting.importance_weights(self.weighting, p, self.n_source,
+                                                         self.n_target, self.clip, self.cap)
                 out["p_target"][ok] = p
                 out["weight"][ok] = w
-                pc = np.clip(p, self.clip, 1 - self.clip)
-                out["capped"][ok] = pc / (1 - pc) * (self.n_source / self.n_target) > self.cap
+                out["capped"][ok] = capped
         return out
 
 
@@ -174,7 +175,8 @@ def score_dataset(cfg, rows, model_uri: str, classes: list[int],
                                "disc_uri": disc_uri, "n_source": n_source,
                                "n_target": n_target, "clip": cfg.score.clip,
                                "cap": cfg.score.max_weight, "use_gpu": use_gpu,
-                               "image_size": cfg.model.image_size},
+                               "image_size": cfg.model.image_size,
+                               "weighting": cfg.score.weighting},
         compute=compute,
         batch_size=cfg.score.batch_size,
         batch_format="numpy",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["density_ratio", "select_source", "random_source", "select_target", "candidates"]
+__all__ = ["WEIGHTINGS", "density_ratio", "iwan", "iwc", "importance_weights", "normalise",
+           "iwcv_risk", "dev_risk", "select_source", "random_source", "select_target", "candidates"]
 
 
 def density_ratio(p: np.ndarray, n_source: int, n_target: int, clip: float = 0.01,
@@ -32,6 +33,88 @@ def density_ratio(p: np.ndarray, n_source: int, n_target: int, clip: float = 0.0
     w = p / (1 - p) * (n_source / n_target)
     capped = int((w > cap).sum())
     return np.minimum(w, cap), capped
+
+
+def iwan(p: np.ndarray, clip: float = 0.01) -> np.ndarray:
+    """IWAN weights (Zhang et al. 2018) before normalisation: 1 - D(x), where D(x) is the
+    discriminator's P(source | x) = 1 - p. Normalise them to mean 1 over the source with
+    `normalise`.
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), clip, 1 - clip)
+    return 1.0 - (1.0 - p)
+
+
+def iwc(p: np.ndarray, clip: float = 0.01, cap: float = 20.0) -> tuple[np.ndarray, int]:
+    """The instance-based classifier weighting of ADAPT's IWC: w = 1/P(source | x) - 1, with
+    P(source | x) = 1 - p, clipped and capped. No domain-size factor: with a class-balanced
+    discriminator it equals `density_ratio`; with an unbalanced one it keeps the prior ratio.
+
+    Returns (weights, number capped).
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), clip, 1 - clip)
+    w = 1.0 / (1.0 - p) - 1.0
+    capped = int((w > cap).sum())
+    return np.minimum(w, cap), capped
+
+
+def normalise(w: np.ndarray, mean: float | None = None) -> np.ndarray:
+    """Weights divided by their mean (or by a given `mean`, e.g. over the whole source)."""
+    w = np.asarray(w, dtype=np.float64)
+    m = float(np.mean(w)) if mean is None else float(mean)
+    if not m > 0:
+        raise ValueError("weights must have a positive mean to be normalised")
+    return w / m
+
+
+WEIGHTINGS = ("density_ratio", "iwan", "iwc")
+
+
+def importance_weights(method: str, p: np.ndarray, n_source: int = 1, n_target: int = 1,
+                       clip: float = 0.01, cap: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample weights of `method` (one of WEIGHTINGS) and a capped mask.
+
+    `iwan` weights come out unnormalised (mean over the source applied by the score stage).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if method == "density_ratio":
+        pc = np.clip(p, clip, 1 - clip)
+        raw = pc / (1 - pc) * (n_source / n_target)
+        w, _ = density_ratio(p, n_source, n_target, clip, cap)
+        return w, raw > cap
+    if method == "iwc":
+        pc = np.clip(p, clip, 1 - clip)
+        raw = 1.0 / (1.0 - pc) - 1.0
+        w, _ = iwc(p, clip, cap)
+        return w, raw > cap
+    if method == "iwan":
+        return iwan(p, clip), np.zeros(len(p), dtype=bool)
+    raise ValueError(f"unknown weighting {method!r}: choose from {list(WEIGHTINGS)}")
+
+
+def iwcv_risk(losses: np.ndarray, w: np.ndarray) -> float:
+    """Importance-weighted validation risk (Sugiyama et al. 2007): mean of w_i * loss_i over
+    labeled source validation samples, an estimate of the target risk without target labels."""
+    losses, w = np.asarray(losses, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    if len(losses) == 0:
+        return float("nan")
+    return float(np.mean(w * losses))
+
+
+def dev_risk(losses: np.ndarray, w: np.ndarray) -> float:
+    """Deep Embedded Validation (You et al., ICML 2019): IWCV with the weights as a control
+    variate (their expectation is 1), which lowers the estimate's variance.
+
+    With L = w * loss: risk = mean(L) + eta * mean(w) - eta, eta = -Cov(L, w) / Var(w).
+    """
+    losses, w = np.asarray(losses, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    if len(losses) < 2:
+        return iwcv_risk(losses, w)
+    weighted = w * losses
+    var = float(np.var(w, ddof=1))
+    if not var > 0:
+        return float(np.mean(weighted))
+    eta = -float(np.cov(weighted, w, ddof=1)[0, 1]) / var
+    return float(np.mean(weighted) + eta * np.mean(w) - eta)
 
 
 def _eligible_source(scores: pd.DataFrame, target_classes: list[int]) -> pd.DataFrame:

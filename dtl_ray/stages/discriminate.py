@@ -2,6 +2,12 @@
 
 Source train is label 0, target train + unlabeled label 1; a hashed part of both is held out
 to report accuracy, AUC and the proxy A-distance. Outputs `<run>/discriminate/discriminator.pt`.
+
+Adversarial mode (DANN, Ganin & Lempitsky 2015): a D on the pretrained features first gives the
+domain gap *before* adaptation; then g and h train on source labels while a domain head,
+behind a gradient reversal layer, pushes g's features to be domain-invariant (a TorchTrainer
+run, `<run>/discriminate/dann_model.pt`); the scoring D is trained on the adapted features,
+and its proxy A-distance is the gap *after*.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dtl_ray import checkpoints, data, loops, models, raytrain, scoring, storage
-from dtl_ray.config import PipelineConfig, from_dict
+from dtl_ray.config import PipelineConfig, adapts, from_dict
 
 __all__ = ["run", "heldout_mask", "domain_rows"]
 
@@ -134,8 +140,147 @@ def train_fn(config: dict) -> dict:
     return {}
 
 
+def _cycle(it, batch_size: int, seed: int):
+    """Endless shuffled batches of a dataset shard (the target side of DANN is smaller)."""
+    epoch = 0
+    while True:
+        n = 0
+        for b in it.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                 local_shuffle_buffer_size=8 * batch_size,
+                                 local_shuffle_seed=seed + epoch):
+            n += 1
+            yield b
+        epoch += 1
+        if n == 0:
+            return
+
+
+def dann_fn(config: dict) -> dict:
+    """Per-worker DANN loop: source CE on h(g(x)) + reversed domain BCE on D'(GRL(g(x)))."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(PipelineConfig, config["cfg"])
+    d = cfg.discriminate
+    rank, _ = raytrain.world()
+    raytrain.set_threads(cfg.scaling.cpus_per_worker)
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+    model, meta = scoring.load_classifier(config["pretrain_model"])
+    net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
+    net = ray.train.torch.prepare_model(net)  # called as a whole: DDP syncs every gradient
+    inner = raytrain.unwrap(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=d.dann_lr, weight_decay=1e-4)
+    start, history = 0, []
+    restored = raytrain.restore()
+    if restored is not None:
+        state, rmeta = restored
+        inner.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = rmeta["epoch"] + 1, rmeta["history"]
+    bs = cfg.data.batch_size
+    src_it = ray.train.get_dataset_shard("source")
+    tgt = _cycle(ray.train.get_dataset_shard("target"), bs, cfg.seed)
+    steps_per_epoch = max(1, config["source_steps"])
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    aug = loops.Augment(rotation=cfg.pretrain.rotation, crop=cfg.pretrain.crop,
+                        flip=cfg.pretrain.flip, brightness=cfg.pretrain.brightness,
+                        contrast=cfg.pretrain.contrast)
+    for epoch in range(start, d.dann_epochs):
+        t0 = time.time()
+        loops.train_mode(net)
+        sums = {"cls": 0.0, "dom": 0.0, "acc": 0.0, "n": 0, "dom_acc": 0.0}
+        for step, b in enumerate(src_it.iter_batches(
+                batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
+                local_shuffle_seed=cfg.seed + epoch)):
+            t = next(tgt)
+            progress = (epoch * steps_per_epoch + step) / (d.dann_epochs * steps_per_epoch)
+            scale = d.dann_weight * models.dann_scale(min(progress, 1.0))
+            xs = loops.augment(loops.to_input(b["image"], device), aug, gen)
+            xt = loops.augment(loops.to_input(t["image"], device), aug, gen)
+            ys = torch.tensor(b["label"]).long().to(device)
+            with loops.autocast(device):
+                logits, dom = net(torch.cat([xs, xt]), len(xs), scale)
+            logits, dom = logits.float(), dom.float()
+            dom_y = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(device)
+            cls_loss = F.cross_entropy(logits, ys)
+            # each domain weighs half whatever the batch sizes
+            w = torch.where(dom_y > 0, 0.5 / len(xt), 0.5 / len(xs))
+            dom_loss = (F.binary_cross_entropy_with_logits(dom, dom_y, reduction="none")
+                        * w).sum()
+            loss = cls_loss + dom_loss  # GRL: D descends on dom_loss, g ascends on it
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums["cls"] += float(cls_loss) * len(ys)
+            sums["dom"] += float(dom_loss) * len(ys)
+            sums["acc"] += float((logits.argmax(1) == ys).sum())
+            sums["dom_acc"] += float(((dom > 0).float() == dom_y).float().mean()) * len(ys)
+            sums["n"] += len(ys)
+        n = max(sums["n"], 1)
+        metrics = {"epoch": epoch, "class_loss": sums["cls"] / n, "domain_loss": sums["dom"] / n,
+                   "source_accuracy": sums["acc"] / n, "domain_accuracy": sums["dom_acc"] / n,
+                   "seconds": time.time() - t0}
+        history.append(metrics)
+        if rank == 0:
+            raytrain.say(f"[dann] epoch {epoch + 1}/{d.dann_epochs}  class loss "
+                         f"{metrics['class_loss']:.3f} acc {metrics['source_accuracy']:.3f}  "
+                         f"domain loss {metrics['domain_loss']:.3f} acc "
+                         f"{metrics['domain_accuracy']:.3f}  ({metrics['seconds']:.1f}s)")
+        raytrain.report_epoch(metrics, {"net": raytrain.cpu_state(net),
+                                        "optimizer": opt.state_dict()},
+                              {"epoch": epoch, "history": history})
+    return {}
+
+
+def _adapt(cfg: PipelineConfig, run_uri: str, manifest: data.Manifest, pretrain_model: str,
+           rows: pd.DataFrame) -> tuple[str, list]:
+    """The DANN run; saves and returns the adapted classifier's URI and its epoch history."""
+    stage_uri = storage.join(run_uri, STAGE)
+    size, cache = cfg.model.image_size, cfg.data.cache
+    src = manifest.rows("source", "train")
+    datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"]),
+                "target": data.training_dataset(rows[rows["is_target"] == 1], size, cache,
+                                                ["image"])}
+    steps = math.ceil(len(src) / cfg.scaling.num_workers / cfg.data.batch_size)
+    result = raytrain.fit(dann_fn, cfg, stage_uri, "dann", datasets,
+                          {"pretrain_model": pretrain_model, "source_steps": steps})
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        state, meta = checkpoints.load_dir(d)
+    model_state = {k[len("classifier."):]: v for k, v in state["net"].items()
+                   if k.startswith("classifier.")}
+    _, pmeta = checkpoints.load(pretrain_model)
+    uri = storage.join(stage_uri, "dann_model.pt")
+    checkpoints.save(uri, {"model": model_state}, {**pmeta, "adapted": True})
+    return uri, meta["history"]
+
+
+def _discriminator(cfg: PipelineConfig, stage_uri: str, name: str, model_uri: str,
+                   rows: pd.DataFrame, held: np.ndarray) -> tuple[dict, dict]:
+    """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
+    cols = ["image", "is_target"]
+    size, cache = cfg.model.image_size, cfg.data.cache
+    datasets = {"train": data.training_dataset(rows[~held], size, cache, cols),
+                "heldout": data.training_dataset(rows[held], size, cache, cols)}
+    result = raytrain.fit(train_fn, cfg, stage_uri, name, datasets, {
+        "pretrain_model": model_uri, "n_source": int((rows[~held]["is_target"] == 0).sum()),
+        "n_target": int((rows[~held]["is_target"] == 1).sum())})
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        return checkpoints.load_dir(d)
+
+
+def _gap(m: dict) -> dict:
+    return {k: m[k] for k in ("heldout_accuracy", "heldout_balanced_accuracy", "heldout_auc",
+                              "proxy_a_distance")}
+
+
 def run(cfg: PipelineConfig, run_uri: str) -> dict:
-    """Trains D on frozen features; returns held-out metrics and the domain sizes."""
+    """Trains D on frozen features (adapted ones in adversarial mode); returns held-out
+    metrics and the domain sizes."""
     t0 = time.time()
     stage_uri = storage.join(run_uri, STAGE)
     manifest = data.load_manifest(run_uri)
@@ -144,26 +289,28 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     models.FeatureTap(model.backbone, cfg.discriminate.layer)  # a bad layer fails here, clearly
     rows = domain_rows(manifest)
     held = heldout_mask(rows["sample_id"], cfg.discriminate.heldout_fraction)
-    cols = ["image", "is_target"]
-    size, cache = cfg.model.image_size, cfg.data.cache
-    datasets = {"train": data.training_dataset(rows[~held], size, cache, cols),
-                "heldout": data.training_dataset(rows[held], size, cache, cols)}
     n_source = int((rows["is_target"] == 0).sum())
     n_target = int((rows["is_target"] == 1).sum())
-    result = raytrain.fit(train_fn, cfg, stage_uri, "train", datasets, {
-        "pretrain_model": pretrain_model, "n_source": int((rows[~held]["is_target"] == 0).sum()),
-        "n_target": int((rows[~held]["is_target"] == 1).sum())})
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        state, meta = checkpoints.load_dir(d)
+    # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
+    state, meta = _discriminator(cfg, stage_uri, "train", pretrain_model, rows, held)
+    scoring_model, adversarial = pretrain_model, {}
+    if adapts(cfg):
+        dann_uri, history = _adapt(cfg, run_uri, manifest, pretrain_model, rows)
+        state_a, meta_a = _discriminator(cfg, stage_uri, "adapted", dann_uri, rows, held)
+        adversarial = {"before": _gap(meta["metrics"]), "after": _gap(meta_a["metrics"]),
+                       "dann_curve": history, "dann_model": dann_uri}
+        if cfg.discriminate.mode == "adversarial":  # score with D on the adapted features
+            state, meta, scoring_model = state_a, meta_a, dann_uri
     checkpoints.save(storage.join(stage_uri, "discriminator.pt"),
                      {"discriminator": state["discriminator"]},
                      {"layer": cfg.discriminate.layer, "in_dim": meta["in_dim"],
                       "hidden": cfg.discriminate.hidden, "n_source": n_source,
-                      "n_target": n_target, "balanced": cfg.discriminate.balanced})
+                      "n_target": n_target, "balanced": cfg.discriminate.balanced,
+                      "model": scoring_model})
     m = meta["metrics"]
-    return {"heldout_accuracy": m["heldout_accuracy"],
+    return {"mode": cfg.discriminate.mode, **({"adversarial": adversarial} if adversarial
+                                              else {}),
+            "heldout_accuracy": m["heldout_accuracy"],
             "heldout_balanced_accuracy": m["heldout_balanced_accuracy"],
             "heldout_auc": m["heldout_auc"], "proxy_a_distance": m["proxy_a_distance"],
             "layer": cfg.discriminate.layer or "pooled penultimate (backbone output)",

@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import data, scoring, storage
+from dtl_ray.config import adapts
 
 __all__ = ["run", "measure"]
 
 STAGE = "evaluate"
-BASELINES = ["source_only", "target_only", "all_source", "random_subset", "self_training"]
+BASELINES = ["source_only", "target_only", "all_source", "random_subset", "self_training",
+             "dann"]
 
 
 def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[str]) -> dict:
@@ -42,10 +44,16 @@ def run(cfg, run_uri: str) -> dict:
     manifest = data.load_manifest(run_uri)
     classes = manifest.target_classes
     uris = {"source_only": storage.join(run_uri, "pretrain", "model.pt")}
-    for arm in ["method", "chosen"] + BASELINES[1:]:
+    dann = storage.join(run_uri, "discriminate", "dann_model.pt")
+    if adapts(cfg) and storage.exists(dann):
+        uris["dann"] = dann  # the adapted source model, its head restricted like source_only
+    for arm in ["method", "chosen", "label_free"] + BASELINES[1:-1]:
         uri = storage.join(run_uri, "finetune", "models", f"{arm}.pt")
         if storage.exists(uri):
             uris[arm] = uri
+    ft = storage.read_json(storage.join(run_uri, "finetune", "_DONE.json"))["summary"]
+    for c in ft.get("by_cell", []):
+        uris[c["model"]] = storage.join(run_uri, "finetune", "models", f"{c['model']}.pt")
     test = manifest.rows("target", "test")
     df = data.to_dataset(test, cfg.model.image_size).map_batches(
         scoring.MultiEvaluator,
@@ -65,7 +73,17 @@ def run(cfg, run_uri: str) -> dict:
     chosen = storage.read_json(storage.join(run_uri, "finetune", "_DONE.json"))["summary"]
     beaten = [k for k, v in base.items()
               if method and method["target_test_accuracy"] > v["target_test_accuracy"]]
-    return {"method": method, "baselines": base,
+    free = chosen.get("label_free")
+    label_free = None
+    if free and "label_free" in results:
+        label_free = {**free, **{m: results["label_free"][m] for m in ("target_test_accuracy",
+                                                                       "transfer_loss")}}
+    # each cell's val-chosen model on test, for plots by fraction (nothing is chosen on it)
+    by_cell = [{**{k: c[k] for k in ("arm", "strategy", "source_fraction", "target_fraction",
+                                     "best_val_accuracy")},
+                "target_test_accuracy": results[c["model"]]["target_test_accuracy"]}
+               for c in ft.get("by_cell", [])]
+    return {"method": method, "baselines": base, "label_free": label_free, "by_cell": by_cell,
             "chosen": {"arm": chosen["best"]["arm"],
                        **{m: results["chosen"][m] for m in ("target_test_accuracy",
                                                             "transfer_loss")}},

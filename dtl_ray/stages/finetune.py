@@ -120,14 +120,17 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
             resume, _ = checkpoints.load_dir(d)
     for metrics, state in finetuning.train(
             model, pool["images"], sets[config["cell"]], pool["val_images"], pool["val_labels"],
-            settings, augment_settings(cfg), device, resume):
+            settings, augment_settings(cfg), device, resume, pool.get("source_val"),
+            cfg.finetune.label_free):
         with tempfile.TemporaryDirectory() as d:
             checkpoints.save_dir(d, state, {"cell": config["cell"]})
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
-def _pool(cfg: PipelineConfig, manifest: data.Manifest) -> tuple[dict, dict, pd.DataFrame]:
-    """Decoded images every trial may need, held in Ray's object store.
+def _pool(cfg: PipelineConfig, manifest: data.Manifest,
+          scores: pd.DataFrame) -> tuple[dict, dict, pd.DataFrame]:
+    """Decoded images every trial may need, held in Ray's object store; `source_val` holds
+    source val in the target's classes with its importance weights (label-free choice).
 
     Returns (arrays, sample_id -> row of `images`, the decoded rows with labels).
     """
@@ -141,8 +144,15 @@ def _pool(cfg: PipelineConfig, manifest: data.Manifest) -> tuple[dict, dict, pd.
                        .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
                        .select_columns(["image", "label"]))
     local = {c: i for i, c in enumerate(classes)}
+    src_val = manifest.rows("source", "val").query("label in @classes")
+    sv = data.collect(data.to_dataset(src_val, cfg.model.image_size)
+                      .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
+                      .select_columns(["sample_id", "image", "label"]))
+    w = scores.set_index("sample_id")["weight"].reindex(sv["sample_id"]).to_numpy(float)
     pool = {"images": arrays["image"], "val_images": val["image"],
-            "val_labels": np.array([local[int(v)] for v in val["label"]], dtype=np.int64)}
+            "val_labels": np.array([local[int(v)] for v in val["label"]], dtype=np.int64),
+            "source_val": (sv["image"], np.array([local[int(v)] for v in sv["label"]],
+                                                 dtype=np.int64), np.nan_to_num(w, nan=0.0))}
     pos = {s: i for i, s in enumerate(arrays["sample_id"])}
     return pool, pos, rows[rows["sample_id"].isin(pos)]
 
@@ -253,7 +263,7 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
 
 def _trial_table(grid, cells: list[Cell]) -> tuple[pd.DataFrame, dict]:
     """One row per trial (cell, settings, best val) and each trial's best weights."""
-    rows, states = [], {}
+    rows, states, free_states = [], {}, {}
     for r in grid:
         if r.error is not None or r.checkpoint is None:
             continue
@@ -263,11 +273,15 @@ def _trial_table(grid, cells: list[Cell]) -> tuple[pd.DataFrame, dict]:
             state, _ = checkpoints.load_dir(d)
         tid = m.get("trial_id") or os.path.basename(r.path)
         states[tid] = state["best"]["model"]
+        if state.get("best_free", {}).get("model") is not None:
+            free_states[tid] = state["best_free"]["model"]
         rows.append({"trial_id": tid, **asdict(cell), **r.config["setting"],
                      "best_val_accuracy": m["best_val_accuracy"],
                      "best_val_loss": m["best_val_loss"], "best_epoch": m["best_epoch"],
-                     "epochs_run": m["epoch"], "samples_per_epoch": m["samples"]})
-    return pd.DataFrame(rows), states
+                     "epochs_run": m["epoch"], "samples_per_epoch": m["samples"],
+                     "best_free_risk": m.get("best_free_risk", float("nan")),
+                     "best_free_epoch": m.get("best_free_epoch", -1)})
+    return pd.DataFrame(rows), states, free_states
 
 
 def _best(table: pd.DataFrame) -> pd.Series:
@@ -286,8 +300,10 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     classes = manifest.target_classes
     local = {c: i for i, c in enumerate(classes)}
     scores = data.read_parquet_df(storage.join(run_uri, "score", "scores"))
-    pretrain_model = storage.join(run_uri, "pretrain", "model.pt")
-    pool, pos, rows = _pool(cfg, manifest)
+    pretrain_model = (storage.join(run_uri, "discriminate", "dann_model.pt")
+                      if cfg.finetune.init == "adapted"
+                      else storage.join(run_uri, "pretrain", "model.pt"))
+    pool, pos, rows = _pool(cfg, manifest, scores)
     labeled = rows[(rows["domain"] == "target") & (rows["split"] == "train")]
     print(f"[finetune] pool: {len(pos)} decoded images, {len(labeled)} labeled target",
           flush=True)
@@ -340,7 +356,7 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
           f"{len(cells) * len(settings)} trials, {epoch_samples} samples per epoch each",
           flush=True)
     grid = _search(cfg, stage_uri, pool, sets, setup, settings)
-    table, states = _trial_table(grid, cells)
+    table, states, free_states = _trial_table(grid, cells)
     if table.empty:
         raise RuntimeError(f"every fine-tuning trial failed: see {stage_uri}/search")
     table["n_candidates"] = [int((~sets[cells.index(Cell(r.arm, r.strategy, r.source_fraction,
@@ -360,7 +376,38 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         checkpoints.save(storage.join(stage_uri, "models", f"{arm}.pt"),
                          {"model": states[row["trial_id"]]}, meta)
         chosen[arm] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    # each cell's best trial on val, kept so evaluation can plot test accuracy by fraction
+    by_cell = []
+    for i, cell in enumerate(cells):
+        sub = table[(table["arm"] == cell.arm) & (table["strategy"] == cell.strategy)
+                    & (table["source_fraction"] == cell.source_fraction)
+                    & (table["target_fraction"] == cell.target_fraction)]
+        if sub.empty:
+            continue
+        row = _best(sub)
+        checkpoints.save(storage.join(stage_uri, "models", f"cell-{i}.pt"),
+                         {"model": states[row["trial_id"]]},
+                         {"backbone": cfg.model.backbone, "num_classes": len(classes),
+                          "classes": classes, "arm": cell.arm, "trial_id": str(row["trial_id"])})
+        by_cell.append({"model": f"cell-{i}", **asdict(cell), "trial_id": str(row["trial_id"]),
+                        "best_val_accuracy": float(row["best_val_accuracy"])})
+    # 5. the label-free choice: lowest source-val risk over the whole search (no target label)
+    free = table[table["trial_id"].isin(free_states)].dropna(subset=["best_free_risk"])
+    label_free = None
+    if not free.empty:
+        row = free.sort_values(["best_free_risk", "trial_id"]).iloc[0]
+        checkpoints.save(storage.join(stage_uri, "models", "label_free.pt"),
+                         {"model": free_states[row["trial_id"]]},
+                         {"backbone": cfg.model.backbone, "num_classes": len(classes),
+                          "classes": classes, "arm": str(row["arm"]),
+                          "trial_id": str(row["trial_id"]), "criterion": f.label_free})
+        label_free = {"criterion": f.label_free, "arm": str(row["arm"]),
+                      "trial_id": str(row["trial_id"]), "risk": float(row["best_free_risk"]),
+                      "epoch": int(row["best_free_epoch"]),
+                      "source_val_images": int(len(pool["source_val"][0]))}
     return {
+        "by_cell": by_cell,
+        "label_free": label_free,
         "trials": int(len(table)),
         "trials_failed": int(len(cells) * len(settings) - len(table)),
         "cells": len(cells),

@@ -11,7 +11,7 @@ import time
 
 import pandas as pd
 
-from dtl_ray import data, scoring, storage
+from dtl_ray import data, scoring, storage, weighting
 from dtl_ray.config import PipelineConfig
 
 __all__ = ["run", "SCORE_COLUMNS"]
@@ -40,8 +40,10 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
 
     t0 = time.time()
     manifest = data.load_manifest(run_uri)
-    scored = scoring.score_dataset(cfg, manifest.table,
-                                   storage.join(run_uri, "pretrain", "model.pt"),
+    model_uri = (storage.join(run_uri, "discriminate", "dann_model.pt")
+                 if cfg.discriminate.mode == "adversarial"
+                 else storage.join(run_uri, "pretrain", "model.pt"))
+    scored = scoring.score_dataset(cfg, manifest.table, model_uri,
                                    manifest.target_classes,
                                    storage.join(run_uri, "discriminate", "discriminator.pt"))
     out_uri = storage.join(run_uri, STAGE, "scores")
@@ -92,6 +94,19 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         buf = pa.BufferOutputStream()
         writer, files = pq.ParquetWriter(buf, schema), 1
     flush()
+    mean_weight = {k: wsum[k] / wcnt[k] for k in sorted(wsum)}
+    if cfg.score.weighting == "iwan" and mean_weight.get("source/train", 0) > 0:
+        # IWAN weights have mean 1 over source train: one more pass over the written files
+        scale = mean_weight["source/train"]
+        for i in range(files):
+            part = storage.join(out_uri, f"part-{i:05d}.parquet")
+            t = pq.read_table(storage.path_of(part), filesystem=fs)
+            t = t.set_column(t.schema.get_field_index("weight"), "weight",
+                             pa.array(weighting.normalise(t["weight"].to_numpy(), scale)))
+            buf = pa.BufferOutputStream()
+            pq.write_table(t, buf)
+            storage.write_bytes(part, buf.getvalue().to_pybytes())
+        mean_weight = {k: v / scale for k, v in mean_weight.items()}
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
     data.write_parquet_df(rejected, storage.join(run_uri, "rejected.parquet"))
@@ -101,7 +116,8 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         "rows_rejected": int(len(rejected)),
         "rejected_examples": rejected.head(5)[["path", "error"]].to_dict("records"),
         "weights_capped": capped,
-        "mean_weight": {k: wsum[k] / wcnt[k] for k in sorted(wsum)},
+        "weighting": cfg.score.weighting,
+        "mean_weight": mean_weight,
         "seconds": round(time.time() - t0, 2),
         # until the first scored batch came back: actor start-up and model loading
         "startup_seconds": round((first or time.time()) - t0, 2),

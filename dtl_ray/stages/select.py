@@ -33,6 +33,14 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     source_train = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
     totals = source_train.groupby("label").size()
     kept = src.groupby("label").size().reindex(totals.index, fill_value=0)
+    # the discriminator's own preference, before classes the target lacks are dropped: each
+    # class's share kept in the top `fraction` of all source train by weight
+    ranked = source_train.sort_values(["weight", "p_target", "sample_id"],
+                                      ascending=[False, False, True], kind="mergesort")
+    top = ranked.head(int(round(s.fraction * len(ranked))))
+    top_kept = top.groupby("label").size().reindex(totals.index, fill_value=0)
+    shared = [c for c in totals.index if int(c) in classes]
+    absent = [c for c in totals.index if int(c) not in classes]
     return {
         "n_candidates": int(len(cand)),
         "n_source": int(len(src)),
@@ -43,7 +51,11 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         "target_fraction": s.target_fraction,
         "kept_fraction_per_class": {manifest.classes[int(c)]: float(kept[c] / totals[c])
                                     for c in totals.index},
-        "dropped_classes": [manifest.classes[int(c)] for c in totals.index
-                            if int(c) not in classes],
+        "dropped_classes": [manifest.classes[int(c)] for c in absent],
+        "ranked_fraction_per_class": {manifest.classes[int(c)]: float(top_kept[c] / totals[c])
+                                      for c in totals.index},
+        "ranked_fraction_shared": float(top_kept[shared].sum() / max(totals[shared].sum(), 1)),
+        "ranked_fraction_absent": (float(top_kept[absent].sum() / totals[absent].sum())
+                                   if absent else None),
         "seconds": round(time.time() - t0, 2),
     }
