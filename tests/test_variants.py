@@ -87,11 +87,18 @@ def test_partial_run_keeps_shared_classes_and_iwan_weights_average_one(partial_r
         set(demo.SHARED_CLASSES + demo.SOURCE_ONLY_CLASSES) - set(demo.target_classes("partial")))
     for name in sel["dropped_classes"]:
         assert sel["kept_fraction_per_class"][name] == 0.0
-    # the discriminator alone (before the class filter) prefers the target's classes
-    assert sel["ranked_fraction_absent"] < sel["ranked_fraction_shared"]
-    assert doc["score"]["weighting"] == "iwan"
+    for name in set(sel["kept_fraction_per_class"]) - set(sel["dropped_classes"]):
+        assert sel["kept_fraction_per_class"][name] > 0.0
+    # the discriminator's own ranking (before the class filter) is reported for every class:
+    # together its per-class shares make up exactly the top `select.fraction` of source train
     scores = data.read_parquet_df(os.path.join(run, "score", "scores"))
     src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
+    m = data.load_manifest(run)
+    sizes = src.groupby("label").size()
+    top = sum(sel["ranked_fraction_per_class"][m.classes[c]] * n for c, n in sizes.items())
+    assert top == pytest.approx(round(cfg.select.fraction * len(src)))
+    assert 0.0 <= sel["ranked_fraction_absent"] <= 1.0
+    assert doc["score"]["weighting"] == "iwan"
     assert src["weight"].mean() == pytest.approx(1.0, rel=1e-6)
     assert doc["score"]["mean_weight"]["source/train"] == pytest.approx(1.0, rel=1e-6)
     # IWAN weights are p / mean(p over source train): the ranking is p's
@@ -196,3 +203,44 @@ def test_dann_baseline_is_a_checked_option():
     cfg = config.load_config(None, ["source.uri=a", "target.uri=b",
                                     "discriminate.dann_baseline=true", "finetune.init=adapted"])
     assert config.adapts(cfg) and cfg.discriminate.mode == "standard"
+
+
+def _seed(seed, acc, free):
+    return {"seed": seed, "accuracy": acc, "chosen": {"arm": "method",
+                                                      "target_test_accuracy": acc["method"]},
+            "label_free": {"target_test_accuracy": free}, "heldout_auc": 0.9,
+            "ranked_fraction_shared": 0.4, "ranked_fraction_absent": 0.05,
+            "adversarial": {"before": 1.5, "after": 0.9},
+            "kept_fraction_per_class": {"a": 0.3, "b": 0.0},
+            "ranked_fraction_per_class": {"a": 0.4, "b": 0.05}, "dropped_classes": ["b"],
+            "test_accuracy_by_cell": [{"strategy": "discriminator", "source_fraction": 0.1,
+                                       "target_fraction": 0.0, "best_val_accuracy": 0.9,
+                                       "target_test_accuracy": acc["method"]}],
+            "p_target_histograms": {"edges": [0.0, 0.5, 1.0],
+                                    "counts": {"source/train": [3, 1], "target/test": [1, 3]}},
+            "confusion": [[5, 1], [0, 6]], "classes": ["a", "c"]}
+
+
+def test_bench_summary_and_page(tmp_path):
+    from dtl_ray import bench
+
+    seeds = [_seed(0, {"method": 0.9, "random_subset": 0.7, "target_only": 0.95}, 0.8),
+             _seed(1, {"method": 1.0, "random_subset": 0.9, "target_only": 0.99}, 1.0)]
+    s = bench.summarise(seeds)
+    assert s["accuracy"]["method"]["mean"] == pytest.approx(0.95)
+    assert s["accuracy"]["random_subset"]["sd"] == pytest.approx(np.std([0.7, 0.9], ddof=1))
+    # the method's mean 0.95 is above random_subset's 0.8, below target_only's 0.97
+    assert s["method_above_mean_of"] == ["random_subset"]
+    assert s["label_free"]["mean"] == pytest.approx(0.9)
+    doc = {"config": "c.yaml", "pair": "partial", "seeds": seeds, "summary": s, "seconds": 1.0,
+           "_plots": bench._plots(seeds, s)}
+    assert len(doc["_plots"]) == 6  # fraction, rows, histograms, confusion, kept, PAD
+    page = bench._html(doc)
+    assert page.count("data:image/png;base64,") == 6 and "without target labels" in page
+
+
+def test_bench_rejects_zero_seeds(capsys):
+    from dtl_ray import cli
+
+    assert cli.main(["bench", "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err

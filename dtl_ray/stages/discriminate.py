@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from dtl_ray import checkpoints, data, loops, models, raytrain, scoring, storage
 from dtl_ray.config import PipelineConfig, adapts, from_dict
+from dtl_ray.stages.pretrain import augment_settings
 
 __all__ = ["run", "heldout_mask", "domain_rows"]
 
@@ -74,18 +75,25 @@ def heldout_metrics(p: np.ndarray, y: np.ndarray) -> dict:
             "proxy_a_distance": loops.proxy_a_distance(1 - balanced)}
 
 
+def _worker(config: dict):
+    """A Train worker's set-up: (cfg, rank, device, the classifier to start from)."""
+    import ray.train.torch
+
+    cfg = from_dict(PipelineConfig, config["cfg"])
+    rank, _ = raytrain.world()
+    raytrain.set_threads(cfg.scaling.cpus_per_worker)
+    torch.manual_seed(cfg.seed)
+    model, _ = scoring.load_classifier(config["pretrain_model"])
+    return cfg, rank, ray.train.torch.get_device(), model
+
+
 def train_fn(config: dict) -> dict:
     """Per-worker loop: features once (frozen g), then the MLP for many epochs."""
     import ray.train
     import ray.train.torch
 
-    cfg = from_dict(PipelineConfig, config["cfg"])
+    cfg, rank, device, model = _worker(config)
     d = cfg.discriminate
-    rank, _ = raytrain.world()
-    raytrain.set_threads(cfg.scaling.cpus_per_worker)
-    torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
-    model, _ = scoring.load_classifier(config["pretrain_model"])
     tap = models.FeatureTap(model.backbone, d.layer).eval().to(device)
     for p in tap.parameters():
         p.requires_grad = False
@@ -160,13 +168,8 @@ def dann_fn(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    cfg = from_dict(PipelineConfig, config["cfg"])
+    cfg, rank, device, model = _worker(config)
     d = cfg.discriminate
-    rank, _ = raytrain.world()
-    raytrain.set_threads(cfg.scaling.cpus_per_worker)
-    torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
-    model, meta = scoring.load_classifier(config["pretrain_model"])
     net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
     net = ray.train.torch.prepare_model(net)  # called as a whole: DDP syncs every gradient
     inner = raytrain.unwrap(net)
@@ -183,9 +186,7 @@ def dann_fn(config: dict) -> dict:
     tgt = _cycle(ray.train.get_dataset_shard("target"), bs, cfg.seed)
     steps_per_epoch = max(1, config["source_steps"])
     gen = torch.Generator().manual_seed(cfg.seed + rank)
-    aug = loops.Augment(rotation=cfg.pretrain.rotation, crop=cfg.pretrain.crop,
-                        flip=cfg.pretrain.flip, brightness=cfg.pretrain.brightness,
-                        contrast=cfg.pretrain.contrast)
+    aug = augment_settings(cfg)
     for epoch in range(start, d.dann_epochs):
         t0 = time.time()
         loops.train_mode(net)
