@@ -180,10 +180,12 @@ class PeakMemory:
     local Ray cluster's processes when Ray was started here): shared pages count once.
 
     Linux only (reads /proc). `peak_mb` is the largest sum seen; `base_mb` the sum at start.
+    `tree=False` watches this process alone.
     """
 
-    def __init__(self, interval_s: float = 0.2) -> None:
+    def __init__(self, interval_s: float = 0.2, tree: bool = True) -> None:
         self.interval_s = interval_s
+        self.tree = tree
         self.peak_mb = self.base_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -219,7 +221,8 @@ class PeakMemory:
         return 0.0
 
     def sample(self) -> float:
-        return sum(self._pss_mb(p) for p in self._tree(os.getpid()))
+        pids = self._tree(os.getpid()) if self.tree else [os.getpid()]
+        return sum(self._pss_mb(p) for p in pids)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -1,5 +1,7 @@
 """The performance harness compares like with like, and its memory probe measures memory."""
 
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -30,11 +32,29 @@ def test_plain_loop_and_score_stage_give_the_same_scores(ray_session, tiny_demo,
 
 
 def test_peak_memory_sees_an_allocation():
-    with perf.PeakMemory(interval_s=0.05) as pm:
-        block = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MB, touched
+    # this process alone: the Ray processes of the session come and go while it runs
+    import mmap
+
+    with perf.PeakMemory(interval_s=0.05, tree=False) as pm:
+        block = mmap.mmap(-1, 200 * 2**20)  # fresh pages, never resident before
+        for i in range(0, len(block), 4096):
+            block[i] = 1  # touch every page
         pm.peak_mb = max(pm.peak_mb, pm.sample())
-        del block
+        block.close()
     assert pm.peak_mb - pm.base_mb > 150
+
+
+def test_peak_memory_tree_holds_child_processes():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in perf.PeakMemory._tree(os.getpid())
+        assert perf.PeakMemory._pss_mb(child.pid) > 0
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_bench_rows_repeat_files_under_new_ids(tiny_demo):

@@ -18,8 +18,8 @@ from dtl_ray.config import adapts
 __all__ = ["run", "measure"]
 
 STAGE = "evaluate"
-BASELINES = ["source_only", "target_only", "all_source", "random_subset", "self_training",
-             "dann"]
+FINETUNED = ["target_only", "all_source", "random_subset", "self_training"]
+BASELINES = ["source_only", *FINETUNED, "dann"]
 
 
 def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[str]) -> dict:
@@ -47,7 +47,7 @@ def run(cfg, run_uri: str) -> dict:
     dann = storage.join(run_uri, "discriminate", "dann_model.pt")
     if adapts(cfg) and storage.exists(dann):
         uris["dann"] = dann  # the adapted source model, its head restricted like source_only
-    for arm in ["method", "chosen", "label_free"] + BASELINES[1:-1]:
+    for arm in ["method", "chosen", "label_free", *FINETUNED]:
         uri = storage.join(run_uri, "finetune", "models", f"{arm}.pt")
         if storage.exists(uri):
             uris[arm] = uri
@@ -70,7 +70,7 @@ def run(cfg, run_uri: str) -> dict:
     target_only = results.get("target_only", {}).get("target_test_accuracy")
     if method and target_only is not None:
         method["transfer_gain"] = method["target_test_accuracy"] - target_only
-    chosen = storage.read_json(storage.join(run_uri, "finetune", "_DONE.json"))["summary"]
+    chosen = ft
     beaten = [k for k, v in base.items()
               if method and method["target_test_accuracy"] > v["target_test_accuracy"]]
     free = chosen.get("label_free")

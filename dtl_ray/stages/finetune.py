@@ -261,8 +261,9 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
     return tuner.fit()
 
 
-def _trial_table(grid, cells: list[Cell]) -> tuple[pd.DataFrame, dict]:
-    """One row per trial (cell, settings, best val) and each trial's best weights."""
+def _trial_table(grid, cells: list[Cell]) -> tuple[pd.DataFrame, dict, dict]:
+    """One row per trial (cell, settings, best val, best label-free risk), each trial's best
+    weights on target val, and its weights with the lowest label-free risk."""
     rows, states, free_states = [], {}, {}
     for r in grid:
         if r.error is not None or r.checkpoint is None:
