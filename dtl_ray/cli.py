@@ -20,8 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("out", help="output folder or s3:// URI")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--scale", type=float, default=1.0, help="multiplies the image counts")
-    d.add_argument("--pair", choices=["standard", "partial"], default="standard",
-                   help="partial: the target has 3 of the source's 7 classes")
+    d.add_argument("--pair", choices=["standard", "partial", "digits"], default="standard",
+                   help="partial: the target has 3 of the source's 7 classes; digits: real "
+                   "images, printed digits (fonts) to handwritten MNIST digits")
     r = sub.add_parser("run", help="run the pipeline")
     r.add_argument("config", help="YAML config")
     r.add_argument("--set", dest="overrides", action="append", default=[],
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     b.add_argument("--fractions", type=float, nargs="+", default=None,
                    help="source fractions of the search (finetune.source_fractions)")
-    b.add_argument("--pair", choices=["standard", "partial"], default=None,
+    b.add_argument("--pair", choices=["standard", "partial", "digits"], default=None,
                    help="generate this demo pair per seed (default: standard for the demo "
                    "config, else the config's data)")
     b.add_argument("--out", default="runs/bench")

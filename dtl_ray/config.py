@@ -68,6 +68,10 @@ class DataConfig:
     """Training batch size per worker."""
     cache: Literal["auto", "always", "never"] = "auto"
     """Keep decoded training images in Ray's object store: `auto` does when they fit in 1/4."""
+    shuffle_buffer: int = 8
+    """Local shuffle buffer of the training stages, in batches (0: none). Training rows are
+    also permuted with the run's seed before blocks are cut, and the block order is re-drawn
+    every epoch, so no batch sees the manifest's class-sorted order."""
     max_rejected_fraction: float = 0.01
     """The run stops before training when more images than this cannot be decoded."""
     extensions: list[str] = field(
@@ -331,6 +335,7 @@ def _validate(cfg: PipelineConfig) -> None:
         ("scaling.max_failures", cfg.scaling.max_failures >= 0),
         ("data.max_rejected_fraction", 0 <= cfg.data.max_rejected_fraction <= 1),
         ("data.batch_size", cfg.data.batch_size >= 1),
+        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0),
         ("pretrain.epochs", cfg.pretrain.epochs >= 1),
         ("discriminate.epochs", cfg.discriminate.epochs >= 1),
         ("discriminate.heldout_fraction", 0 < cfg.discriminate.heldout_fraction < 1),

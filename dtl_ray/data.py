@@ -17,7 +17,8 @@ import pandas as pd
 from dtl_ray import storage
 
 __all__ = ["COLUMNS", "SPLITS", "DataError", "Manifest", "build_manifest", "decode_batch",
-           "to_dataset", "dataset_parts", "collect", "sample_id"]
+           "to_dataset", "dataset_parts", "collect", "sample_id", "permuted",
+           "training_dataset", "epoch_batches"]
 
 # the one column vocabulary
 SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR = (
@@ -220,8 +221,10 @@ def _packed_dataset(rows: pd.DataFrame, image_size: int):
              for r in rows.to_dict("records")}
     ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True,
                                columns=["split", "rel_path", "image_bytes"])
+    # whole blocks (a Parquet row group each): with a batch size, Ray 2.58 fuses this map into
+    # the file listing when an all-to-all op (random_shuffle) follows, and it gets no columns
     return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "wanted": keyed},
-                          batch_format="numpy", batch_size=256)
+                          batch_format="numpy", batch_size=None)
 
 
 def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
@@ -297,21 +300,58 @@ def drop_rejected(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[ok] for k, v in batch.items()}
 
 
-def training_dataset(rows: pd.DataFrame, image_size: int, cache: str, columns: list[str]):
-    """Decoded, good rows with `columns`, cached in the object store when they fit.
+def permuted(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """`rows` in a random order drawn from `seed` (a manifest is sorted by class)."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return rows.iloc[order].reset_index(drop=True)
+
+
+def epoch_seed(seed: int):
+    """A Ray Data seed that is reproducible from `seed` and re-drawn at every execution (every
+    epoch of a Train worker's shard)."""
+    from ray.data import RandomSeedConfig
+
+    return RandomSeedConfig(seed=seed, reseed_after_execution=True)
+
+
+def training_dataset(rows: pd.DataFrame, image_size: int, cache: str, columns: list[str],
+                     seed: int | None):
+    """Decoded, good rows with `columns` in a seeded random order, cached in the object store
+    when they fit.
+
+    Training must not see the manifest's order (sorted by class: a block of 512 rows holds one
+    or two classes). Rows are permuted with `seed` before blocks are cut; cached rows are
+    shuffled again at every epoch (every execution of the dataset), and so are rows of packed
+    datasets (which come in pack order) when they are not cached. `epoch_batches` adds a local
+    shuffle buffer on top. seed=None keeps the manifest's order (for evaluation sets).
 
     cache: 'always', 'never', or 'auto' (when decoded bytes < 1/4 of the object store).
     """
     import ray
 
-    ds = to_dataset(rows, image_size).map_batches(drop_rejected, batch_format="numpy",
-                                                  batch_size=None)
+    ds = to_dataset(rows if seed is None else permuted(rows, seed), image_size)
+    ds = ds.map_batches(drop_rejected, batch_format="numpy", batch_size=None)
     ds = ds.select_columns(columns)
     nbytes = len(rows) * image_size * image_size * 3
     store = ray.cluster_resources().get("object_store_memory", 0)
-    if cache == "always" or (cache == "auto" and nbytes < store / 4):
+    cached = cache == "always" or (cache == "auto" and nbytes < store / 4)
+    if cached:
         ds = ds.materialize()
+    packed = "shard" in rows and (rows["shard"] != "").any()
+    if seed is not None and (cached or packed):
+        # (not randomize_block_order: in Ray 2.58 it fails inside a Train worker's split
+        # coordinator for blocks that the driver owns)
+        ds = ds.random_shuffle(seed=epoch_seed(seed))
     return ds
+
+
+def epoch_batches(it, batch_size: int, epoch: int, seed: int, buffer_batches: int):
+    """One epoch of numpy batches from a training dataset or Train shard, through a local
+    shuffle buffer of `buffer_batches` batches seeded by (seed, epoch)."""
+    buffer = buffer_batches * batch_size if buffer_batches > 0 else None
+    return it.iter_batches(batch_size=batch_size, batch_format="numpy",
+                           local_shuffle_buffer_size=buffer,
+                           local_shuffle_seed=seed * 100_003 + epoch if buffer else None)
 
 
 def read_parquet_df(uri: str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -115,7 +115,7 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-PAIRS = ("standard", "partial")
+PAIRS = ("standard", "partial", "digits")
 # the partial pair: the target has only these classes; the source keeps all seven
 PARTIAL_TARGET_CLASSES = ["circle", "cross", "square"]
 
@@ -126,6 +126,10 @@ def target_classes(pair: str = "standard") -> list[str]:
         return list(SHARED_CLASSES)
     if pair == "partial":
         return list(PARTIAL_TARGET_CLASSES)
+    if pair == "digits":
+        from dtl_ray import digits
+
+        return list(digits.CLASSES)
     raise ValueError(f"unknown demo pair {pair!r}: choose from {list(PAIRS)}")
 
 
@@ -136,13 +140,18 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
         out_uri: local folder or s3:// URI.
         seed: everything drawn follows from it.
         scale: multiplies every per-class count (at least 1 image per class and split).
-        pair: `standard` (the target lacks one source class) or `partial` (partial domain
-            adaptation: the target has 3 of the source's 7 classes, so 4 are source-only).
+        pair: `standard` (the target lacks one source class), `partial` (partial domain
+            adaptation: the target has 3 of the source's 7 classes, so 4 are source-only) or
+            `digits` (real images: printed digits to handwritten MNIST, `dtl_ray.digits`).
 
     Returns:
         Counts per domain/split, and the near/far make-up of source train.
     """
     tgt_classes = target_classes(pair)
+    if pair == "digits":
+        from dtl_ray import digits
+
+        return digits.write_digits(out_uri, seed=seed, scale=scale)
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     near_total = 0

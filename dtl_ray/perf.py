@@ -282,8 +282,8 @@ def train_ray(cfg: PipelineConfig, run_uri: str, rows: pd.DataFrame, val: pd.Dat
                   pretrain=replace(cfg.pretrain, epochs=epochs))
     cols = ["image", "label"]
     size = cfg.model.image_size
-    datasets = {"train": data.training_dataset(rows, size, "always", cols),
-                "val": data.training_dataset(val, size, "always", cols)}
+    datasets = {"train": data.training_dataset(rows, size, "always", cols, cfg.seed),
+                "val": data.training_dataset(val, size, "always", cols, None)}
     stage_uri = storage.join(run_uri, f"train-{workers}w")
     shutil.rmtree(stage_uri, ignore_errors=True)
     t0 = time.time()

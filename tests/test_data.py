@@ -1,6 +1,7 @@
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -84,3 +85,73 @@ def test_decode_converts_modes_and_rejects_bad_files(tmp_path):
     assert "empty file" in errors["empty.png"]
     assert out["image"][list(files).index("deep.png")].max() == 255  # 16-bit scaled, not clipped
     assert data.drop_rejected(out)["image"].shape[0] == 5
+
+
+
+def _first_batches(ds, batch_size, epoch, seed, n_batches):
+    """Labels of the first `n_batches` batches of one epoch, as the training stages read them."""
+    labels = []
+    for i, b in enumerate(data.epoch_batches(ds.iterator(), batch_size, epoch, seed, 2)):
+        labels.append(b["label"])
+        if i + 1 == n_batches:
+            break
+    return np.concatenate(labels)
+
+
+@pytest.mark.slow
+def test_training_order_mixes_classes_and_is_redrawn_each_epoch(ray_session, tiny_demo):
+    """The manifest is sorted by class; training batches must not be (the bug: pretraining saw
+    512-row blocks of one or two classes and barely learned)."""
+    m = data.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    one = m.rows("source", "train")
+    # 15 copies under distinct ids, still sorted by class: 3,150 rows, 7 blocks of 512
+    rows = pd.concat([one.assign(sample_id=one["sample_id"] + f"#{k}") for k in range(15)])
+    rows = rows.sort_values("label", kind="stable").reset_index(drop=True)
+    freq = np.bincount(rows["label"], minlength=len(m.classes)) / len(rows)
+    for cache in ("always", "never"):
+        ds = data.training_dataset(rows, 8, cache, ["image", "label"], seed=7)
+        first = _first_batches(ds, 16, epoch=0, seed=7, n_batches=4)
+        seen = np.bincount(first, minlength=len(m.classes)) / len(first)
+        # total variation from the class frequencies: about 0.1 for 64 rows drawn at random,
+        # 0.86 for the first block of the class-sorted order
+        assert 0.5 * np.abs(seen - freq).sum() < 0.3, (cache, seen, freq)
+        again = _first_batches(ds, 16, epoch=1, seed=7, n_batches=4)
+        assert not np.array_equal(first, again)  # a new order every epoch
+    everything = _first_batches(ds, 64, epoch=2, seed=7, n_batches=10**6)
+    assert sorted(everything) == sorted(rows["label"])  # every row once per epoch
+
+
+@pytest.mark.slow
+def test_train_workers_get_a_new_mixed_order_each_epoch(ray_session, tiny_demo, tmp_path):
+    """The same through a real TorchTrainer (the shard is split by Ray's coordinator actor)."""
+    from dtl_ray import checkpoints, config, raytrain
+
+    def first_labels(cfg_dict):
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("train")
+        seen = {}
+        for epoch in range(2):
+            batches = data.epoch_batches(shard, 16, epoch, 7, buffer_batches=2)
+            seen[str(epoch)] = [int(v) for b in batches for v in b["label"]]
+            raytrain.report_epoch({"epoch": epoch}, {}, {"labels": seen})
+
+    m = data.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    one = m.rows("source", "train")
+    rows = pd.concat([one.assign(sample_id=one["sample_id"] + f"#{k}") for k in range(15)])
+    rows = rows.sort_values("label", kind="stable").reset_index(drop=True)
+    cfg = config.load_config(overrides=[f"source.uri={tiny_demo}/source",
+                                        f"target.uri={tiny_demo}/target"])
+    ds = data.training_dataset(rows, 8, "always", ["image", "label"], seed=7)
+    result = raytrain.fit(first_labels, cfg, str(tmp_path / "stage"), "order", {"train": ds}, {})
+    assert result.error is None
+    with result.checkpoint.as_directory() as d:
+        _, meta = checkpoints.load_dir(d)
+    freq = np.bincount(rows["label"], minlength=len(m.classes)) / len(rows)
+    epochs = [np.array(meta["labels"][e]) for e in ("0", "1")]
+    for labels in epochs:
+        assert sorted(labels) == sorted(rows["label"])  # every row once per epoch
+        seen = np.bincount(labels[:64], minlength=len(m.classes)) / 64
+        assert 0.5 * np.abs(seen - freq).sum() < 0.3, (seen, freq)
+    # re-drawn each epoch: the orders differ in most places, not only in the buffer
+    assert (epochs[0] != epochs[1]).mean() > 0.5

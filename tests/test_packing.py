@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides
 
-from dtl_ray import cli, config, data, packing, pipeline, scoring
+from dtl_ray import cli, config, data, demo, packing, pipeline, scoring
 
 pytestmark = pytest.mark.slow
 BUCKET = "dtl-packed"
@@ -69,3 +69,20 @@ def test_pipeline_runs_from_the_packed_copy(packed, tiny_demo, tiny_run, tmp_pat
     assert doc["evaluate"]["test_images"] == 30
     assert set(doc["evaluate"]["baselines"]) == {"source_only", "target_only", "all_source",
                                                  "random_subset", "self_training"}
+
+
+
+def test_packed_training_rows_are_shuffled(ray_session, tmp_path):
+    """Packed rows come in pack order (class by class); training must not see that order."""
+    demo.write_demo(str(tmp_path / "d"), seed=4, scale=0.5)
+    src = str(tmp_path / "packed")
+    packing.pack(str(tmp_path / "d" / "source"), src, rows_per_shard=128)
+    m = data.build_manifest(src, str(tmp_path / "d" / "target"), [".png"])
+    rows = m.rows("source", "train")  # 1,050 rows, decoded in 256-row blocks
+    freq = np.bincount(rows["label"], minlength=len(m.classes)) / len(rows)
+    ds = data.training_dataset(rows, 8, "always", ["image", "label"], seed=3)
+    batches = list(data.epoch_batches(ds.iterator(), 16, 0, 3, buffer_batches=2))
+    first = np.concatenate([b["label"] for b in batches[:4]])
+    seen = np.bincount(first, minlength=len(m.classes)) / len(first)
+    assert 0.5 * np.abs(seen - freq).sum() < 0.3, (seen, freq)  # pack order: about 0.8
+    assert sorted(np.concatenate([b["label"] for b in batches])) == sorted(rows["label"])

@@ -148,14 +148,12 @@ def train_fn(config: dict) -> dict:
     return {}
 
 
-def _cycle(it, batch_size: int, seed: int):
+def _cycle(it, batch_size: int, seed: int, buffer_batches: int):
     """Endless shuffled batches of a dataset shard (the target side of DANN is smaller)."""
     epoch = 0
     while True:
         n = 0
-        for b in it.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                 local_shuffle_buffer_size=8 * batch_size,
-                                 local_shuffle_seed=seed + epoch):
+        for b in data.epoch_batches(it, batch_size, epoch, seed, buffer_batches):
             n += 1
             yield b
         epoch += 1
@@ -183,7 +181,7 @@ def dann_fn(config: dict) -> dict:
         start, history = rmeta["epoch"] + 1, rmeta["history"]
     bs = cfg.data.batch_size
     src_it = ray.train.get_dataset_shard("source")
-    tgt = _cycle(ray.train.get_dataset_shard("target"), bs, cfg.seed)
+    tgt = _cycle(ray.train.get_dataset_shard("target"), bs, cfg.seed + 1, cfg.data.shuffle_buffer)
     steps_per_epoch = max(1, config["source_steps"])
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     aug = augment_settings(cfg)
@@ -191,9 +189,8 @@ def dann_fn(config: dict) -> dict:
         t0 = time.time()
         loops.train_mode(net)
         sums = {"cls": 0.0, "dom": 0.0, "acc": 0.0, "n": 0, "dom_acc": 0.0}
-        for step, b in enumerate(src_it.iter_batches(
-                batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
-                local_shuffle_seed=cfg.seed + epoch)):
+        for step, b in enumerate(data.epoch_batches(src_it, bs, epoch, cfg.seed,
+                                                    cfg.data.shuffle_buffer)):
             t = next(tgt)
             progress = (epoch * steps_per_epoch + step) / (d.dann_epochs * steps_per_epoch)
             scale = d.dann_weight * models.dann_scale(min(progress, 1.0))
@@ -238,11 +235,11 @@ def _adapt(cfg: PipelineConfig, run_uri: str, manifest: data.Manifest, pretrain_
            rows: pd.DataFrame) -> tuple[str, list]:
     """The DANN run; saves and returns the adapted classifier's URI and its epoch history."""
     stage_uri = storage.join(run_uri, STAGE)
-    size, cache = cfg.model.image_size, cfg.data.cache
+    size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
     src = manifest.rows("source", "train")
-    datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"]),
+    datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed),
                 "target": data.training_dataset(rows[rows["is_target"] == 1], size, cache,
-                                                ["image"])}
+                                                ["image"], seed)}
     steps = math.ceil(len(src) / cfg.scaling.num_workers / cfg.data.batch_size)
     result = raytrain.fit(dann_fn, cfg, stage_uri, "dann", datasets,
                           {"pretrain_model": pretrain_model, "source_steps": steps})
@@ -262,9 +259,9 @@ def _discriminator(cfg: PipelineConfig, stage_uri: str, name: str, model_uri: st
                    rows: pd.DataFrame, held: np.ndarray) -> tuple[dict, dict]:
     """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
     cols = ["image", "is_target"]
-    size, cache = cfg.model.image_size, cfg.data.cache
-    datasets = {"train": data.training_dataset(rows[~held], size, cache, cols),
-                "heldout": data.training_dataset(rows[held], size, cache, cols)}
+    size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
+    datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed),
+                "heldout": data.training_dataset(rows[held], size, cache, cols, None)}
     result = raytrain.fit(train_fn, cfg, stage_uri, name, datasets, {
         "pretrain_model": model_uri, "n_source": int((rows[~held]["is_target"] == 0).sum()),
         "n_target": int((rows[~held]["is_target"] == 1).sum())})

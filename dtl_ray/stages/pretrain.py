@@ -96,9 +96,8 @@ def train_fn(config: dict) -> dict:
     history = list(restored[1].get("history", [])) if restored else []
     for epoch in range(start, cfg.pretrain.epochs):
         t0 = time.time()
-        batches = ((b["image"], b["label"]) for b in train_it.iter_batches(
-            batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
-            local_shuffle_seed=cfg.seed + epoch))
+        batches = ((b["image"], b["label"]) for b in data.epoch_batches(
+            train_it, bs, epoch, cfg.seed, cfg.data.shuffle_buffer))
         stats = loops.train_epoch(model, batches, opt, aug, gen, device)
         acc, loss = _val(model, val_it, 4 * bs, device)
         if acc > best["accuracy"]:
@@ -126,10 +125,10 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     stage_uri = storage.join(run_uri, STAGE)
     manifest = data.load_manifest(run_uri)
     cols = ["image", "label"]
-    size, cache = cfg.model.image_size, cfg.data.cache
+    size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
     datasets = {
-        "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols),
-        "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols),
+        "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed),
+        "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols, None),
     }
     result = raytrain.fit(train_fn, cfg, stage_uri, "train", datasets,
                           {"num_classes": len(manifest.classes)})
