@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench seeds lint clean
+.PHONY: demo test test-fast perf bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1 $(PY) -m pytest -q -p no:cacheprovider tests
 
+# the inner loop: everything that starts no Ray pipeline (under a minute)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
 # performance figures, Ray against plain PyTorch (runs/perf/perf.json); see docs/performance.md
-bench: $(STAMP)
+perf: $(STAMP)
 	$(VENV)/bin/dtl-ray perf
 
-seeds: $(STAMP)
-	$(PY) scripts/check_seeds.py --seeds 0 1 2
+# the method and every baseline over seeds 0, 1, 2 on the demo pair (runs/bench/bench.{json,html})
+bench: $(STAMP)
+	$(VENV)/bin/dtl-ray bench --seeds 3
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

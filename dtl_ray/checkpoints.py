@@ -14,7 +14,8 @@ import torch
 
 from dtl_ray import storage
 
-__all__ = ["FORMAT", "save", "load", "save_dir", "load_dir", "load_weights", "CheckpointError"]
+__all__ = ["FORMAT", "save", "load", "save_dir", "load_dir", "load_weights", "CheckpointError",
+           "save_classifier", "read_classifier", "save_discriminator", "read_discriminator"]
 
 FORMAT = "dtl-ray/1"
 FILE = "model.pt"
@@ -50,6 +51,49 @@ def load(uri: str) -> tuple[dict, dict]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{uri} is not a dtl-ray checkpoint")
     return obj["state"], obj["meta"]
+
+
+CLASSIFIER_KEYS = ("backbone", "num_classes", "classes")
+DISCRIMINATOR_KEYS = ("layer", "in_dim", "hidden", "n_source", "n_target", "balanced")
+
+
+def save_classifier(uri: str, model_state: dict, backbone: str, classes: list,
+                    **extra) -> None:
+    """A classifier (backbone + head over `classes`) with the meta its readers rely on;
+    `extra` adds descriptive keys (arm, trial id, accuracies)."""
+    meta = {"backbone": backbone, "num_classes": len(classes), "classes": list(classes), **extra}
+    save(uri, {"model": model_state}, meta)
+
+
+def read_classifier(uri: str) -> tuple[dict, dict]:
+    """(model state_dict, meta) of a classifier checkpoint written by `save_classifier`.
+
+    Raises:
+        CheckpointError: the file is not a classifier checkpoint (for example a discriminator).
+    """
+    return _checked(uri, "model", CLASSIFIER_KEYS, "classifier")
+
+
+def save_discriminator(uri: str, state: dict, layer: str | None, in_dim: int, hidden: int,
+                       n_source: int, n_target: int, balanced: bool, **extra) -> None:
+    """A domain discriminator on the features of `layer`, with the domain sizes it saw."""
+    save(uri, {"discriminator": state}, {
+        "layer": layer, "in_dim": in_dim, "hidden": hidden, "n_source": n_source,
+        "n_target": n_target, "balanced": balanced, **extra})
+
+
+def read_discriminator(uri: str) -> tuple[dict, dict]:
+    """(discriminator state_dict, meta) of a file written by `save_discriminator`."""
+    return _checked(uri, "discriminator", DISCRIMINATOR_KEYS, "discriminator")
+
+
+def _checked(uri: str, name: str, keys: tuple[str, ...], what: str) -> tuple[dict, dict]:
+    state, meta = load(uri)
+    missing = [k for k in keys if k not in meta]
+    if name not in state or missing:
+        raise CheckpointError(f"{uri} is a dtl-ray checkpoint but not a {what} "
+                              f"(it holds {sorted(state)})")
+    return state[name], meta
 
 
 def save_dir(directory: str, state: dict, meta: dict) -> None:

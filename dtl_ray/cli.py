@@ -75,6 +75,7 @@ def _demo_config_path() -> str:
 
 def _main(args: argparse.Namespace) -> int:
     from dtl_ray import config, demo, pipeline, report, storage
+    from dtl_ray.layout import RunLayout
 
     if args.command == "demo-data":
         storage.check_access(args.out, write=True)
@@ -91,12 +92,13 @@ def _main(args: argparse.Namespace) -> int:
               f"{len(m['shards'])} shards at {args.dst}")
         return 0
     if args.command == "report":
-        doc = storage.read_json(storage.join(args.run_dir, "report.json"))
-        report.write(doc, args.run_dir)
-        print(f"wrote {storage.join(args.run_dir, 'report.html')}")
+        layout = RunLayout(args.run_dir)
+        doc = storage.read_json(layout.report_json)
+        report.write(doc, layout)
+        print(f"wrote {layout.report_html}")
         return 0
     if args.command == "bench":
-        from dtl_ray import bench
+        from dtl_ray.tools import bench
 
         path = args.config or _demo_config_path()
         is_demo = os.path.basename(path) == DEMO_CONFIG
@@ -112,7 +114,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.html")
         return 0
     if args.command == "perf":
-        from dtl_ray import perf
+        from dtl_ray.tools import perf
 
         cfg = config.load_config(args.config or _demo_config_path(), args.overrides)
         only = [s.strip() for s in args.only.split(",")] if args.only else None

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import storage
+from dtl_ray.layout import RunLayout
 
 __all__ = ["COLUMNS", "SPLITS", "DataError", "Manifest", "build_manifest", "decode_batch",
            "to_dataset", "dataset_parts", "collect", "sample_id", "permuted",
@@ -283,15 +284,15 @@ def collect(ds) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def save_manifest(manifest: Manifest, run_uri: str) -> None:
-    """Writes `<run>/manifest.parquet` and `<run>/classes.json`."""
-    write_parquet_df(manifest.table, storage.join(run_uri, "manifest.parquet"))
-    storage.write_json(storage.join(run_uri, "classes.json"), manifest.classes)
+def save_manifest(manifest: Manifest, layout: RunLayout) -> None:
+    """Writes the run's manifest table and class list."""
+    write_parquet_df(manifest.table, layout.manifest)
+    storage.write_json(layout.classes, manifest.classes)
 
 
-def load_manifest(run_uri: str) -> Manifest:
-    return Manifest(table=read_parquet_df(storage.join(run_uri, "manifest.parquet")),
-                    classes=storage.read_json(storage.join(run_uri, "classes.json")))
+def load_manifest(layout: RunLayout) -> Manifest:
+    return Manifest(table=read_parquet_df(layout.manifest),
+                    classes=storage.read_json(layout.classes))
 
 
 def drop_rejected(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -75,9 +75,9 @@ def epoch_length(sets: list[TrainSet], mix_ratio: float) -> int:
 
 def target_model(pretrain_uri: str, num_classes: int) -> models.Classifier:
     """The pretrained source backbone with a fresh head for `num_classes` target classes."""
-    state, meta = checkpoints.load(pretrain_uri)
+    state, meta = checkpoints.read_classifier(pretrain_uri)
     model = models.build_classifier(meta["backbone"], num_classes)
-    backbone = {k[len("backbone."):]: v for k, v in state["model"].items()
+    backbone = {k[len("backbone."):]: v for k, v in state.items()
                 if k.startswith("backbone.")}
     model.backbone.load_state_dict(backbone)
     return model

@@ -12,14 +12,13 @@ import yaml
 
 from dtl_ray import data, report, storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
+from dtl_ray.layout import STAGES, RunLayout
 
-__all__ = ["STAGES", "run", "ensure_ray", "run_uri"]
-
-STAGES = ["pretrain", "discriminate", "score", "select", "finetune", "evaluate"]
+__all__ = ["STAGES", "run", "ensure_ray", "run_layout"]
 
 
-def run_uri(cfg: PipelineConfig) -> str:
-    return storage.join(cfg.storage, cfg.name)
+def run_layout(cfg: PipelineConfig) -> RunLayout:
+    return RunLayout.of(cfg.storage, cfg.name)
 
 
 def absolute(cfg: PipelineConfig) -> PipelineConfig:
@@ -60,9 +59,9 @@ def check_uris(cfg: PipelineConfig) -> None:
         storage.check_access(cfg.model.weights)
 
 
-def _write_config(cfg: PipelineConfig, uri: str) -> None:
+def _write_config(cfg: PipelineConfig, layout: RunLayout) -> None:
     """Keeps the config of the first run; warns when a re-run's config differs."""
-    path = storage.join(uri, "config.yaml")
+    path = layout.config
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if storage.exists(path):
         old = yaml.safe_load(storage.read_bytes(path))
@@ -74,12 +73,11 @@ def _write_config(cfg: PipelineConfig, uri: str) -> None:
     storage.write_bytes(path, text.encode())
 
 
-def _manifest(cfg: PipelineConfig, uri: str) -> data.Manifest:
+def _manifest(cfg: PipelineConfig, layout: RunLayout) -> data.Manifest:
     """The run's manifest: listed afresh until a stage has finished, then kept (so a resumed
     run sees the samples its finished stages saw, and a fixed folder is seen before)."""
-    started = storage.is_done(storage.join(uri, STAGES[0]))
-    if started and storage.exists(storage.join(uri, "manifest.parquet")):
-        return data.load_manifest(uri)
+    if layout.is_done(STAGES[0]) and storage.exists(layout.manifest):
+        return data.load_manifest(layout)
     return data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
 
 
@@ -88,10 +86,9 @@ def preflight(cfg: PipelineConfig) -> None:
     layers and image sizes the backbone cannot take fail here, before anything is written."""
     import torch
 
-    from dtl_ray import models
-    from dtl_ray.stages import pretrain
+    from dtl_ray import builders, models
 
-    model = pretrain.build_model(cfg, 2).eval()
+    model = builders.classifier(cfg.model, 2).eval()
     x = torch.zeros(2, 3, cfg.model.image_size, cfg.model.image_size)
     tap = models.FeatureTap(model.backbone, cfg.discriminate.layer)
     try:
@@ -103,31 +100,26 @@ def preflight(cfg: PipelineConfig) -> None:
                                 f"{cfg.model.backbone}: {str(e).splitlines()[0][:160]}") from None
 
 
-def inspect_images(cfg: PipelineConfig, uri: str, manifest: data.Manifest) -> dict:
-    """Decodes every image once before training; lists the undecodable ones in
-    `<run>/rejected.parquet` and stops when there are more than data.max_rejected_fraction."""
-    stage_uri = storage.join(uri, "inspect")
-    if storage.is_done(stage_uri):
-        return _summary(stage_uri)
+def inspect_images(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest) -> dict:
+    """Decodes every image once before training; lists the undecodable ones in the run's
+    rejected table and stops when there are more than data.max_rejected_fraction."""
+    if layout.is_done("inspect"):
+        return layout.summary("inspect")
     t0 = time.time()
     rejected = data.find_rejected(manifest.table, cfg.model.image_size)
-    data.write_parquet_df(rejected, storage.join(uri, "rejected.parquet"))
+    data.write_parquet_df(rejected, layout.rejected)
     n, total = len(rejected), len(manifest.table)
     if n > cfg.data.max_rejected_fraction * total:
         examples = ", ".join(rejected["path"].head(3))
         raise data.DataError(f"{n} of {total} images ({n / total:.1%}) cannot be decoded, over "
                              f"data.max_rejected_fraction={cfg.data.max_rejected_fraction}; "
-                             f"e.g. {examples} (all listed in {uri}/rejected.parquet)")
+                             f"e.g. {examples} (all listed in {layout.rejected})")
     summary = {"rejected": n, "images": total, "seconds": round(time.time() - t0, 2)}
-    storage.mark_done(stage_uri, {"summary": summary})
+    layout.mark_done("inspect", summary)
     if n:
         print(f"[dtl-ray] {n} of {total} images cannot be decoded and are left out "
-              f"(listed in {uri}/rejected.parquet)", flush=True)
+              f"(listed in {layout.rejected})", flush=True)
     return summary
-
-
-def _summary(stage_uri: str) -> dict:
-    return storage.read_json(storage.join(stage_uri, storage.DONE_MARKER))["summary"]
 
 
 def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
@@ -146,20 +138,19 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
     env = storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
     check_uris(cfg)
     preflight(cfg)
-    uri = run_uri(cfg)
-    manifest = _manifest(cfg, uri)  # fails fast, before Ray starts, on bad folders
+    layout = run_layout(cfg)
+    manifest = _manifest(cfg, layout)  # fails fast, before Ray starts, on bad folders
     counts = manifest.counts()
-    print(f"[dtl-ray] run {uri}: classes {manifest.classes}; source {counts['source']}; "
+    print(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source {counts['source']}; "
           f"target {counts['target']}", flush=True)
-    data.save_manifest(manifest, uri)
-    _write_config(cfg, uri)
+    data.save_manifest(manifest, layout)
+    _write_config(cfg, layout)
     ensure_ray(env)
-    inspected = inspect_images(cfg, uri, manifest)
+    inspected = inspect_images(cfg, layout, manifest)
     summaries: dict[str, dict] = {}
     for name in STAGES:
-        stage_uri = storage.join(uri, name)
-        if storage.is_done(stage_uri):
-            summaries[name] = _summary(stage_uri)
+        if layout.is_done(name):
+            summaries[name] = layout.summary(name)
             if name in wanted:
                 print(f"[dtl-ray] {name}: already done, skipped", flush=True)
             continue
@@ -171,11 +162,11 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
                               f"(run with --stages {','.join(missing + [name])})")
         print(f"[dtl-ray] {name}: starting", flush=True)
         module = importlib.import_module(f"dtl_ray.stages.{name}")
-        summaries[name] = module.run(cfg, uri)
-        storage.mark_done(stage_uri, {"summary": summaries[name]})
+        summaries[name] = module.run(cfg, layout)
+        layout.mark_done(name, summaries[name])
         print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
     doc = report.build(cfg, manifest, summaries, time.time() - t0)
     doc["data"]["rejected"] = inspected["rejected"]
-    report.write(doc, uri)
-    print(f"[dtl-ray] report: {storage.join(uri, 'report.html')}", flush=True)
+    report.write(doc, layout)
+    print(f"[dtl-ray] report: {layout.report_html}", flush=True)
     return doc

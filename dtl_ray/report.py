@@ -9,6 +9,7 @@ import numpy as np
 
 from dtl_ray import data, storage
 from dtl_ray.config import PipelineConfig
+from dtl_ray.layout import STAGES, RunLayout
 
 __all__ = ["build", "write", "render", "verdict"]
 
@@ -28,11 +29,9 @@ def build(cfg: PipelineConfig, manifest: data.Manifest, s: dict, seconds: float)
                    "source": cfg.source.uri, "target": cfg.target.uri,
                    "num_workers": cfg.scaling.num_workers, "use_gpu": cfg.scaling.use_gpu},
     }
-    keys = {"pretrain": "pretrain", "discriminate": "discriminator", "score": "score",
-            "select": "select", "finetune": "finetune", "evaluate": "evaluate"}
-    for stage, key in keys.items():
+    for stage in STAGES:  # each stage's summary under its own name
         if stage in s:
-            doc[key] = s[stage]
+            doc[stage] = s[stage]
     if "evaluate" in s:
         doc["verdict"] = verdict(s["evaluate"])
     return doc
@@ -51,9 +50,9 @@ def verdict(ev: dict) -> str:
     return head + ", and did NOT beat: " + ", ".join(lost) + "."
 
 
-def write(doc: dict, run_uri: str) -> None:
-    storage.write_json(storage.join(run_uri, "report.json"), doc)
-    storage.write_bytes(storage.join(run_uri, "report.html"), render(doc, run_uri).encode())
+def write(doc: dict, layout: RunLayout) -> None:
+    storage.write_json(layout.report_json, doc)
+    storage.write_bytes(layout.report_html, render(doc, layout).encode())
 
 
 def _png(fig) -> bytes:
@@ -132,26 +131,24 @@ def _plot_ranked(scores, k: int = 10) -> bytes:
     return out
 
 
-def _plots(run_uri: str, doc: dict) -> list[tuple[str, str]]:
+def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
     """Writes the PNGs that the run's data allows; returns (file name, caption)."""
     import matplotlib
 
     matplotlib.use("Agg")
     made = []
-    scores_uri = storage.join(run_uri, "score", "scores")
-    if storage.exists(scores_uri):
-        scores = data.read_parquet_df(scores_uri)
-        storage.write_bytes(storage.join(run_uri, "p_target_hist.png"), _plot_histograms(scores))
-        made.append(("p_target_hist.png", "p_target of source and target samples"))
-        storage.write_bytes(storage.join(run_uri, "ranked_source.png"), _plot_ranked(scores))
-        made.append(("ranked_source.png", "highest- and lowest-weighted source images"))
-    trials_uri = storage.join(run_uri, "finetune", "trials.parquet")
-    if storage.exists(trials_uri):
-        trials = data.read_parquet_df(trials_uri)
-        storage.write_bytes(storage.join(run_uri, "val_vs_fraction.png"),
-                            _plot_fractions(trials, doc))
-        made.append(("val_vs_fraction.png", "target val accuracy against fraction"))
-    return made
+    if storage.exists(layout.scores):
+        scores = data.read_parquet_df(layout.scores)
+        made.append(("p_target_hist.png", "p_target of source and target samples",
+                     _plot_histograms(scores)))
+        made.append(("ranked_source.png", "highest- and lowest-weighted source images",
+                     _plot_ranked(scores)))
+    if storage.exists(layout.trials):
+        made.append(("val_vs_fraction.png", "target val accuracy against fraction",
+                     _plot_fractions(data.read_parquet_df(layout.trials), doc)))
+    for name, _, png in made:
+        storage.write_bytes(layout.plot(name), png)
+    return [(name, caption) for name, caption, _ in made]
 
 
 def _table(rows: list[list], head: list[str]) -> str:
@@ -165,7 +162,7 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def render(doc: dict, run_uri: str) -> str:
+def render(doc: dict, layout: RunLayout) -> str:
     """The human report: verdict first, then results, stages, plots and the data."""
     parts = [f"<h1>dtl-ray report: {html.escape(doc['name'])}</h1>",
              f"<p><b>{html.escape(doc.get('verdict', 'The pipeline has not finished.'))}</b></p>"]
@@ -191,14 +188,14 @@ def render(doc: dict, run_uri: str) -> str:
                 f"val: the label-free choice costs "
                 f"{ev['chosen']['target_test_accuracy'] - free['target_test_accuracy']:+.3f}."
                 "</p>")
-    for key, title in (("pretrain", "Pretraining"), ("discriminator", "Discriminator"),
+    for key, title in (("pretrain", "Pretraining"), ("discriminate", "Discriminator"),
                        ("score", "Scoring"), ("select", "Selection"),
                        ("finetune", "Fine-tuning search")):
         if key in doc:
             flat = [[k, v] for k, v in doc[key].items()
                     if not isinstance(v, (dict, list)) or k in ("best",)]
             parts.append(f"<h2>{title}</h2>" + _table(flat, ["", ""]))
-    for name, caption in _plots(run_uri, doc):
+    for name, caption in _plots(layout, doc):
         parts.append(f"<figure><img src='{name}'><figcaption>{caption}</figcaption></figure>")
     parts.append("<h2>Data</h2>" + _table([[k, v] for k, v in doc["data"].items()], ["", ""]))
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:"

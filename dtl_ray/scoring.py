@@ -10,17 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import checkpoints, data, loops, models, weighting
+from dtl_ray import builders, checkpoints, data, loops, models, weighting
 
-__all__ = ["load_classifier", "Scorer", "MultiEvaluator", "actor_pool", "score_dataset"]
-
-
-def load_classifier(uri: str) -> tuple[models.Classifier, dict]:
-    """A classifier from a dtl-ray checkpoint with `state['model']` and meta['backbone'...]."""
-    state, meta = checkpoints.load(uri)
-    model = models.build_classifier(meta["backbone"], meta["num_classes"])
-    model.load_state_dict(state["model"])
-    return model.eval(), meta
+__all__ = ["Scorer", "MultiEvaluator", "actor_pool", "score_dataset"]
 
 
 def _device(use_gpu: bool) -> str:
@@ -43,16 +35,16 @@ class Scorer:
         self.device = _device(use_gpu)
         self.image_size = image_size
         self.weighting = weighting
-        self.model, meta = load_classifier(model_uri)
+        self.model, meta = builders.load_classifier(model_uri)
         self.model = loops.for_device(self.model, self.device)
         self.classes = list(classes)
         self.restrict = meta["num_classes"] != len(self.classes)  # source head: all classes
         self.disc = self.tap = None
         if disc_uri is not None:
-            dstate, dmeta = checkpoints.load(disc_uri)
+            dstate, dmeta = checkpoints.read_discriminator(disc_uri)
             self.tap = models.FeatureTap(self.model.backbone, dmeta["layer"]).eval().to(self.device)
             self.disc = models.Discriminator(dmeta["in_dim"], dmeta["hidden"])
-            self.disc.load_state_dict(dstate["discriminator"])
+            self.disc.load_state_dict(dstate)
             self.disc.eval().to(self.device)
         self.n_source, self.n_target, self.clip, self.cap = n_source, n_target, clip, cap
 
@@ -102,7 +94,7 @@ class MultiEvaluator:
     def __init__(self, model_uris: dict[str, str], classes: list[int],
                  use_gpu: bool = False) -> None:
         self.device = _device(use_gpu)
-        self.models = {k: load_classifier(u) for k, u in model_uris.items()}
+        self.models = {k: builders.load_classifier(u) for k, u in model_uris.items()}
         self.models = {k: (loops.for_device(m, self.device), meta)
                        for k, (m, meta) in self.models.items()}
         self.classes = list(classes)
@@ -151,7 +143,7 @@ def score_dataset(cfg, rows, model_uri: str, classes: list[int],
 
     n_source = n_target = 1
     if disc_uri is not None:
-        _, meta = checkpoints.load(disc_uri)
+        _, meta = checkpoints.read_discriminator(disc_uri)
         if not meta["balanced"]:  # D learnt the domains' real prior ratio: undo it
             n_source, n_target = meta["n_source"], meta["n_target"]
     use_gpu = cfg.scaling.use_gpu

@@ -15,10 +15,9 @@ from typing import Any
 import pyarrow.fs as pafs
 
 __all__ = ["resolve", "join", "exists", "read_bytes", "write_bytes", "read_json", "write_json",
-           "is_done", "mark_done", "local_path", "list_files", "StorageError", "check_access",
+           "local_path", "list_files", "StorageError", "check_access",
            "configure_s3", "train_storage", "delete"]
 
-DONE_MARKER = "_DONE.json"
 S3_MAX_ATTEMPTS = 10
 
 
@@ -194,15 +193,6 @@ def read_json(uri: str) -> Any:
 
 def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=False, default=float).encode())
-
-
-def is_done(stage_uri: str) -> bool:
-    """Whether a stage finished: its done-marker is written last, after all its outputs."""
-    return exists(join(stage_uri, DONE_MARKER))
-
-
-def mark_done(stage_uri: str, summary: dict) -> None:
-    write_json(join(stage_uri, DONE_MARKER), summary)
 
 
 def list_files(uri: str) -> list[tuple[str, int]]:

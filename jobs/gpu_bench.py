@@ -111,7 +111,8 @@ def score_stage(model_name: str, size: int, batch: int, images: int, files: int,
                 use_gpu: bool) -> dict:
     import pandas as pd
 
-    from dtl_ray import config, data, perf, pipeline
+    from dtl_ray import config, data, pipeline
+    from dtl_ray.tools import perf
 
     pool = _jpeg_pool(os.path.join(out, "gpu-images"), size + size // 8, files)
     m = data.build_manifest(os.path.join(pool, "source"), os.path.join(pool, "target"),

@@ -25,8 +25,7 @@ import time
 import numpy as np
 import torch
 
-from dtl_ray import config, data, loops, pipeline, storage
-from dtl_ray.stages import pretrain
+from dtl_ray import builders, config, data, loops, pipeline, storage
 
 
 def plain_loop(cfg, rows, val, num_classes: int, order: str) -> dict:
@@ -37,11 +36,11 @@ def plain_loop(cfg, rows, val, num_classes: int, order: str) -> dict:
     vx = data.decode_batch({"path": val["path"].to_numpy()}, cfg.model.image_size)["image"]
     vy = val["label"].to_numpy()
     torch.manual_seed(cfg.seed)
-    model = pretrain.build_model(cfg, num_classes)
+    model = builders.classifier(cfg.model, num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
                             weight_decay=cfg.pretrain.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    aug = pretrain.augment_settings(cfg)
+    aug = builders.augment(cfg.pretrain)
     bs, rng, curve = cfg.data.batch_size, np.random.default_rng(cfg.seed), []
     for _ in range(cfg.pretrain.epochs):
         idx = rng.permutation(len(x)) if order == "shuffled" else np.arange(len(x))
@@ -67,7 +66,7 @@ def main() -> None:
     t0 = time.time()
     doc = pipeline.run(cfg, ["pretrain"])
     ray_s = time.time() - t0
-    manifest = data.load_manifest(pipeline.run_uri(cfg))
+    manifest = data.load_manifest(pipeline.run_layout(cfg))
     rows, val = manifest.rows("source", "train"), manifest.rows("source", "val")
     result = {"images": len(rows), "epochs": cfg.pretrain.epochs,
               "pipeline": {"best_val_accuracy": doc["pretrain"]["source_val_accuracy"],

@@ -78,17 +78,40 @@ def tiny_overrides(source, target, storage, name):
             "score.batch_size=64"]
 
 
+def cli_args(config_file, overrides, *extra):
+    """`dtl-ray run CONFIG --set ... EXTRA` as the argument list of `cli.main`."""
+    return ["run", str(config_file), *[a for o in overrides for a in ("--set", o)], *extra]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(ray_session, tiny_demo, tmp_path_factory):
-    """The pipeline run stage by stage on the tiny demo; yields (cfg, run dir, summaries)."""
-    from dtl_ray import config, pipeline
+    """The pipeline on the tiny demo, run through the CLI one `--stages` call per stage (so
+    the CLI end to end and stage-by-stage resumption are what every later test starts from);
+    returns (cfg, run dir, stage summaries)."""
+    from dtl_ray import cli, config
+    from dtl_ray.layout import STAGES, RunLayout
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = config.load_config(overrides=tiny_overrides(
-        tiny_demo / "source", tiny_demo / "target", out, "tiny"))
-    summaries = {}
-    for stage in pipeline.STAGES:
-        doc = pipeline.run(cfg, [stage])
-        key = "discriminator" if stage == "discriminate" else stage
-        summaries[stage] = doc[key]
-    return cfg, os.path.join(out, "tiny"), summaries
+    config_file = out / "tiny.yaml"
+    config_file.write_text("# Run: dtl-ray run tiny.yaml\nname: tiny\n")
+    overrides = tiny_overrides(tiny_demo / "source", tiny_demo / "target", out, "tiny")
+    for stage in STAGES:
+        assert cli.main(cli_args(config_file, overrides, "--stages", stage)) == 0, stage
+    layout = RunLayout(os.path.join(out, "tiny"))
+    return (config.load_config(str(config_file), overrides), layout.root,
+            {s: layout.summary(s) for s in STAGES})
+
+
+def copy_run(run_dir, dest, done):
+    """A copy of a finished run's folder at `dest` in which only the stages `done` (a prefix
+    of the pipeline) are finished: later stages' folders are left out, so a test that needs
+    the early stages starts where they ended instead of running them again."""
+    import shutil
+
+    from dtl_ray.layout import STAGES
+
+    assert list(done) == list(STAGES[:len(done)]), done
+    skip = set(STAGES[len(done):])
+    shutil.copytree(run_dir, dest, ignore=lambda d, names: [
+        n for n in names if d == str(run_dir) and (n in skip or (skip and n.startswith("report")))])
+    return dest

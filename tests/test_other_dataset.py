@@ -11,8 +11,7 @@ import torchvision
 from conftest import tiny_overrides
 from PIL import Image
 
-from dtl_ray import config, pipeline
-from dtl_ray.stages import pretrain
+from dtl_ray import builders, config, pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +45,7 @@ def test_resnet18_from_local_weights_on_jpeg_dataset(ray_session, tmp_path):
                                          "discriminate.layer=layer3", "model.image_size=32"]
     cfg = config.load_config(overrides=overrides)
     # the weights really are loaded: pretraining starts from them
-    model = pretrain.build_model(cfg, 2)
+    model = builders.classifier(cfg.model, 2)
     ref = torch.load(weights, weights_only=True)
     torch.testing.assert_close(model.backbone.conv1.weight, ref["conv1.weight"])
     doc = pipeline.run(cfg)

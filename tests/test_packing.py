@@ -8,6 +8,7 @@ import pytest
 from conftest import tiny_overrides
 
 from dtl_ray import cli, config, data, demo, packing, pipeline, scoring
+from dtl_ray.layout import RunLayout
 
 pytestmark = pytest.mark.slow
 BUCKET = "dtl-packed"
@@ -63,7 +64,7 @@ def test_pipeline_runs_from_the_packed_copy(packed, tiny_demo, tiny_run, tmp_pat
     assert doc["data"]["target"] == {"train": 6, "unlabeled": 36, "val": 12, "test": 30}
     assert doc["score"]["rows_out"] == local["score"]["rows_out"]
     scores = data.read_parquet_df(str(tmp_path / "packed" / "score" / "scores"))
-    truth = data.load_manifest(run).table[["sample_id", "label"]]
+    truth = data.load_manifest(RunLayout(run)).table[["sample_id", "label"]]
     joined = truth.merge(scores[["sample_id", "label"]], on="sample_id", suffixes=("", "_p"))
     assert len(joined) == len(truth) and (joined["label"] == joined["label_p"]).all()
     assert doc["evaluate"]["test_images"] == 30

@@ -1,39 +1,54 @@
 """Integration: every stage on a tiny dataset on a local Ray cluster, then the CLI end to end."""
 
+import html
 import os
 
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
+from conftest import cli_args, copy_run, tiny_overrides
 
-from dtl_ray import checkpoints, cli, config, data, pipeline, storage
-from dtl_ray.stages import finetune
+from dtl_ray import checkpoints, cli, config, data, pipeline, search, storage
+from dtl_ray.layout import RunLayout
+from dtl_ray.stages.discriminate import heldout_mask
 
 pytestmark = pytest.mark.slow
 
 
 def test_pretrain_stage(tiny_run):
     cfg, run, s = tiny_run
-    state, meta = checkpoints.load(os.path.join(run, "pretrain", "model.pt"))
+    state, meta = checkpoints.read_classifier(RunLayout(run).pretrain_model)
     assert meta["backbone"] == "smallcnn" and meta["num_classes"] == 7
-    assert 0.0 <= s["pretrain"]["source_val_accuracy"] <= 1.0
-    assert [c["epoch"] for c in s["pretrain"]["curve"]] == [0, 1]
+    curve = s["pretrain"]["curve"]
+    assert [c["epoch"] for c in curve] == [0, 1]
+    # the kept model is the best epoch on source val (the first of equals)
+    best = max(range(len(curve)), key=lambda i: (curve[i]["val_accuracy"], -i))
+    assert s["pretrain"]["source_val_accuracy"] == curve[best]["val_accuracy"]
+    assert s["pretrain"]["best_epoch"] == best + 1
+    assert meta["source_val_accuracy"] == curve[best]["val_accuracy"]
 
 
 def test_discriminate_stage(tiny_run):
-    _, run, s = tiny_run
+    cfg, run, s = tiny_run
     d = s["discriminate"]
-    assert 0 <= d["heldout_accuracy"] <= 1 and 0 <= d["heldout_auc"] <= 1
-    assert d["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * (1 - d[
-        "heldout_balanced_accuracy"])))
     assert d["n_source"] == 210 and d["n_target"] == 6 + 36
+    # the held-out figures agree with the saved D as the score stage applied it: the same
+    # held-out rows, the same predictions (another process, another code path)
+    scores = data.read_parquet_df(RunLayout(run).scores)
+    pool = scores[((scores["domain"] == "source") & (scores["split"] == "train"))
+                  | ((scores["domain"] == "target") & scores["split"].isin(["train", "unlabeled"]))]
+    held = pool[heldout_mask(pool["sample_id"], cfg.discriminate.heldout_fraction)]
+    assert d["heldout"] == len(held) > 0
+    is_target, said_target = held["domain"] == "target", held["p_target"] >= 0.5
+    assert d["heldout_accuracy"] == pytest.approx((said_target == is_target).mean(), abs=0.03)
+    balanced = (said_target[is_target].mean() + (~said_target[~is_target]).mean()) / 2
+    assert d["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * (1 - balanced)), abs=0.1)
     assert os.path.exists(os.path.join(run, "discriminate", "discriminator.pt"))
 
 
 def test_score_stage_accounts_for_every_row(tiny_run):
     _, run, s = tiny_run
     sc = s["score"]
-    manifest = data.load_manifest(run)
+    manifest = data.load_manifest(RunLayout(run))
     scores = data.read_parquet_df(os.path.join(run, "score", "scores"))
     assert sc["rows_in"] == len(manifest.table) == sc["rows_out"] + sc["rows_rejected"]
     assert sc["rows_rejected"] == 0
@@ -46,7 +61,7 @@ def test_score_stage_accounts_for_every_row(tiny_run):
 
 def test_select_stage(tiny_run):
     _, run, s = tiny_run
-    manifest = data.load_manifest(run)
+    manifest = data.load_manifest(RunLayout(run))
     cand = data.read_parquet_df(os.path.join(run, "select", "candidates.parquet"))
     assert len(cand) == s["select"]["n_candidates"] > 0
     assert set(cand["pool"]) <= {"source", "target"}
@@ -61,9 +76,9 @@ def test_select_stage(tiny_run):
 def test_finetune_stage_covers_every_cell(tiny_run):
     cfg, run, s = tiny_run
     trials = data.read_parquet_df(os.path.join(run, "finetune", "trials.parquet"))
-    cells = finetune.make_cells(cfg)
+    cells = search.make_cells(cfg.finetune, cfg.select.target_fraction)
     assert len(trials) == s["finetune"]["trials"] == len(cells)
-    assert set(trials["arm"]) == set(finetune.ARMS)
+    assert set(trials["arm"]) == set(search.ARMS)
     assert set(trials.loc[trials["arm"] == "target_only", "n_candidates"]) == {0}
     # random subsets match the method's sizes cell for cell
     m = trials[trials["arm"] == "method"].set_index(["source_fraction", "target_fraction"])
@@ -71,8 +86,8 @@ def test_finetune_stage_covers_every_cell(tiny_run):
                                                             "target_fraction"])
     pd.testing.assert_series_equal(m["n_candidates"].sort_index(),
                                    r["n_candidates"].sort_index(), check_names=False)
-    for arm in finetune.ARMS + ["chosen"]:
-        _, meta = checkpoints.load(os.path.join(run, "finetune", "models", f"{arm}.pt"))
+    for arm in search.ARMS + ["chosen"]:
+        _, meta = checkpoints.read_classifier(RunLayout(run).model(arm))
         assert meta["num_classes"] == 6
 
 
@@ -82,11 +97,17 @@ def test_evaluate_and_report(tiny_run):
     assert set(ev["baselines"]) == {"source_only", "target_only", "all_source",
                                     "random_subset", "self_training"}
     assert ev["test_images"] == 30
-    assert ev["method"]["transfer_gain"] == pytest.approx(
-        ev["method"]["target_test_accuracy"] - ev["baselines"]["target_only"][
-            "target_test_accuracy"])
+    # accuracies agree with the saved per-image predictions
+    pred = data.read_parquet_df(RunLayout(run).predictions)
+    assert len(pred) == 30
+    for name, acc in [("method", ev["method"]["target_test_accuracy"]),
+                      *[(k, v["target_test_accuracy"]) for k, v in ev["baselines"].items()]]:
+        assert acc == pytest.approx((pred[f"pred__{name}"] == pred["label"]).mean()), name
+    gain = (pred["pred__method"] == pred["label"]).mean() - (
+        pred["pred__target_only"] == pred["label"]).mean()
+    assert ev["method"]["transfer_gain"] == pytest.approx(gain)
     doc = storage.read_json(os.path.join(run, "report.json"))
-    for key in ("name", "seed", "seconds_total", "data", "pretrain", "discriminator", "score",
+    for key in ("name", "seed", "seconds_total", "data", "pretrain", "discriminate", "score",
                 "select", "finetune", "evaluate", "verdict"):
         assert key in doc
     assert doc["data"]["target"] == {"train": 6, "unlabeled": 36, "val": 12, "test": 30}
@@ -102,20 +123,25 @@ def test_a_stage_without_its_upstream_is_refused(ray_session, tiny_demo, tmp_pat
         pipeline.run(cfg, ["discriminate"])
 
 
-def test_cli_run_end_to_end_then_rerun_skips(ray_session, tiny_demo, tmp_path, capsys):
+def test_cli_rerun_of_a_finished_run_skips_every_stage(tiny_run, tiny_demo, tmp_path, capsys):
+    _, run, _ = tiny_run
+    # tiny_run ran every stage through the CLI: the report is there
+    assert os.path.exists(RunLayout(run).report_json)
+    assert os.path.exists(RunLayout(run).report_html)
+    copy = copy_run(run, tmp_path / "cli", pipeline.STAGES)
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text("# Run: dtl-ray run tiny.yaml\nname: cli\n")
-    args = ["run", str(cfg_file)]
-    for o in tiny_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path / "out", "cli"):
-        args += ["--set", o]
-    assert cli.main(args) == 0
-    run = tmp_path / "out" / "cli"
-    assert (run / "report.json").exists() and (run / "report.html").exists()
-    marks = {s: os.path.getmtime(run / s / storage.DONE_MARKER) for s in pipeline.STAGES}
+    args = cli_args(cfg_file, tiny_overrides(tiny_demo / "source", tiny_demo / "target",
+                                             tmp_path, "cli"))
+    layout = RunLayout(str(copy))
+    marks = {s: os.path.getmtime(layout.done(s)) for s in pipeline.STAGES}
     capsys.readouterr()
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     for s in pipeline.STAGES:
         assert f"[dtl-ray] {s}: already done, skipped" in out
-        assert os.path.getmtime(run / s / storage.DONE_MARKER) == marks[s]
-    assert cli.main(["report", str(run)]) == 0
+        assert os.path.getmtime(layout.done(s)) == marks[s]
+    os.remove(layout.report_html)
+    assert cli.main(["report", str(copy)]) == 0
+    verdict = storage.read_json(layout.report_json)["verdict"]
+    assert html.escape(verdict) in open(layout.report_html).read()  # re-rendered from the JSON

@@ -11,10 +11,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import SECRET, tiny_overrides
+from conftest import SECRET, cli_args, copy_run, tiny_overrides
 from PIL import Image
 
 from dtl_ray import checkpoints, cli, config, data, pipeline, storage
+from dtl_ray.layout import RunLayout
 
 pytestmark = pytest.mark.slow
 
@@ -45,22 +46,26 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ray_session, tiny_demo,
     killed = {}
 
     def killer():
-        _wait_for(lambda: _checkpoints(stage_dir))
-        actors = _wait_for(lambda: list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                                        ("state", "=", "ALIVE")]))
-        killed["pid"] = actors[0].pid
-        os.kill(actors[0].pid, signal.SIGKILL)
+        try:  # after the first epoch's checkpoint, kill a live worker of this session's Ray
+            _wait_for(lambda: _checkpoints(stage_dir))
+            actors = _wait_for(lambda: list_actors(filters=[
+                ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]))
+            killed["pid"] = actors[0].pid
+            os.kill(actors[0].pid, signal.SIGKILL)
+        except Exception as e:  # re-raised below: a thread would swallow it
+            killed["error"] = e
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     doc = pipeline.run(cfg, ["pretrain"])
-    t.join(timeout=5)
-    assert killed.get("pid"), "no worker was killed"
+    t.join(timeout=30)
+    assert "error" not in killed, f"the killer failed: {killed.get('error')!r}"
+    assert killed.get("pid"), "no worker was killed (training ended first?)"
     s = doc["pretrain"]
     assert s["resumed_from_epochs"] and min(s["resumed_from_epochs"]) > 0
     assert [c["epoch"] for c in s["curve"]] == list(range(6))  # each epoch once, none lost
-    state, _ = checkpoints.load(str(stage_dir / "model.pt"))
-    assert state["model"]
+    state, _ = checkpoints.read_classifier(str(stage_dir / "model.pt"))
+    assert state
 
 
 def _png(arr):
@@ -127,32 +132,41 @@ def test_too_many_bad_images_stop_before_training(tiny_demo, tmp_path):
     assert not (tmp_path / "out" / "many" / "pretrain").exists()
 
 
-def test_driver_killed_mid_search_resumes_to_the_same_outputs(tiny_demo, tmp_path):
+def test_driver_killed_mid_search_resumes_to_the_same_outputs(tiny_run, tiny_demo, tmp_path):
+    # start from the finished early stages of the session's run: the search is what is tested
+    run = copy_run(tiny_run[1], tmp_path / "crash", ["pretrain", "discriminate", "score",
+                                                     "select"])
     f = tmp_path / "c.yaml"
     f.write_text("# Run: dtl-ray run c.yaml\n")
-    args = [sys.executable, "-m", "dtl_ray.cli", "run", str(f)]
-    for o in tiny_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path, "crash") + [
-            "finetune.epochs=4", "finetune.grace_period=4"]:
-        args += ["--set", o]
-    run = tmp_path / "crash"
+    args = [sys.executable, "-m", "dtl_ray", *cli_args(f, tiny_overrides(
+        tiny_demo / "source", tiny_demo / "target", tmp_path, "crash") + [
+            "finetune.epochs=4", "finetune.grace_period=4"])]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-    try:
-        # kill the driver once the search has written trial checkpoints
-        _wait_for(lambda: (run / "finetune" / "search").is_dir() and any(
+
+    def trial_checkpoint():
+        if first.poll() is not None:  # the victim must still be running when it is killed
+            raise AssertionError(f"the first driver ended (exit {first.returncode}) before "
+                                 "the search wrote a trial checkpoint")
+        return (run / "finetune" / "search").is_dir() and any(
             "checkpoint_" in d for _, dirs, _ in os.walk(run / "finetune" / "search")
-            for d in dirs), timeout=600, every=0.5)
+            for d in dirs)
+
+    try:
+        _wait_for(trial_checkpoint, timeout=600, every=0.5)
         os.killpg(first.pid, signal.SIGKILL)
     finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
-    assert not (run / "finetune" / storage.DONE_MARKER).exists()
-    assert (run / "score" / storage.DONE_MARKER).exists()
+    assert not RunLayout(str(run)).is_done("finetune")
+    assert RunLayout(str(run)).is_done("score")
     second = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     for stage in ("pretrain", "discriminate", "score", "select"):
         assert f"[dtl-ray] {stage}: already done, skipped" in second.stdout
     assert "[finetune] resuming the search" in second.stdout
-    manifest = data.load_manifest(str(run))
+    manifest = data.load_manifest(RunLayout(str(run)))
     scores = data.read_parquet_df(str(run / "score" / "scores"))
     assert scores["sample_id"].is_unique and len(scores) == len(manifest.table)
     cand = data.read_parquet_df(str(run / "select" / "candidates.parquet"))

@@ -55,7 +55,7 @@ def test_numbers_match_a_local_run(s3_run, tiny_run):
     assert s3_run["select"]["n_source"] == local["select"]["n_source"]
     assert s3_run["pretrain"]["source_val_accuracy"] == pytest.approx(
         local["pretrain"]["source_val_accuracy"], abs=0.1)
-    assert s3_run["discriminator"]["heldout_auc"] == pytest.approx(
+    assert s3_run["discriminate"]["heldout_auc"] == pytest.approx(
         local["discriminate"]["heldout_auc"], abs=0.1)
     assert s3_run["evaluate"]["method"]["target_test_accuracy"] == pytest.approx(
         local["evaluate"]["method"]["target_test_accuracy"], abs=0.2)
@@ -116,14 +116,17 @@ def test_refused_credentials(tmp_path):
     try:
         import time
 
-        for _ in range(50):  # wait for it to listen
+        for _ in range(150):  # wait for it to listen
             try:
                 import socket
 
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
+                assert server.poll() is None, "the second moto server exited"
                 time.sleep(0.2)
+        else:
+            pytest.fail("the second moto server did not listen within 30 s")
         proc = _cli(["run", _config(tmp_path, f"s3://{BUCKET}/data/source")],
                     {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
         lines = proc.stderr.strip().splitlines()

@@ -1,12 +1,12 @@
 """Stage 2: a domain discriminator D on frozen features of the pretrained backbone.
 
 Source train is label 0, target train + unlabeled label 1; a hashed part of both is held out
-to report accuracy, AUC and the proxy A-distance. Outputs `<run>/discriminate/discriminator.pt`.
+to report accuracy, AUC and the proxy A-distance. Outputs `RunLayout.discriminator`.
 
 Adversarial mode (DANN, Ganin & Lempitsky 2015): a D on the pretrained features first gives the
 domain gap *before* adaptation; then g and h train on source labels while a domain head,
 behind a gradient reversal layer, pushes g's features to be domain-invariant (a TorchTrainer
-run, `<run>/discriminate/dann_model.pt`); the scoring D is trained on the adapted features,
+run, `RunLayout.dann_model`); the scoring D is trained on the adapted features,
 and its proxy A-distance is the gap *after*.
 """
 
@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import checkpoints, data, loops, models, raytrain, scoring, storage
+from dtl_ray import builders, checkpoints, data, loops, models, raytrain
 from dtl_ray.config import PipelineConfig, adapts, from_dict
-from dtl_ray.stages.pretrain import augment_settings
+from dtl_ray.layout import RunLayout
 
 __all__ = ["run", "heldout_mask", "domain_rows"]
 
@@ -83,7 +83,7 @@ def _worker(config: dict):
     rank, _ = raytrain.world()
     raytrain.set_threads(cfg.scaling.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    model, _ = scoring.load_classifier(config["pretrain_model"])
+    model, _ = builders.load_classifier(config["pretrain_model"])
     return cfg, rank, ray.train.torch.get_device(), model
 
 
@@ -184,7 +184,7 @@ def dann_fn(config: dict) -> dict:
     tgt = _cycle(ray.train.get_dataset_shard("target"), bs, cfg.seed + 1, cfg.data.shuffle_buffer)
     steps_per_epoch = max(1, config["source_steps"])
     gen = torch.Generator().manual_seed(cfg.seed + rank)
-    aug = augment_settings(cfg)
+    aug = builders.augment(cfg.pretrain)
     for epoch in range(start, d.dann_epochs):
         t0 = time.time()
         loops.train_mode(net)
@@ -231,10 +231,10 @@ def dann_fn(config: dict) -> dict:
     return {}
 
 
-def _adapt(cfg: PipelineConfig, run_uri: str, manifest: data.Manifest, pretrain_model: str,
-           rows: pd.DataFrame) -> tuple[str, list]:
-    """The DANN run; saves and returns the adapted classifier's URI and its epoch history."""
-    stage_uri = storage.join(run_uri, STAGE)
+def _adapt(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest,
+           rows: pd.DataFrame) -> list:
+    """The DANN run; saves the adapted classifier, returns its epoch history."""
+    stage_uri, pretrain_model = layout.stage(STAGE), layout.pretrain_model
     size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
     src = manifest.rows("source", "train")
     datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed),
@@ -249,10 +249,11 @@ def _adapt(cfg: PipelineConfig, run_uri: str, manifest: data.Manifest, pretrain_
         state, meta = checkpoints.load_dir(d)
     model_state = {k[len("classifier."):]: v for k, v in state["net"].items()
                    if k.startswith("classifier.")}
-    _, pmeta = checkpoints.load(pretrain_model)
-    uri = storage.join(stage_uri, "dann_model.pt")
-    checkpoints.save(uri, {"model": model_state}, {**pmeta, "adapted": True})
-    return uri, meta["history"]
+    _, pmeta = checkpoints.read_classifier(pretrain_model)
+    extra = {k: v for k, v in pmeta.items() if k not in ("backbone", "num_classes", "classes")}
+    checkpoints.save_classifier(layout.dann_model, model_state, pmeta["backbone"],
+                                pmeta["classes"], **extra, adapted=True)
+    return meta["history"]
 
 
 def _discriminator(cfg: PipelineConfig, stage_uri: str, name: str, model_uri: str,
@@ -276,14 +277,14 @@ def _gap(m: dict) -> dict:
                               "proxy_a_distance")}
 
 
-def run(cfg: PipelineConfig, run_uri: str) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
     """Trains D on frozen features (adapted ones in adversarial mode); returns held-out
     metrics and the domain sizes."""
     t0 = time.time()
-    stage_uri = storage.join(run_uri, STAGE)
-    manifest = data.load_manifest(run_uri)
-    pretrain_model = storage.join(run_uri, "pretrain", "model.pt")
-    model, _ = scoring.load_classifier(pretrain_model)
+    stage_uri = layout.stage(STAGE)
+    manifest = data.load_manifest(layout)
+    pretrain_model = layout.pretrain_model
+    model, _ = builders.load_classifier(pretrain_model)
     models.FeatureTap(model.backbone, cfg.discriminate.layer)  # a bad layer fails here, clearly
     rows = domain_rows(manifest)
     held = heldout_mask(rows["sample_id"], cfg.discriminate.heldout_fraction)
@@ -293,18 +294,16 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     state, meta = _discriminator(cfg, stage_uri, "train", pretrain_model, rows, held)
     scoring_model, adversarial = pretrain_model, {}
     if adapts(cfg):
-        dann_uri, history = _adapt(cfg, run_uri, manifest, pretrain_model, rows)
+        dann_uri, history = layout.dann_model, _adapt(cfg, layout, manifest, rows)
         state_a, meta_a = _discriminator(cfg, stage_uri, "adapted", dann_uri, rows, held)
         adversarial = {"before": _gap(meta["metrics"]), "after": _gap(meta_a["metrics"]),
                        "dann_curve": history, "dann_model": dann_uri}
         if cfg.discriminate.mode == "adversarial":  # score with D on the adapted features
             state, meta, scoring_model = state_a, meta_a, dann_uri
-    checkpoints.save(storage.join(stage_uri, "discriminator.pt"),
-                     {"discriminator": state["discriminator"]},
-                     {"layer": cfg.discriminate.layer, "in_dim": meta["in_dim"],
-                      "hidden": cfg.discriminate.hidden, "n_source": n_source,
-                      "n_target": n_target, "balanced": cfg.discriminate.balanced,
-                      "model": scoring_model})
+    checkpoints.save_discriminator(layout.discriminator, state["discriminator"],
+                                   cfg.discriminate.layer, meta["in_dim"],
+                                   cfg.discriminate.hidden, n_source, n_target,
+                                   cfg.discriminate.balanced, model=scoring_model)
     m = meta["metrics"]
     return {"mode": cfg.discriminate.mode, **({"adversarial": adversarial} if adversarial
                                               else {}),

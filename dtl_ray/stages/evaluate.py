@@ -14,6 +14,7 @@ import pandas as pd
 
 from dtl_ray import data, scoring, storage
 from dtl_ray.config import adapts
+from dtl_ray.layout import RunLayout
 
 __all__ = ["run", "measure"]
 
@@ -36,24 +37,22 @@ def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[s
             "per_class_accuracy": per_class, "confusion": confusion.tolist()}
 
 
-def run(cfg, run_uri: str) -> dict:
+def run(cfg, layout: RunLayout) -> dict:
     """Evaluates every model on target test; returns method, baselines and the verdict."""
     import ray.data
 
     t0 = time.time()
-    manifest = data.load_manifest(run_uri)
+    manifest = data.load_manifest(layout)
     classes = manifest.target_classes
-    uris = {"source_only": storage.join(run_uri, "pretrain", "model.pt")}
-    dann = storage.join(run_uri, "discriminate", "dann_model.pt")
-    if adapts(cfg) and storage.exists(dann):
-        uris["dann"] = dann  # the adapted source model, its head restricted like source_only
+    uris = {"source_only": layout.pretrain_model}
+    if adapts(cfg) and storage.exists(layout.dann_model):
+        uris["dann"] = layout.dann_model  # the adapted source model, head restricted likewise
     for arm in ["method", "chosen", "label_free", *FINETUNED]:
-        uri = storage.join(run_uri, "finetune", "models", f"{arm}.pt")
-        if storage.exists(uri):
-            uris[arm] = uri
-    ft = storage.read_json(storage.join(run_uri, "finetune", "_DONE.json"))["summary"]
+        if storage.exists(layout.model(arm)):
+            uris[arm] = layout.model(arm)
+    ft = layout.summary("finetune")
     for c in ft.get("by_cell", []):
-        uris[c["model"]] = storage.join(run_uri, "finetune", "models", f"{c['model']}.pt")
+        uris[c["model"]] = layout.model(c["model"])
     test = manifest.rows("target", "test")
     df = data.to_dataset(test, cfg.model.image_size).map_batches(
         scoring.MultiEvaluator,
@@ -62,7 +61,7 @@ def run(cfg, run_uri: str) -> dict:
         compute=ray.data.ActorPoolStrategy(size=1), batch_size=cfg.score.batch_size,
         batch_format="numpy", num_cpus=cfg.scaling.cpus_per_worker,
         num_gpus=1 if cfg.scaling.use_gpu else 0).to_pandas()
-    data.write_parquet_df(df, storage.join(run_uri, STAGE, "predictions.parquet"))
+    data.write_parquet_df(df, layout.predictions)
     results = {k: measure(df, k, classes, manifest.classes) for k in uris}
     base = {k: {m: results[k][m] for m in ("target_test_accuracy", "transfer_loss")}
             for k in BASELINES if k in results}

@@ -11,92 +11,22 @@
 
 from __future__ import annotations
 
-import itertools
 import os
+import posixpath
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 
-from dtl_ray import checkpoints, data, finetuning, scoring, storage, weighting
+from dtl_ray import builders, checkpoints, data, finetuning, scoring, search, storage
 from dtl_ray.config import PipelineConfig, from_dict
-from dtl_ray.stages.pretrain import augment_settings
+from dtl_ray.layout import RunLayout
 
-__all__ = ["run", "Cell", "make_cells", "ARMS"]
+__all__ = ["run", "trial_fn"]
 
 STAGE = "finetune"
-ARMS = ["method", "random_subset", "target_only", "all_source", "self_training"]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the data axes of the search."""
-
-    arm: str
-    strategy: str  # discriminator | random | confidence | none | all
-    source_fraction: float
-    target_fraction: float
-
-
-def make_cells(cfg: PipelineConfig) -> list[Cell]:
-    """Every (strategy, source fraction, target fraction) the search covers."""
-    f = cfg.finetune
-    cells = [Cell("target_only", "none", 0.0, 0.0), Cell("all_source", "all", 1.0, 0.0)]
-    arm = {"discriminator": "method", "random": "random_subset"}
-    for strategy, sf, tf in itertools.product(f.strategies, f.source_fractions,
-                                              f.target_fractions):
-        cells.append(Cell(arm[strategy], strategy, sf, tf))
-    self_fracs = [t for t in f.target_fractions if t > 0] or [cfg.select.target_fraction]
-    cells += [Cell("self_training", "confidence", 0.0, t) for t in self_fracs]
-    return cells
-
-
-def _settings_grid(cfg: PipelineConfig) -> list[dict]:
-    """`num_samples` settings drawn once (seeded); every cell trains with all of them."""
-    f = cfg.finetune
-    grid = list(itertools.product(f.lr, f.train_layers, f.candidate_weight))
-    rng = np.random.default_rng(cfg.seed)
-    picks = rng.permutation(len(grid))[:f.num_samples] if f.num_samples < len(grid) else \
-        np.resize(np.arange(len(grid)), f.num_samples)
-    return [{"lr": grid[i][0], "train_layers": grid[i][1], "candidate_weight": grid[i][2]}
-            for i in picks]
-
-
-def _members(cell: Cell, scores: pd.DataFrame, unlabeled: pd.DataFrame, classes: list[int],
-             cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(source candidates, target candidates) of a cell; random ones match the method's sizes."""
-    seed = cfg.seed + int(cell.source_fraction * 1000) + int(cell.target_fraction * 10)
-    if cell.strategy == "all":
-        src = weighting.select_source(scores, classes, "top_fraction", 1.0)
-    elif cell.source_fraction > 0:
-        src = weighting.select_source(scores, classes, "top_fraction", cell.source_fraction)
-        if cell.strategy == "random":
-            src = weighting.random_source(scores, classes, len(src), seed)
-    else:
-        src = scores.iloc[:0]
-    tgt = unlabeled.iloc[:0]
-    if cell.target_fraction > 0:
-        n = int(round(cell.target_fraction * len(unlabeled)))
-        floor = cfg.select.confidence_floor
-        tgt = weighting.select_target(unlabeled, "discriminator", n, floor)
-        if cell.strategy in ("random", "confidence"):  # same size as the discriminator's
-            tgt = weighting.select_target(unlabeled, cell.strategy, len(tgt), floor, seed)
-    return src, tgt
-
-
-def _train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,
-               local: dict, weight_by_w: bool) -> finetuning.TrainSet:
-    w = src["weight"].to_numpy(float)
-    w = w / w.mean() if weight_by_w and len(w) else np.ones(len(src))
-    ids = list(labeled["sample_id"]) + list(src["sample_id"]) + list(tgt["sample_id"])
-    labels = list(labeled["label"]) + list(src["label"]) + list(tgt["pred"])
-    return finetuning.TrainSet(
-        index=np.array([pos[i] for i in ids], dtype=np.int64),
-        label=np.array([local[int(v)] for v in labels], dtype=np.int64),
-        weight=np.concatenate([np.ones(len(labeled)), w, np.ones(len(tgt))]),
-        labeled=np.arange(len(ids)) < len(labeled))
 
 
 def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
@@ -120,7 +50,7 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
             resume, _ = checkpoints.load_dir(d)
     for metrics, state in finetuning.train(
             model, pool["images"], sets[config["cell"]], pool["val_images"], pool["val_labels"],
-            settings, augment_settings(cfg), device, resume, pool.get("source_val"),
+            settings, builders.augment(cfg.pretrain), device, resume, pool.get("source_val"),
             cfg.finetune.label_free):
         with tempfile.TemporaryDirectory() as d:
             checkpoints.save_dir(d, state, {"cell": config["cell"]})
@@ -169,7 +99,7 @@ def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Se
     last = None
     for _metrics, last in finetuning.train(model, pool["images"], train_set,  # noqa: B007
                                            pool["val_images"], pool["val_labels"], settings,
-                                           augment_settings(cfg), device):
+                                           builders.augment(cfg.pretrain), device):
         pass
     return last["best"]
 
@@ -221,7 +151,7 @@ def _keep_credentials_out_of_ray_logs() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secrets
 
 
-def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: dict,
+def _search(cfg: PipelineConfig, layout: RunLayout, pool: dict, sets: list, setup: dict,
             settings: list[dict]):
     """Runs (or resumes) the Tune experiment; returns its ResultGrid."""
     import ray.tune
@@ -231,8 +161,9 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
         {"cpu": cfg.scaling.cpus_per_worker, "gpu": 1 if cfg.scaling.use_gpu else 0})
-    root, fs = storage.train_storage(stage_uri)
-    path = f"{root}/search"
+    root, fs = storage.train_storage(layout.stage(STAGE))
+    name = posixpath.basename(layout.search)
+    path = f"{root}/{name}"
     total = len(sets) * len(settings)
     if ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
         print(f"[finetune] resuming the search in {path}", flush=True)
@@ -253,7 +184,7 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
                 # a trial's process (torch imported, the pool fetched) serves the next trial
                 reuse_actors=True),
             run_config=ray.tune.RunConfig(
-                name="search", storage_path=root, storage_filesystem=fs, verbose=0,
+                name=name, storage_path=root, storage_filesystem=fs, verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.scaling.max_failures),
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[_trial_lines(total)]),
@@ -261,7 +192,7 @@ def _search(cfg: PipelineConfig, stage_uri: str, pool: dict, sets: list, setup: 
     return tuner.fit()
 
 
-def _trial_table(grid, cells: list[Cell]) -> tuple[pd.DataFrame, dict, dict]:
+def _trial_table(grid, cells: list[search.Cell]) -> tuple[pd.DataFrame, dict, dict]:
     """One row per trial (cell, settings, best val, best label-free risk), each trial's best
     weights on target val, and its weights with the lowest label-free risk."""
     rows, states, free_states = [], {}, {}
@@ -291,19 +222,16 @@ def _best(table: pd.DataFrame) -> pd.Series:
                              ascending=[False, True, True]).iloc[0]
 
 
-def run(cfg: PipelineConfig, run_uri: str) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
     """Teacher, pseudo-labels, the search, and each arm's chosen model."""
     import ray
 
     t0 = time.time()
-    stage_uri = storage.join(run_uri, STAGE)
-    manifest = data.load_manifest(run_uri)
+    manifest = data.load_manifest(layout)
     classes = manifest.target_classes
     local = {c: i for i, c in enumerate(classes)}
-    scores = data.read_parquet_df(storage.join(run_uri, "score", "scores"))
-    pretrain_model = (storage.join(run_uri, "discriminate", "dann_model.pt")
-                      if cfg.finetune.init == "adapted"
-                      else storage.join(run_uri, "pretrain", "model.pt"))
+    scores = data.read_parquet_df(layout.scores)
+    pretrain_model = layout.backbone_model(adapted=cfg.finetune.init == "adapted")
     pool, pos, rows = _pool(cfg, manifest, scores)
     labeled = rows[(rows["domain"] == "target") & (rows["split"] == "train")]
     print(f"[finetune] pool: {len(pos)} decoded images, {len(labeled)} labeled target",
@@ -311,15 +239,16 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     pool_ref = ray.put(pool)
 
     # 1-2. teacher on labeled target + selected source candidates, then pseudo-labels
-    cand = data.read_parquet_df(storage.join(run_uri, "select", "candidates.parquet"))
+    cand = data.read_parquet_df(layout.candidates)
     src_cand = scores[scores["sample_id"].isin(cand.loc[cand["pool"] == "source", "sample_id"])]
-    teacher_set = _train_set(labeled, src_cand, scores.iloc[:0].assign(pred=[]), pos, local,
-                             False)
+    teacher_set = search.train_set(labeled, src_cand, scores.iloc[:0].assign(pred=[]), pos,
+                                   local, False)
     f = cfg.finetune
     # the teacher gets a trial's budget: epochs as long as the all-source cell's
-    all_source, _ = _members(Cell("all_source", "all", 1.0, 0.0), scores, scores.iloc[:0],
-                             classes, cfg)
-    budget = _train_set(labeled, all_source, scores.iloc[:0].assign(pred=[]), pos, local, False)
+    all_source, _ = search.members(search.Cell("all_source", "all", 1.0, 0.0), scores,
+                                   scores.iloc[:0], classes, cfg.seed, 0.0)
+    budget = search.train_set(labeled, all_source, scores.iloc[:0].assign(pred=[]), pos, local,
+                              False)
     teacher_settings = finetuning.Settings(
         lr=f.lr[0], train_layers="all", epochs=f.epochs, batch_size=f.batch_size,
         mix_ratio=f.mix_ratio, seed=cfg.seed,
@@ -328,10 +257,9 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
                         num_gpus=1 if cfg.scaling.use_gpu else 0)(_fit_one)
     best = ray.get(remote.remote(pool_ref, teacher_set, teacher_settings, asdict(cfg),
                                  pretrain_model, len(classes)))
-    teacher_uri = storage.join(stage_uri, "teacher.pt")
-    meta = {"backbone": cfg.model.backbone, "num_classes": len(classes), "classes": classes,
-            "arm": "teacher", "val_accuracy": best["val_accuracy"]}
-    checkpoints.save(teacher_uri, {"model": best["model"]}, meta)
+    teacher_uri = layout.teacher
+    checkpoints.save_classifier(teacher_uri, best["model"], cfg.model.backbone, classes,
+                                arm="teacher", val_accuracy=best["val_accuracy"])
     print(f"[finetune] teacher: val acc {best['val_accuracy']:.3f} (epoch {best['epoch'] + 1}, "
           f"{len(src_cand)} source candidates)", flush=True)
     unl_rows = manifest.rows("target", "unlabeled")
@@ -341,41 +269,41 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         unlabeled = scoring.score_dataset(cfg, unl_rows, teacher_uri, classes).select_columns(
             ["sample_id", "pred", "confidence"]).to_pandas()
     unlabeled = unlabeled.merge(scores[["sample_id", "p_target", "label"]], on="sample_id")
-    data.write_parquet_df(unlabeled, storage.join(stage_uri, "pseudo_labels.parquet"))
+    data.write_parquet_df(unlabeled, layout.pseudo_labels)
 
     # 3. the search
-    cells = make_cells(cfg)
+    cells = search.make_cells(f, cfg.select.target_fraction)
     sets = []
     for cell in cells:
-        src, tgt = _members(cell, scores, unlabeled, classes, cfg)
-        sets.append(_train_set(labeled, src, tgt, pos, local, f.weight_by_w))
-    settings = _settings_grid(cfg)
+        src, tgt = search.members(cell, scores, unlabeled, classes, cfg.seed,
+                                  cfg.select.confidence_floor)
+        sets.append(search.train_set(labeled, src, tgt, pos, local, f.weight_by_w))
+    settings = search.settings_grid(f, cfg.seed)
     epoch_samples = finetuning.epoch_length(sets, f.mix_ratio)
     setup = {"cfg": asdict(cfg), "pretrain_model": pretrain_model, "classes": classes,
              "epoch_samples": epoch_samples}
     print(f"[finetune] search: {len(cells)} cells x {len(settings)} settings = "
           f"{len(cells) * len(settings)} trials, {epoch_samples} samples per epoch each",
           flush=True)
-    grid = _search(cfg, stage_uri, pool, sets, setup, settings)
+    grid = _search(cfg, layout, pool, sets, setup, settings)
     table, states, free_states = _trial_table(grid, cells)
     if table.empty:
-        raise RuntimeError(f"every fine-tuning trial failed: see {stage_uri}/search")
-    table["n_candidates"] = [int((~sets[cells.index(Cell(r.arm, r.strategy, r.source_fraction,
-                                                         r.target_fraction))].labeled).sum())
+        raise RuntimeError(f"every fine-tuning trial failed: see {layout.search}")
+    table["n_candidates"] = [int((~sets[cells.index(search.Cell(
+        r.arm, r.strategy, r.source_fraction, r.target_fraction))].labeled).sum())
                              for r in table.itertuples()]
-    data.write_parquet_df(table, storage.join(stage_uri, "trials.parquet"))
+    data.write_parquet_df(table, layout.trials)
 
     # 4. each arm's best trial on target val, and the overall choice
     chosen = {}
-    for arm in ARMS + ["chosen"]:
+    for arm in search.ARMS + ["chosen"]:
         sub = table if arm == "chosen" else table[table["arm"] == arm]
         if sub.empty:
             continue
         row = _best(sub)
-        meta = {"backbone": cfg.model.backbone, "num_classes": len(classes),
-                "classes": classes, "arm": str(row["arm"]), "trial_id": str(row["trial_id"])}
-        checkpoints.save(storage.join(stage_uri, "models", f"{arm}.pt"),
-                         {"model": states[row["trial_id"]]}, meta)
+        checkpoints.save_classifier(layout.model(arm), states[row["trial_id"]],
+                                    cfg.model.backbone, classes, arm=str(row["arm"]),
+                                    trial_id=str(row["trial_id"]))
         chosen[arm] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     # each cell's best trial on val, kept so evaluation can plot test accuracy by fraction
     by_cell = []
@@ -386,10 +314,9 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         if sub.empty:
             continue
         row = _best(sub)
-        checkpoints.save(storage.join(stage_uri, "models", f"cell-{i}.pt"),
-                         {"model": states[row["trial_id"]]},
-                         {"backbone": cfg.model.backbone, "num_classes": len(classes),
-                          "classes": classes, "arm": cell.arm, "trial_id": str(row["trial_id"])})
+        checkpoints.save_classifier(layout.model(f"cell-{i}"), states[row["trial_id"]],
+                                    cfg.model.backbone, classes, arm=cell.arm,
+                                    trial_id=str(row["trial_id"]))
         by_cell.append({"model": f"cell-{i}", **asdict(cell), "trial_id": str(row["trial_id"]),
                         "best_val_accuracy": float(row["best_val_accuracy"])})
     # 5. the label-free choice: lowest source-val risk over the whole search (no target label)
@@ -397,11 +324,9 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     label_free = None
     if not free.empty:
         row = free.sort_values(["best_free_risk", "trial_id"]).iloc[0]
-        checkpoints.save(storage.join(stage_uri, "models", "label_free.pt"),
-                         {"model": free_states[row["trial_id"]]},
-                         {"backbone": cfg.model.backbone, "num_classes": len(classes),
-                          "classes": classes, "arm": str(row["arm"]),
-                          "trial_id": str(row["trial_id"]), "criterion": f.label_free})
+        checkpoints.save_classifier(layout.model("label_free"), free_states[row["trial_id"]],
+                                    cfg.model.backbone, classes, arm=str(row["arm"]),
+                                    trial_id=str(row["trial_id"]), criterion=f.label_free)
         label_free = {"criterion": f.label_free, "arm": str(row["arm"]),
                       "trial_id": str(row["trial_id"]), "risk": float(row["best_free_risk"]),
                       "epoch": int(row["best_free_epoch"]),

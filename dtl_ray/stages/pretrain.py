@@ -1,6 +1,7 @@
 """Stage 1: pretrain backbone g and head h on source train (DDP with Ray Train).
 
-Outputs `<run>/pretrain/model.pt` (the best epoch on source val) and a summary.
+Outputs the pretrained model (`RunLayout.pretrain_model`: the best epoch on source val) and a
+summary.
 """
 
 from __future__ import annotations
@@ -9,41 +10,13 @@ import time
 
 import torch
 
-from dtl_ray import checkpoints, data, loops, models, raytrain, storage
+from dtl_ray import builders, checkpoints, data, loops, raytrain
 from dtl_ray.config import PipelineConfig, from_dict
+from dtl_ray.layout import RunLayout
 
-__all__ = ["run", "initial_weights", "augment_settings", "build_model"]
+__all__ = ["run", "train_fn"]
 
 STAGE = "pretrain"
-
-
-def augment_settings(cfg: PipelineConfig) -> loops.Augment:
-    p = cfg.pretrain
-    return loops.Augment(rotation=p.rotation, crop=p.crop, flip=p.flip,
-                         brightness=p.brightness, contrast=p.contrast)
-
-
-def initial_weights(cfg: PipelineConfig) -> tuple[dict | None, dict | None]:
-    """(full-model state_dict for build_backbone, our classifier state) from `model.weights`."""
-    if cfg.model.weights is None:
-        return None, None
-    kind, state = checkpoints.load_weights(cfg.model.weights)
-    if kind == "torchvision":
-        return state, None
-    return None, state["model"]
-
-
-def build_model(cfg: PipelineConfig, num_classes: int) -> models.Classifier:
-    tv_weights, ours = initial_weights(cfg)
-    model = models.build_classifier(cfg.model.backbone, num_classes, tv_weights)
-    if ours is not None:  # our checkpoint: take the backbone, keep a fresh head
-        backbone = {k[len("backbone."):]: v for k, v in ours.items() if k.startswith("backbone.")}
-        try:
-            model.backbone.load_state_dict(backbone)
-        except RuntimeError as e:
-            raise models.ModelError(f"model.weights do not fit backbone {cfg.model.backbone}: "
-                                    f"{str(e).splitlines()[0]}") from None
-    return model
 
 
 def _val(model, it, batch_size: int, device) -> tuple[float, float]:
@@ -69,7 +42,7 @@ def train_fn(config: dict) -> dict:
     rank, _ = raytrain.world()
     raytrain.set_threads(cfg.scaling.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, config["num_classes"])
+    model = builders.classifier(cfg.model, config["num_classes"])
     if cfg.scaling.use_gpu:  # faster convolutions under bf16 autocast
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
@@ -90,7 +63,7 @@ def train_fn(config: dict) -> dict:
         if rank == 0:
             raytrain.say(f"[pretrain] resuming after epoch {start} from checkpoint")
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    aug = augment_settings(cfg)
+    aug = builders.augment(cfg.pretrain)
     train_it, val_it = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     bs = cfg.data.batch_size
     history = list(restored[1].get("history", [])) if restored else []
@@ -119,11 +92,11 @@ def train_fn(config: dict) -> dict:
     return {"history": history}
 
 
-def run(cfg: PipelineConfig, run_uri: str) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
     """Pretrains on source train, keeps the best source-val epoch. Returns the summary."""
     t0 = time.time()
-    stage_uri = storage.join(run_uri, STAGE)
-    manifest = data.load_manifest(run_uri)
+    stage_uri = layout.stage(STAGE)
+    manifest = data.load_manifest(layout)
     cols = ["image", "label"]
     size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
     datasets = {
@@ -144,8 +117,7 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         "resumed_from_epochs": meta["resumed_from"],
         "seconds": round(time.time() - t0, 2),
     }
-    checkpoints.save(storage.join(stage_uri, "model.pt"), {"model": state["best"]}, {
-        "backbone": cfg.model.backbone, "num_classes": len(manifest.classes),
-        "classes": manifest.classes, "image_size": cfg.model.image_size,
-        "source_val_accuracy": summary["source_val_accuracy"]})
+    checkpoints.save_classifier(layout.pretrain_model, state["best"], cfg.model.backbone,
+                                manifest.classes, image_size=cfg.model.image_size,
+                                source_val_accuracy=summary["source_val_accuracy"])
     return summary

@@ -1,7 +1,7 @@
 """Stage 3: score every source and target sample with a Ray Data actor-pool map.
 
-Writes `<run>/score/scores/` (Parquet: sample_id, domain, split, path, label, p_target, weight,
-pred, confidence, entropy) and `<run>/rejected.parquet` (unreadable files with the reason).
+Writes `RunLayout.scores` (Parquet: sample_id, domain, split, path, label, p_target, weight,
+pred, confidence, entropy) and `RunLayout.rejected` (unreadable files with the reason).
 rows_in == rows_out + rows_rejected always holds.
 """
 
@@ -13,6 +13,7 @@ import pandas as pd
 
 from dtl_ray import data, scoring, storage, weighting
 from dtl_ray.config import PipelineConfig
+from dtl_ray.layout import RunLayout
 
 __all__ = ["run", "SCORE_COLUMNS"]
 
@@ -29,7 +30,7 @@ SCHEMA = [("sample_id", "string"), ("domain", "string"), ("split", "string"),
 ROWS_PER_FILE = 200_000  # a file is built in memory (about 30 MB), then written atomically
 
 
-def run(cfg: PipelineConfig, run_uri: str) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
     """Scores all samples; returns row counts, capped weights and timing.
 
     One streaming pass: the driver receives the scalar columns batch by batch and appends them
@@ -39,14 +40,11 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
     import pyarrow.parquet as pq
 
     t0 = time.time()
-    manifest = data.load_manifest(run_uri)
-    model_uri = (storage.join(run_uri, "discriminate", "dann_model.pt")
-                 if cfg.discriminate.mode == "adversarial"
-                 else storage.join(run_uri, "pretrain", "model.pt"))
+    manifest = data.load_manifest(layout)
+    model_uri = layout.backbone_model(adapted=cfg.discriminate.mode == "adversarial")
     scored = scoring.score_dataset(cfg, manifest.table, model_uri,
-                                   manifest.target_classes,
-                                   storage.join(run_uri, "discriminate", "discriminator.pt"))
-    out_uri = storage.join(run_uri, STAGE, "scores")
+                                   manifest.target_classes, layout.discriminator)
+    out_uri = layout.scores
     fs, path = storage.resolve(out_uri)
     storage.retry(lambda: fs.create_dir(path, recursive=True))
     storage.retry(lambda: fs.delete_dir_contents(path, missing_dir_ok=True))  # rerun: clean
@@ -109,7 +107,7 @@ def run(cfg: PipelineConfig, run_uri: str) -> dict:
         mean_weight = {k: v / scale for k, v in mean_weight.items()}
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
-    data.write_parquet_df(rejected, storage.join(run_uri, "rejected.parquet"))
+    data.write_parquet_df(rejected, layout.rejected)
     return {
         "rows_in": int(total),
         "rows_out": int(n_out),

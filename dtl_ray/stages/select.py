@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import time
 
-from dtl_ray import data, storage, weighting
+from dtl_ray import data, weighting
 from dtl_ray.config import PipelineConfig
+from dtl_ray.layout import RunLayout
 
 __all__ = ["run"]
 
 STAGE = "select"
 
 
-def run(cfg: PipelineConfig, run_uri: str) -> dict:
-    """Writes `<run>/select/candidates.parquet`; returns sizes and per-class kept fractions."""
+def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
+    """Writes the candidates table; returns sizes and per-class kept fractions."""
     t0 = time.time()
     s = cfg.select
-    manifest = data.load_manifest(run_uri)
-    scores = data.read_parquet_df(storage.join(run_uri, "score", "scores"))
+    manifest = data.load_manifest(layout)
+    scores = data.read_parquet_df(layout.scores)
     classes = manifest.target_classes
     src = weighting.select_source(scores, classes, s.rule, s.fraction, s.threshold, s.per_class)
     unlabeled = scores[(scores["domain"] == "target") & (scores["split"] == "unlabeled")]
     n_target = int(round(s.target_fraction * len(unlabeled)))
     tgt = weighting.select_target(unlabeled, "discriminator", n_target, s.confidence_floor)
     cand = weighting.candidates(src, tgt)
-    data.write_parquet_df(cand, storage.join(run_uri, STAGE, "candidates.parquet"))
+    data.write_parquet_df(cand, layout.candidates)
     source_train = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
     totals = source_train.groupby("label").size()
     kept = src.groupby("label").size().reindex(totals.index, fill_value=0)

@@ -1,13 +1,14 @@
-"""Ray jobs: the entrypoint that `jobs/*.py` wrap, and `submit()` for scripts and notebooks.
+"""`submit()`: the pipeline as a Ray job, from scripts and notebooks (Ray's Jobs API).
 
-A job's entrypoint is itself the Train/Tune driver. It is safe to submit again: finished stages
-are skipped and interrupted ones resume.
+The job runs `python -m dtl_ray run config.yaml` on the cluster: the entrypoint is itself the
+Train/Tune driver, and it is safe to submit again (finished stages are skipped, interrupted
+ones resume).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,28 +16,11 @@ from dataclasses import dataclass
 import yaml
 
 from dtl_ray import storage
+from dtl_ray.layout import RunLayout
 
-__all__ = ["entrypoint", "submit", "Submission"]
+__all__ = ["submit", "Submission", "entrypoint_command"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def entrypoint(argv: list[str], stages: list[str] | None = None) -> int:
-    """`--config C [--set k=v ...] [--stages a,b]` -> `dtl-ray run` (exit code 2 on user error)."""
-    from dtl_ray import cli
-
-    p = argparse.ArgumentParser(description="dtl-ray Ray job entrypoint")
-    p.add_argument("--config", required=True, help="YAML config (relative to the working dir)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--stages", default=None)
-    args = p.parse_args(argv)
-    run_args = ["run", args.config]
-    for o in args.overrides:
-        run_args += ["--set", o]
-    chosen = ",".join(stages) if stages else args.stages
-    if chosen:
-        run_args += ["--stages", chosen]
-    return cli.main(run_args)
 
 
 @dataclass
@@ -62,6 +46,17 @@ def _config_dict(config) -> dict:
     else:
         cfg = config
     return config_mod.to_dict(pipeline.absolute(cfg))
+
+
+def entrypoint_command(config_file: str, overrides: list[str] | None = None,
+                       stages: list[str] | None = None) -> str:
+    """The job's shell command: `dtl-ray run` through `python -m`, every argument quoted."""
+    args = ["python", "-m", "dtl_ray", "run", config_file]
+    for o in overrides or []:
+        args += ["--set", o]
+    if stages:
+        args += ["--stages", ",".join(stages)]
+    return shlex.join(args)
 
 
 def submit(config, address: str = "http://127.0.0.1:8265", wait: bool = False,
@@ -90,11 +85,7 @@ def submit(config, address: str = "http://127.0.0.1:8265", wait: bool = False,
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "config.yaml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
-        entry = "python -m dtl_ray.jobs --config config.yaml"
-        for o in overrides or []:
-            entry += f" --set '{o}'"
-        if stages:
-            entry += f" --stages {','.join(stages)}"
+        entry = entrypoint_command("config.yaml", overrides, stages)
         env = {"working_dir": d, **(runtime_env or {})}
         sid = submission_id or f"dtl-ray-{cfg['name']}-{int(time.time())}"
         ready_by = time.time() + 120
@@ -115,11 +106,6 @@ def submit(config, address: str = "http://127.0.0.1:8265", wait: bool = False,
         status = str(client.get_job_status(sid))
     if status != "SUCCEEDED":
         return Submission(sid, status, logs=client.get_job_logs(sid)[-4000:])
-    report_uri = storage.join(cfg["storage"], cfg["name"], "report.json")
+    report_uri = RunLayout.of(cfg["storage"], cfg["name"]).report_json
     return Submission(sid, status, report=storage.read_json(report_uri))
 
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(entrypoint(sys.argv[1:]))

@@ -43,12 +43,12 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
                                            *extra, *overrides])
     print(f"[bench] seed {seed}: {name}", flush=True)
     doc = pipeline.run(cfg)
-    run_uri = pipeline.run_uri(pipeline.absolute(cfg))
+    layout = pipeline.run_layout(pipeline.absolute(cfg))
     ev = doc["evaluate"]
     acc = {"method": ev["method"]["target_test_accuracy"],
            **{k: v["target_test_accuracy"] for k, v in ev["baselines"].items()}}
-    trials = data.read_parquet_df(storage.join(run_uri, "finetune", "trials.parquet"))
-    scores = data.read_parquet_df(storage.join(run_uri, "score", "scores"),
+    trials = data.read_parquet_df(layout.trials)
+    scores = data.read_parquet_df(layout.scores,
                                   columns=["domain", "split", "p_target"])
     hist_edges = np.linspace(0, 1, 21)
     hists = {f"{d}/{s}": np.histogram(g["p_target"].dropna(), bins=hist_edges)[0].tolist()
@@ -61,10 +61,10 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
         "chosen": {"arm": ev["chosen"]["arm"],
                    "target_test_accuracy": ev["chosen"]["target_test_accuracy"]},
         "label_free": ev.get("label_free"),
-        "heldout_auc": doc["discriminator"]["heldout_auc"],
-        "proxy_a_distance": doc["discriminator"]["proxy_a_distance"],
+        "heldout_auc": doc["discriminate"]["heldout_auc"],
+        "proxy_a_distance": doc["discriminate"]["proxy_a_distance"],
         "adversarial": {k: v["proxy_a_distance"] for k, v in
-                        doc["discriminator"].get("adversarial", {}).items()
+                        doc["discriminate"].get("adversarial", {}).items()
                         if k in ("before", "after")} or None,
         "kept_fraction_per_class": sel["kept_fraction_per_class"],
         "ranked_fraction_per_class": sel.get("ranked_fraction_per_class"),

@@ -32,6 +32,7 @@ import torch
 
 from dtl_ray import checkpoints, data, loops, models, scoring, storage
 from dtl_ray.config import ConfigError, PipelineConfig
+from dtl_ray.layout import STAGES, RunLayout
 
 __all__ = ["machine", "bench_rows", "score_plain", "score_ray", "train_plain", "train_ray",
            "PeakMemory", "run"]
@@ -78,19 +79,17 @@ def save_models(uri: str, backbone: str, num_classes: int, image_size: int,
     save theirs; returns their URIs."""
     torch.manual_seed(seed)
     model = models.build_classifier(backbone, num_classes)
-    model_uri = storage.join(uri, "pretrain", "model.pt")
-    checkpoints.save(model_uri, {"model": model.state_dict()},
-                     {"backbone": backbone, "num_classes": num_classes,
-                      "classes": list(range(num_classes)), "image_size": image_size})
+    layout = RunLayout(uri)
+    model_uri = layout.pretrain_model
+    checkpoints.save_classifier(model_uri, model.state_dict(), backbone,
+                                list(range(num_classes)), image_size=image_size)
     layer = None  # the backbone's pooled output, the discriminate stage's default
     tap = models.FeatureTap(model.backbone, layer).eval()
     with torch.no_grad():
         in_dim = tap(torch.zeros(2, 3, image_size, image_size)).shape[1]
     disc = models.Discriminator(in_dim, 128)
-    disc_uri = storage.join(uri, "discriminate", "discriminator.pt")
-    checkpoints.save(disc_uri, {"discriminator": disc.state_dict()},
-                     {"layer": layer, "in_dim": in_dim, "hidden": 128, "n_source": 1,
-                      "n_target": 1, "balanced": True})
+    disc_uri = layout.discriminator
+    checkpoints.save_discriminator(disc_uri, disc.state_dict(), layer, in_dim, 128, 1, 1, True)
     return model_uri, disc_uri
 
 
@@ -151,11 +150,12 @@ def score_plain(rows: pd.DataFrame, model_uri: str, disc_uri: str, classes: list
 
 
 def _stage_run_dir(uri: str, rows: pd.DataFrame, classes: list[str], backbone: str,
-                   image_size: int) -> None:
-    """A fresh run folder holding what the score stage reads: manifest and the two models."""
+                   image_size: int) -> tuple[str, str]:
+    """A fresh run folder holding what the score stage reads: manifest and the two models
+    (their URIs are returned)."""
     shutil.rmtree(uri, ignore_errors=True)
-    data.save_manifest(data.Manifest(table=rows, classes=classes), uri)
-    save_models(uri, backbone, len(classes), image_size)
+    data.save_manifest(data.Manifest(table=rows, classes=classes), RunLayout(uri))
+    return save_models(uri, backbone, len(classes), image_size)
 
 
 def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
@@ -164,7 +164,7 @@ def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
 
     cfg = replace(cfg, score=replace(cfg.score, actors=actors))
     t0 = time.time()
-    summary = score.run(cfg, run_uri)
+    summary = score.run(cfg, RunLayout(run_uri))
     seconds = time.time() - t0
     n = summary["rows_out"] + summary["rows_rejected"]
     steady = max(seconds - summary["startup_seconds"], 1e-9)
@@ -249,17 +249,17 @@ def train_plain(cfg: PipelineConfig, rows: pd.DataFrame, val: pd.DataFrame,
                 num_classes: int, epochs: int) -> dict:
     """`epochs` pretrain epochs (train pass + source-val pass) in a plain PyTorch loop with the
     threads one Train worker gets; per-epoch seconds."""
-    from dtl_ray.stages import pretrain
+    from dtl_ray import builders
 
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     x, y = _decoded(rows, cfg.model.image_size)
     vx, vy = _decoded(val, cfg.model.image_size)
     torch.manual_seed(cfg.seed)
-    model = pretrain.build_model(cfg, num_classes)
+    model = builders.classifier(cfg.model, num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
                             weight_decay=cfg.pretrain.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    aug = pretrain.augment_settings(cfg)
+    aug = builders.augment(cfg.pretrain)
     bs = cfg.data.batch_size
     seconds = []
     for epoch in range(epochs):
@@ -345,9 +345,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         rows, names, classes = bench_rows(data_uri, 10 * n)
     if "score" in want:  # on 10n images, so fixed start-up costs weigh little
         run_uri = os.path.join(out, "score")
-        _stage_run_dir(run_uri, rows, names, backbone, size)
-        model_uri = storage.join(run_uri, "pretrain", "model.pt")
-        disc_uri = storage.join(run_uri, "discriminate", "discriminator.pt")
+        model_uri, disc_uri = _stage_run_dir(run_uri, rows, names, backbone, size)
         plain, ray1, ray_auto, ray2 = [], [], [], []
         auto = scoring.actor_pool(0, cfg.scaling.cpus_per_worker, cfg.scaling.use_gpu)
         for _ in range(repeats):  # interleaved, so drifts of a noisy machine hit both
@@ -420,9 +418,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         t0 = time.time()
         doc = pipeline.run(run_cfg)
         wall = time.time() - t0
-        keys = {"pretrain": "pretrain", "discriminate": "discriminator", "score": "score",
-                "select": "select", "finetune": "finetune", "evaluate": "evaluate"}
-        stages = {k: doc[v]["seconds"] for k, v in keys.items() if v in doc}
+        stages = {k: doc[k]["seconds"] for k in STAGES if k in doc}
         _emit(figures, "demo", {
             "demo_seconds": round(wall, 1),
             "stage_seconds": stages,

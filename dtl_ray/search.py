@@ -1,0 +1,105 @@
+"""The fine-tune search's design, in pandas and numpy (no Ray, no torch): its cells, the
+settings every cell trains with, each cell's members and the training sets built from them.
+
+The stage (`stages/finetune.py`) only drives Tune over what is decided here, so every rule that
+gives the baselines the method's budget is unit-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dtl_ray import finetuning, weighting
+from dtl_ray.config import FinetuneConfig
+
+__all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "train_set"]
+
+ARMS = ["method", "random_subset", "target_only", "all_source", "self_training"]
+"""The fine-tuned arms: the method and the fine-tuned baselines (METHOD.md)."""
+STRATEGY_ARM = {"discriminator": "method", "random": "random_subset"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the data axes of the search."""
+
+    arm: str
+    strategy: str  # discriminator | random | confidence | none | all
+    source_fraction: float
+    target_fraction: float
+
+
+def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
+    """Every (strategy, source fraction, target fraction) the search covers.
+
+    `target_only` (0, 0) and `all_source` (1, 0) always run; `self_training` runs at every
+    positive target fraction (`default_target_fraction`, select's, when there is none).
+    """
+    cells = [Cell("target_only", "none", 0.0, 0.0), Cell("all_source", "all", 1.0, 0.0)]
+    for strategy, sf, tf in itertools.product(f.strategies, f.source_fractions,
+                                              f.target_fractions):
+        cells.append(Cell(STRATEGY_ARM[strategy], strategy, sf, tf))
+    self_fracs = [t for t in f.target_fractions if t > 0] or [default_target_fraction]
+    cells += [Cell("self_training", "confidence", 0.0, t) for t in self_fracs]
+    return cells
+
+
+def settings_grid(f: FinetuneConfig, seed: int) -> list[dict]:
+    """`num_samples` settings drawn once (seeded) from lr x train_layers x candidate_weight;
+    every cell trains with all of them (the same budget for every arm)."""
+    grid = list(itertools.product(f.lr, f.train_layers, f.candidate_weight))
+    rng = np.random.default_rng(seed)
+    picks = rng.permutation(len(grid))[:f.num_samples] if f.num_samples < len(grid) else \
+        np.resize(np.arange(len(grid)), f.num_samples)
+    return [{"lr": grid[i][0], "train_layers": grid[i][1], "candidate_weight": grid[i][2]}
+            for i in picks]
+
+
+def members(cell: Cell, scores: pd.DataFrame, unlabeled: pd.DataFrame, classes: list[int],
+            seed: int, confidence_floor: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(source candidates, target candidates) of a cell.
+
+    scores: the score stage's table; unlabeled: pseudo-labeled unlabeled target rows
+    (sample_id, pred, confidence, p_target). Random and confidence-only cells take exactly as
+    many samples as the discriminator's choice at the same fractions.
+    """
+    seed = seed + int(cell.source_fraction * 1000) + int(cell.target_fraction * 10)
+    if cell.strategy == "all":
+        src = weighting.select_source(scores, classes, "top_fraction", 1.0)
+    elif cell.source_fraction > 0:
+        src = weighting.select_source(scores, classes, "top_fraction", cell.source_fraction)
+        if cell.strategy == "random":
+            src = weighting.random_source(scores, classes, len(src), seed)
+    else:
+        src = scores.iloc[:0]
+    tgt = unlabeled.iloc[:0]
+    if cell.target_fraction > 0:
+        n = int(round(cell.target_fraction * len(unlabeled)))
+        tgt = weighting.select_target(unlabeled, "discriminator", n, confidence_floor)
+        if cell.strategy in ("random", "confidence"):  # same size as the discriminator's
+            tgt = weighting.select_target(unlabeled, cell.strategy, len(tgt), confidence_floor,
+                                          seed)
+    return src, tgt
+
+
+def train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,
+              local: dict, weight_by_w: bool) -> finetuning.TrainSet:
+    """Labeled target, then source candidates (true labels), then target candidates
+    (pseudo-labels), as rows of the image pool (`pos`: sample_id -> row) with local labels
+    (`local`: global class id -> index among the target's classes).
+
+    weight_by_w: source candidates' losses weighted by their mean-normalised importance weight.
+    """
+    w = src["weight"].to_numpy(float)
+    w = w / w.mean() if weight_by_w and len(w) else np.ones(len(src))
+    ids = list(labeled["sample_id"]) + list(src["sample_id"]) + list(tgt["sample_id"])
+    labels = list(labeled["label"]) + list(src["label"]) + list(tgt["pred"])
+    return finetuning.TrainSet(
+        index=np.array([pos[i] for i in ids], dtype=np.int64),
+        label=np.array([local[int(v)] for v in labels], dtype=np.int64),
+        weight=np.concatenate([np.ones(len(labeled)), w, np.ones(len(tgt))]),
+        labeled=np.arange(len(ids)) < len(labeled))
