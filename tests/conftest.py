@@ -78,6 +78,11 @@ def tiny_overrides(source, target, storage, name):
             "score.batch_size=64"]
 
 
+# for runs that test plumbing (packed data, another backbone, DANN), not the search: 5 cells
+# (every arm once) instead of 7
+SMALL_SEARCH = ["finetune.target_fractions=[0.0]"]
+
+
 def cli_args(config_file, overrides, *extra):
     """`dtl-ray run CONFIG --set ... EXTRA` as the argument list of `cli.main`."""
     return ["run", str(config_file), *[a for o in overrides for a in ("--set", o)], *extra]

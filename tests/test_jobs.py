@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import free_port, tiny_overrides
+from conftest import copy_run, free_port, tiny_overrides
 
 import dtl_ray
 from dtl_ray import config
@@ -60,7 +60,10 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_pipeline_job_on_a_real_head(ray_head, tiny_demo, tmp_path):
+def test_pipeline_job_on_a_real_head(ray_head, tiny_run, tiny_demo, tmp_path):
+    # the early stages come from the session's run; the job runs the search and evaluation
+    copy_run(tiny_run[1], tmp_path / "out" / "job", ["pretrain", "discriminate", "score",
+                                                     "select"])
     cfg = config.load_config(overrides=tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path / "out", "job"))
     result = dtl_ray.submit(cfg, address=ray_head, wait=True, timeout_s=900)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import tiny_overrides
+from conftest import SMALL_SEARCH, tiny_overrides
 from PIL import Image
 
 from dtl_ray import builders, config, pipeline
@@ -42,7 +42,8 @@ def test_resnet18_from_local_weights_on_jpeg_dataset(ray_session, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     overrides = tiny_overrides(tmp_path / "d" / "src", tmp_path / "d" / "tgt", tmp_path / "out",
                                "r18") + ["model.backbone=resnet18", f"model.weights={weights}",
-                                         "discriminate.layer=layer3", "model.image_size=32"]
+                                         "discriminate.layer=layer3", "model.image_size=32",
+                                         *SMALL_SEARCH]
     cfg = config.load_config(overrides=overrides)
     # the weights really are loaded: pretraining starts from them
     model = builders.classifier(cfg.model, 2)

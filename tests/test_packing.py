@@ -5,7 +5,7 @@ import os
 import boto3
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import SMALL_SEARCH, tiny_overrides
 
 from dtl_ray import cli, config, data, demo, packing, pipeline, scoring
 from dtl_ray.layout import RunLayout
@@ -58,7 +58,7 @@ def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
 
 def test_pipeline_runs_from_the_packed_copy(packed, tiny_demo, tiny_run, tmp_path):
     _, run, local = tiny_run
-    cfg = config.load_config(overrides=tiny_overrides(*packed, tmp_path, "packed"))
+    cfg = config.load_config(overrides=tiny_overrides(*packed, tmp_path, "packed") + SMALL_SEARCH)
     doc = pipeline.run(cfg)
     assert doc["data"]["source"] == {"train": 210, "val": 28}
     assert doc["data"]["target"] == {"train": 6, "unlabeled": 36, "val": 12, "test": 30}

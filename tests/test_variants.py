@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import SMALL_SEARCH, tiny_overrides
 
 from dtl_ray import config, data, demo, pipeline, weighting
 from dtl_ray.config import ConfigError
@@ -180,7 +180,8 @@ def adversarial_run(ray_session, tiny_demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("adv")
     cfg = config.load_config(overrides=tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", out, "adv") + [
-        "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted"])
+        "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted",
+        *SMALL_SEARCH])
     return cfg, os.path.join(out, "adv"), pipeline.run(cfg)
 
 
