@@ -8,38 +8,34 @@ dropping them, so every input sample is accounted for.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from dtl_ray import storage
+from dtl_ray import packing, storage
 from dtl_ray.layout import RunLayout
+from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for readers of data)
+    COLUMNS,
+    DOMAIN,
+    ERROR,
+    IMAGE,
+    LABEL,
+    PATH,
+    REQUIRED,
+    SAMPLE_ID,
+    SPLIT,
+    SPLITS,
+    UNLABELED,
+    DataError,
+    decode_image,
+    rejected_image,
+    sample_id,
+)
 
-__all__ = ["COLUMNS", "SPLITS", "DataError", "Manifest", "build_manifest", "decode_batch",
-           "to_dataset", "dataset_parts", "collect", "sample_id", "permuted",
-           "training_dataset", "epoch_batches"]
-
-# the one column vocabulary
-SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR = (
-    "sample_id", "image", "label", "domain", "split", "path", "error")
-P_TARGET, WEIGHT = "p_target", "weight"
-COLUMNS = [SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR, P_TARGET, WEIGHT]
-SPLITS = {"source": ["train", "val"], "target": ["train", "unlabeled", "val", "test"]}
-REQUIRED = {("source", "train"), ("source", "val"), ("target", "train"), ("target", "val"),
-            ("target", "test")}
-UNLABELED = -1
-
-
-class DataError(ValueError):
-    """A problem with the input data that the user can fix."""
-
-
-def sample_id(domain: str, split: str, rel_path: str) -> str:
-    """The stable id of a sample: its domain, split and path below the split folder."""
-    return f"{domain}/{split}/{rel_path}"
-
+__all__ = ["Manifest", "build_manifest", "decode_batch", "to_dataset", "dataset_parts",
+           "collect", "permuted", "training_dataset", "epoch_batches", "save_manifest",
+           "load_manifest", "read_parquet_df", "write_parquet_df"]
 
 @dataclass(frozen=True)
 class Manifest:
@@ -69,8 +65,6 @@ def _list_domain(domain: str, uri: str, extensions: list[str]) -> list[tuple[str
 
     `shard` is '' for a file in an image folder, else the Parquet shard of a packed dataset.
     """
-    from dtl_ray import packing
-
     if not storage.exists(uri):
         raise DataError(f"{domain} folder not found: {uri}")
     if packing.is_packed(uri):
@@ -132,24 +126,6 @@ def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> M
     return Manifest(table=table, classes=classes)
 
 
-def _decode(data: bytes, size: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 8 bits
-            arr = np.asarray(im, dtype=np.float32)
-            im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
-        if im.mode in ("RGBA", "LA", "P"):  # flatten transparency onto black
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-            im = Image.alpha_composite(bg, im)
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
-
-
 def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
     """Reads and decodes the files of a manifest batch; never raises for a bad file (only for
     a transient storage error that outlasted its retries).
@@ -169,63 +145,17 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
             data = storage.read_file(fs_cache[scheme], storage.path_of(path))
             if not data:
                 raise ValueError("empty file")
-            images.append(_decode(data, image_size))
+            images.append(decode_image(data, image_size))
             errors.append("")
         except Exception as e:  # a bad file becomes a rejected row, not a crash
             if isinstance(e, OSError) and any(t in str(e) for t in storage.TRANSIENT):
                 raise  # the task fails and Ray retries it; never a wrongly rejected row
-            images.append(np.zeros((image_size, image_size, 3), np.uint8))
+            images.append(rejected_image(image_size))
             errors.append(f"{type(e).__name__}: {e}"[:300])
     out = dict(batch)
     out[IMAGE] = np.stack(images)  # (B, H, W, 3) uint8
     out[ERROR] = np.array(errors, dtype=object)
     return out
-
-
-def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict) -> dict:
-    """Keeps the packed rows in `wanted` ((shard path, split, rel) -> manifest row), decoded.
-
-    Returns the manifest rows' columns plus `image` and `error`, as `decode_batch` does.
-    """
-    records, images, errors = [], [], []
-    for shard, split, rel, blob in zip(batch["path"], batch["split"], batch["rel_path"],
-                                       batch["image_bytes"]):
-        row = wanted.get((shard, split, rel))
-        if row is None:
-            continue
-        records.append(row)
-        try:
-            if not blob:
-                raise ValueError("empty file")
-            images.append(_decode(blob, image_size))
-            errors.append("")
-        except Exception as e:  # a bad image becomes a rejected row, not a crash
-            images.append(np.zeros((image_size, image_size, 3), np.uint8))
-            errors.append(f"{type(e).__name__}: {e}"[:300])
-    template = next(iter(wanted.values()))
-    frame = pd.DataFrame(records) if records else pd.DataFrame([template]).iloc[:0]
-    out = {k: frame[k].to_numpy() for k in template}
-    out[IMAGE] = np.stack(images) if images else np.zeros((0, image_size, image_size, 3),
-                                                           np.uint8)
-    out[ERROR] = np.array(errors, dtype=object)
-    return out
-
-
-def _packed_dataset(rows: pd.DataFrame, image_size: int):
-    """Decoded packed rows, read shard by shard (no object listing)."""
-    import ray.data
-
-    fs, _ = storage.resolve(rows["shard"].iloc[0])
-    shards = sorted(rows["shard"].unique())
-    paths = [storage.path_of(s) for s in shards]
-    keyed = {(storage.path_of(r["shard"]), r[SPLIT], r["rel"]): r
-             for r in rows.to_dict("records")}
-    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True,
-                               columns=["split", "rel_path", "image_bytes"])
-    # whole blocks (a Parquet row group each): with a batch size, Ray 2.58 fuses this map into
-    # the file listing when an all-to-all op (random_shuffle) follows, and it gets no columns
-    return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "wanted": keyed},
-                          batch_format="numpy", batch_size=None)
 
 
 def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
@@ -252,7 +182,7 @@ def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512
         parts.append(("files", ds))
     if len(packed):  # one read per filesystem (a domain may be local, the other on S3)
         scheme = packed["shard"].str.startswith("s3://")
-        parts += [("packed", _packed_dataset(packed[m], image_size))
+        parts += [("packed", packing.packed_dataset(packed[m], image_size))
                   for m in (scheme, ~scheme) if m.any()]
     return parts
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dtl_ray import storage
+from dtl_ray.samples import ERROR, IMAGE, DataError, decode_image, rejected_image, sample_id
 
-__all__ = ["MANIFEST", "FORMAT", "is_packed", "pack", "read_index"]
+__all__ = ["MANIFEST", "FORMAT", "is_packed", "pack", "read_index", "decode_packed",
+           "packed_dataset"]
 
 MANIFEST = "_packed.json"
 FORMAT = "dtl-ray-packed/1"
@@ -38,8 +41,6 @@ def pack(src_uri: str, dst_uri: str, rows_per_shard: int = 10000, domain: str | 
 
     Returns the manifest written to `<dst_uri>/_packed.json`.
     """
-    from dtl_ray.data import DataError, sample_id
-
     if not storage.exists(src_uri):
         raise DataError(f"folder to pack not found: {src_uri}")
     domain = domain or _guess_domain(src_uri)
@@ -98,3 +99,49 @@ def read_index(uri: str) -> pd.DataFrame:
 def _open(uri: str):
     fs, path = storage.resolve(uri)
     return fs.open_input_file(path)
+
+
+def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict) -> dict:
+    """Keeps the packed rows in `wanted` ((shard path, split, rel) -> manifest row), decoded.
+
+    Returns the manifest rows' columns plus `image` and `error`, as `decode_batch` does.
+    """
+    records, images, errors = [], [], []
+    for shard, split, rel, blob in zip(batch["path"], batch["split"], batch["rel_path"],
+                                       batch["image_bytes"]):
+        row = wanted.get((shard, split, rel))
+        if row is None:
+            continue
+        records.append(row)
+        try:
+            if not blob:
+                raise ValueError("empty file")
+            images.append(decode_image(blob, image_size))
+            errors.append("")
+        except Exception as e:  # a bad image becomes a rejected row, not a crash
+            images.append(rejected_image(image_size))
+            errors.append(f"{type(e).__name__}: {e}"[:300])
+    template = next(iter(wanted.values()))
+    frame = pd.DataFrame(records) if records else pd.DataFrame([template]).iloc[:0]
+    out = {k: frame[k].to_numpy() for k in template}
+    out[IMAGE] = np.stack(images) if images else np.zeros((0, image_size, image_size, 3),
+                                                           np.uint8)
+    out[ERROR] = np.array(errors, dtype=object)
+    return out
+
+
+def packed_dataset(rows: pd.DataFrame, image_size: int):
+    """Decoded packed rows, read shard by shard (no object listing)."""
+    import ray.data
+
+    fs, _ = storage.resolve(rows["shard"].iloc[0])
+    shards = sorted(rows["shard"].unique())
+    paths = [storage.path_of(s) for s in shards]
+    keyed = {(storage.path_of(r["shard"]), r["split"], r["rel"]): r
+             for r in rows.to_dict("records")}
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True,
+                               columns=["split", "rel_path", "image_bytes"])
+    # whole blocks (a Parquet row group each): with a batch size, Ray 2.58 fuses this map into
+    # the file listing when an all-to-all op (random_shuffle) follows, and it gets no columns
+    return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "wanted": keyed},
+                          batch_format="numpy", batch_size=None)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from dtl_ray import checkpoints, storage
-from dtl_ray.config import PipelineConfig, to_dict
+from dtl_ray import builders, checkpoints, storage
+from dtl_ray.config import PipelineConfig, from_dict, to_dict
 
 __all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "say"]
 
@@ -121,3 +121,16 @@ def cpu_state(model: torch.nn.Module) -> dict:
 def set_threads(cpus: int) -> None:
     torch.set_num_threads(max(1, cpus))
     os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
+
+
+def classifier_worker(config: dict):
+    """A Train worker's set-up for loops that start from a trained classifier
+    (`config["pretrain_model"]`): (cfg, rank, device, the classifier)."""
+    import ray.train.torch
+
+    cfg = from_dict(PipelineConfig, config["cfg"])
+    rank, _ = world()
+    set_threads(cfg.scaling.cpus_per_worker)
+    torch.manual_seed(cfg.seed)
+    model, _ = builders.load_classifier(config["pretrain_model"])
+    return cfg, rank, ray.train.torch.get_device(), model

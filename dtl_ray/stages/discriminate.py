@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import builders, checkpoints, data, loops, models, raytrain
-from dtl_ray.config import PipelineConfig, adapts, from_dict
+from dtl_ray import builders, checkpoints, dann, data, loops, models, raytrain
+from dtl_ray.config import PipelineConfig, adapts
 from dtl_ray.layout import RunLayout
 
 __all__ = ["run", "heldout_mask", "domain_rows"]
@@ -75,24 +75,12 @@ def heldout_metrics(p: np.ndarray, y: np.ndarray) -> dict:
             "proxy_a_distance": loops.proxy_a_distance(1 - balanced)}
 
 
-def _worker(config: dict):
-    """A Train worker's set-up: (cfg, rank, device, the classifier to start from)."""
-    import ray.train.torch
-
-    cfg = from_dict(PipelineConfig, config["cfg"])
-    rank, _ = raytrain.world()
-    raytrain.set_threads(cfg.scaling.cpus_per_worker)
-    torch.manual_seed(cfg.seed)
-    model, _ = builders.load_classifier(config["pretrain_model"])
-    return cfg, rank, ray.train.torch.get_device(), model
-
-
 def train_fn(config: dict) -> dict:
     """Per-worker loop: features once (frozen g), then the MLP for many epochs."""
     import ray.train
     import ray.train.torch
 
-    cfg, rank, device, model = _worker(config)
+    cfg, rank, device, model = raytrain.classifier_worker(config)
     d = cfg.discriminate
     tap = models.FeatureTap(model.backbone, d.layer).eval().to(device)
     for p in tap.parameters():
@@ -148,89 +136,6 @@ def train_fn(config: dict) -> dict:
     return {}
 
 
-def _cycle(it, batch_size: int, seed: int, buffer_batches: int):
-    """Endless shuffled batches of a dataset shard (the target side of DANN is smaller)."""
-    epoch = 0
-    while True:
-        n = 0
-        for b in data.epoch_batches(it, batch_size, epoch, seed, buffer_batches):
-            n += 1
-            yield b
-        epoch += 1
-        if n == 0:
-            return
-
-
-def dann_fn(config: dict) -> dict:
-    """Per-worker DANN loop: source CE on h(g(x)) + reversed domain BCE on D'(GRL(g(x)))."""
-    import ray.train
-    import ray.train.torch
-
-    cfg, rank, device, model = _worker(config)
-    d = cfg.discriminate
-    net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
-    net = ray.train.torch.prepare_model(net)  # called as a whole: DDP syncs every gradient
-    inner = raytrain.unwrap(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=d.dann_lr, weight_decay=1e-4)
-    start, history = 0, []
-    restored = raytrain.restore()
-    if restored is not None:
-        state, rmeta = restored
-        inner.load_state_dict(state["net"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = rmeta["epoch"] + 1, rmeta["history"]
-    bs = cfg.data.batch_size
-    src_it = ray.train.get_dataset_shard("source")
-    tgt = _cycle(ray.train.get_dataset_shard("target"), bs, cfg.seed + 1, cfg.data.shuffle_buffer)
-    steps_per_epoch = max(1, config["source_steps"])
-    gen = torch.Generator().manual_seed(cfg.seed + rank)
-    aug = builders.augment(cfg.pretrain)
-    for epoch in range(start, d.dann_epochs):
-        t0 = time.time()
-        loops.train_mode(net)
-        sums = {"cls": 0.0, "dom": 0.0, "acc": 0.0, "n": 0, "dom_acc": 0.0}
-        for step, b in enumerate(data.epoch_batches(src_it, bs, epoch, cfg.seed,
-                                                    cfg.data.shuffle_buffer)):
-            t = next(tgt)
-            progress = (epoch * steps_per_epoch + step) / (d.dann_epochs * steps_per_epoch)
-            scale = d.dann_weight * models.dann_scale(min(progress, 1.0))
-            xs = loops.augment(loops.to_input(b["image"], device), aug, gen)
-            xt = loops.augment(loops.to_input(t["image"], device), aug, gen)
-            ys = torch.tensor(b["label"]).long().to(device)
-            with loops.autocast(device):
-                logits, dom = net(torch.cat([xs, xt]), len(xs), scale)
-            logits, dom = logits.float(), dom.float()
-            dom_y = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(device)
-            cls_loss = F.cross_entropy(logits, ys)
-            # each domain weighs half whatever the batch sizes
-            w = torch.where(dom_y > 0, 0.5 / len(xt), 0.5 / len(xs))
-            dom_loss = (F.binary_cross_entropy_with_logits(dom, dom_y, reduction="none")
-                        * w).sum()
-            loss = cls_loss + dom_loss  # GRL: D descends on dom_loss, g ascends on it
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums["cls"] += float(cls_loss) * len(ys)
-            sums["dom"] += float(dom_loss) * len(ys)
-            sums["acc"] += float((logits.argmax(1) == ys).sum())
-            sums["dom_acc"] += float(((dom > 0).float() == dom_y).float().mean()) * len(ys)
-            sums["n"] += len(ys)
-        n = max(sums["n"], 1)
-        metrics = {"epoch": epoch, "class_loss": sums["cls"] / n, "domain_loss": sums["dom"] / n,
-                   "source_accuracy": sums["acc"] / n, "domain_accuracy": sums["dom_acc"] / n,
-                   "seconds": time.time() - t0}
-        history.append(metrics)
-        if rank == 0:
-            raytrain.say(f"[dann] epoch {epoch + 1}/{d.dann_epochs}  class loss "
-                         f"{metrics['class_loss']:.3f} acc {metrics['source_accuracy']:.3f}  "
-                         f"domain loss {metrics['domain_loss']:.3f} acc "
-                         f"{metrics['domain_accuracy']:.3f}  ({metrics['seconds']:.1f}s)")
-        raytrain.report_epoch(metrics, {"net": raytrain.cpu_state(net),
-                                        "optimizer": opt.state_dict()},
-                              {"epoch": epoch, "history": history})
-    return {}
-
-
 def _adapt(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest,
            rows: pd.DataFrame) -> list:
     """The DANN run; saves the adapted classifier, returns its epoch history."""
@@ -241,7 +146,7 @@ def _adapt(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest,
                 "target": data.training_dataset(rows[rows["is_target"] == 1], size, cache,
                                                 ["image"], seed)}
     steps = math.ceil(len(src) / cfg.scaling.num_workers / cfg.data.batch_size)
-    result = raytrain.fit(dann_fn, cfg, stage_uri, "dann", datasets,
+    result = raytrain.fit(dann.dann_fn, cfg, stage_uri, "dann", datasets,
                           {"pretrain_model": pretrain_model, "source_steps": steps})
     if result.error is not None:
         raise result.error

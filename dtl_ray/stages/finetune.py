@@ -20,7 +20,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from dtl_ray import builders, checkpoints, data, finetuning, scoring, search, storage
+from dtl_ray import builders, checkpoints, data, finetuning, raytune, scoring, search, storage
 from dtl_ray.config import PipelineConfig, from_dict
 from dtl_ray.layout import RunLayout
 
@@ -104,60 +104,13 @@ def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Se
     return last["best"]
 
 
-def _concurrency(cfg: PipelineConfig) -> int:
-    import ray
-
-    if cfg.finetune.max_concurrent_trials > 0:
-        return cfg.finetune.max_concurrent_trials
-    res = ray.cluster_resources()
-    if cfg.scaling.use_gpu:
-        return max(1, int(res.get("GPU", 1)))
-    return max(1, int(res.get("CPU", 1)) // cfg.scaling.cpus_per_worker)
-
-
-def _trial_lines(total: int):
-    import ray.tune
-
-    class TrialLines(ray.tune.Callback):
-        """One progress line per finished (or failed) trial."""
-
-        def __init__(self) -> None:
-            self.done = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            r, c = trial.last_result or {}, trial.config
-            print(f"[finetune] trial {self.done}/{total} {trial.trial_id}: cell {c['cell']} "
-                  f"setting {c['setting']}  best val acc {r.get('best_val_accuracy', 0):.3f} "
-                  f"(epoch {r.get('best_epoch')}, {r.get('epoch')} run)", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
-            print(f"[finetune] trial {self.done}/{total} {trial.trial_id} FAILED "
-                  f"(see {trial.local_path})", flush=True)
-
-    return TrialLines()
-
-
-def _keep_credentials_out_of_ray_logs() -> None:
-    """Ray Tune copies AWS credentials from the driver's environment into every trial's
-    runtime_env, and Ray's runtime-env agent logs runtime envs verbatim (INFO), so the secret
-    key would land in `<ray session>/logs/runtime_env_agent.log`. Trials get credentials from
-    their node instead: the local raylet's environment, or the instance role on a cluster."""
-    from ray.tune.execution import class_cache
-
-    secrets = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-               "AWS_SECURITY_TOKEN"}
-    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secrets
-
-
 def _search(cfg: PipelineConfig, layout: RunLayout, pool: dict, sets: list, setup: dict,
             settings: list[dict]):
     """Runs (or resumes) the Tune experiment; returns its ResultGrid."""
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
-    _keep_credentials_out_of_ray_logs()
+    raytune.keep_credentials_out_of_ray_logs()
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
         {"cpu": cfg.scaling.cpus_per_worker, "gpu": 1 if cfg.scaling.use_gpu else 0})
@@ -180,14 +133,14 @@ def _search(cfg: PipelineConfig, layout: RunLayout, pool: dict, sets: list, setu
                                         grace_period=min(cfg.finetune.grace_period,
                                                          cfg.finetune.epochs),
                                         reduction_factor=3),
-                max_concurrent_trials=_concurrency(cfg),
+                max_concurrent_trials=raytune.concurrency(cfg),
                 # a trial's process (torch imported, the pool fetched) serves the next trial
                 reuse_actors=True),
             run_config=ray.tune.RunConfig(
                 name=name, storage_path=root, storage_filesystem=fs, verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.scaling.max_failures),
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_trial_lines(total)]),
+                callbacks=[raytune.trial_lines(total)]),
         )
     return tuner.fit()
 

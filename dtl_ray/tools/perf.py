@@ -107,7 +107,7 @@ class _Files(torch.utils.data.Dataset):
         if self.fs is None:
             self.fs = storage.resolve(self.paths[0])[0]
         raw = storage.read_file(self.fs, storage.path_of(self.paths[i]))
-        return i, torch.from_numpy(data._decode(raw, self.size))
+        return i, torch.from_numpy(data.decode_image(raw, self.size))
 
 
 def score_plain(rows: pd.DataFrame, model_uri: str, disc_uri: str, classes: list[int],

@@ -1,0 +1,55 @@
+"""Ray Tune plumbing of the fine-tune search: trial concurrency, a progress line per trial,
+and keeping credentials out of Ray's logs."""
+
+from __future__ import annotations
+
+from dtl_ray.config import PipelineConfig
+
+__all__ = ["concurrency", "trial_lines", "keep_credentials_out_of_ray_logs"]
+
+
+def concurrency(cfg: PipelineConfig) -> int:
+    import ray
+
+    if cfg.finetune.max_concurrent_trials > 0:
+        return cfg.finetune.max_concurrent_trials
+    res = ray.cluster_resources()
+    if cfg.scaling.use_gpu:
+        return max(1, int(res.get("GPU", 1)))
+    return max(1, int(res.get("CPU", 1)) // cfg.scaling.cpus_per_worker)
+
+
+def trial_lines(total: int):
+    import ray.tune
+
+    class TrialLines(ray.tune.Callback):
+        """One progress line per finished (or failed) trial."""
+
+        def __init__(self) -> None:
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            r, c = trial.last_result or {}, trial.config
+            print(f"[finetune] trial {self.done}/{total} {trial.trial_id}: cell {c['cell']} "
+                  f"setting {c['setting']}  best val acc {r.get('best_val_accuracy', 0):.3f} "
+                  f"(epoch {r.get('best_epoch')}, {r.get('epoch')} run)", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            print(f"[finetune] trial {self.done}/{total} {trial.trial_id} FAILED "
+                  f"(see {trial.local_path})", flush=True)
+
+    return TrialLines()
+
+
+def keep_credentials_out_of_ray_logs() -> None:
+    """Ray Tune copies AWS credentials from the driver's environment into every trial's
+    runtime_env, and Ray's runtime-env agent logs runtime envs verbatim (INFO), so the secret
+    key would land in `<ray session>/logs/runtime_env_agent.log`. Trials get credentials from
+    their node instead: the local raylet's environment, or the instance role on a cluster."""
+    from ray.tune.execution import class_cache
+
+    secrets = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+               "AWS_SECURITY_TOKEN"}
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secrets
