@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import time
 
 import yaml
 
-from dtl_ray import data, report, storage
+from dtl_ray import data, report, results, storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
 from dtl_ray.layout import STAGES, RunLayout
 
 __all__ = ["STAGES", "run", "ensure_ray", "run_layout"]
+
+
+def _stage_runs() -> dict:
+    """Each stage's `run(cfg, layout)`, in pipeline order."""
+    from dtl_ray.stages import discriminate, evaluate, finetune, pretrain, score, select
+
+    return {"pretrain": pretrain.run, "discriminate": discriminate.run, "score": score.run,
+            "select": select.run, "finetune": finetune.run, "evaluate": evaluate.run}
 
 
 def run_layout(cfg: PipelineConfig) -> RunLayout:
@@ -148,6 +155,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
     ensure_ray(env)
     inspected = inspect_images(cfg, layout, manifest)
     summaries: dict[str, dict] = {}
+    stage_runs = _stage_runs()
     for name in STAGES:
         if layout.is_done(name):
             summaries[name] = layout.summary(name)
@@ -161,8 +169,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
             raise ConfigError(f"stage '{name}' needs {missing} to finish first "
                               f"(run with --stages {','.join(missing + [name])})")
         print(f"[dtl-ray] {name}: starting", flush=True)
-        module = importlib.import_module(f"dtl_ray.stages.{name}")
-        summaries[name] = module.run(cfg, layout)
+        summaries[name] = results.to_summary(stage_runs[name](cfg, layout))
         layout.mark_done(name, summaries[name])
         print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
     doc = report.build(cfg, manifest, summaries, time.time() - t0)

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 
-from dtl_ray import data, storage
+from dtl_ray import data, storage, weighting
 from dtl_ray.config import PipelineConfig
 from dtl_ray.layout import STAGES, RunLayout
 
@@ -106,7 +106,7 @@ def _plot_ranked(scores, k: int = 10) -> bytes:
     import matplotlib.pyplot as plt
 
     src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
-    src = src.sort_values(["weight", "sample_id"], ascending=[False, True])
+    src = weighting.ranked(src)
     rows = [("highest w", src.head(k)), ("lowest w", src.tail(k))]
     fig, axes = plt.subplots(2, k, figsize=(k * 1.1, 2.6))
     for r, (title, sub) in enumerate(rows):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from dtl_ray import finetuning, weighting
 from dtl_ray.config import FinetuneConfig
+from dtl_ray.samples import SAMPLE_ID
 
 __all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "train_set"]
 
@@ -96,7 +97,7 @@ def train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: 
     """
     w = src["weight"].to_numpy(float)
     w = w / w.mean() if weight_by_w and len(w) else np.ones(len(src))
-    ids = list(labeled["sample_id"]) + list(src["sample_id"]) + list(tgt["sample_id"])
+    ids = list(labeled[SAMPLE_ID]) + list(src[SAMPLE_ID]) + list(tgt[SAMPLE_ID])
     labels = list(labeled["label"]) + list(src["label"]) + list(tgt["pred"])
     return finetuning.TrainSet(
         index=np.array([pos[i] for i in ids], dtype=np.int64),

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["WEIGHTINGS", "density_ratio", "iwan", "iwc", "importance_weights", "normalise",
-           "iwcv_risk", "dev_risk", "select_source", "random_source", "select_target", "candidates"]
+           "ranked", "iwcv_risk", "dev_risk", "select_source", "random_source", "select_target",
+           "candidates"]
 
 
 def density_ratio(p: np.ndarray, n_source: int, n_target: int, clip: float = 0.01,
@@ -123,6 +124,13 @@ def _eligible_source(scores: pd.DataFrame, target_classes: list[int]) -> pd.Data
     return s[s["label"].isin(target_classes)]
 
 
+def ranked(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows by importance weight, highest first; ties (capped weights) broken by p_target,
+    then sample_id. The one ranking of source samples (selection, the report, the stats)."""
+    return rows.sort_values(["weight", "p_target", "sample_id"], ascending=[False, False, True],
+                            kind="mergesort")
+
+
 def select_source(scores: pd.DataFrame, target_classes: list[int], rule: str = "top_fraction",
                   fraction: float = 0.25, threshold: float = 1.0,
                   per_class: int = 100) -> pd.DataFrame:
@@ -132,9 +140,7 @@ def select_source(scores: pd.DataFrame, target_classes: list[int], rule: str = "
     Rules: `top_fraction` of the eligible pool, weight >= `threshold`, or the `per_class` highest
     per target class. Source classes the target lacks are never selected.
     """
-    pool = _eligible_source(scores, target_classes)
-    pool = pool.sort_values(["weight", "p_target", "sample_id"], ascending=[False, False, True],
-                            kind="mergesort")
+    pool = ranked(_eligible_source(scores, target_classes))
     if rule == "top_fraction":
         return pool.head(int(round(fraction * len(pool))))
     if rule == "threshold":

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_bench: no CUDA GPU here (use --device cpu for a smoke test)", file=sys.stderr)
         return 2
-    from dtl_ray import perf
+    from dtl_ray.tools import perf
 
     os.makedirs(args.out, exist_ok=True)
     doc = {"machine": perf.machine(), "device": args.device}

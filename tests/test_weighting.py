@@ -87,3 +87,9 @@ def test_candidates_manifest_columns():
     assert list(c.columns) == ["sample_id", "pool", "label", "weight", "p_target"]
     assert list(c["pool"]) == ["source", "source", "target"]
     assert list(c["label"]) == [0, 1, 1]  # true labels, then the pseudo-label
+
+
+def test_one_ranking_breaks_weight_ties_by_p_target_then_id():
+    rows = pd.DataFrame({"sample_id": ["c", "a", "b", "d"], "weight": [20.0, 20.0, 20.0, 3.0],
+                         "p_target": [0.95, 0.95, 0.97, 0.5]})
+    assert list(weighting.ranked(rows)["sample_id"]) == ["b", "a", "c", "d"]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from dtl_ray import builders, checkpoints, dann, data, loops, models, raytrain
 from dtl_ray.config import PipelineConfig, adapts
 from dtl_ray.layout import RunLayout
+from dtl_ray.results import DiscriminateResult
 
 __all__ = ["run", "heldout_mask", "domain_rows"]
 
@@ -182,7 +183,7 @@ def _gap(m: dict) -> dict:
                               "proxy_a_distance")}
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> DiscriminateResult:
     """Trains D on frozen features (adapted ones in adversarial mode); returns held-out
     metrics and the domain sizes."""
     t0 = time.time()
@@ -210,11 +211,11 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
                                    cfg.discriminate.hidden, n_source, n_target,
                                    cfg.discriminate.balanced, model=scoring_model)
     m = meta["metrics"]
-    return {"mode": cfg.discriminate.mode, **({"adversarial": adversarial} if adversarial
-                                              else {}),
-            "heldout_accuracy": m["heldout_accuracy"],
-            "heldout_balanced_accuracy": m["heldout_balanced_accuracy"],
-            "heldout_auc": m["heldout_auc"], "proxy_a_distance": m["proxy_a_distance"],
-            "layer": cfg.discriminate.layer or "pooled penultimate (backbone output)",
-            "n_source": n_source, "n_target": n_target,
-            "heldout": int(held.sum()), "seconds": round(time.time() - t0, 2)}
+    return DiscriminateResult(
+        mode=cfg.discriminate.mode, adversarial=adversarial or None,
+        heldout_accuracy=m["heldout_accuracy"],
+        heldout_balanced_accuracy=m["heldout_balanced_accuracy"],
+        heldout_auc=m["heldout_auc"], proxy_a_distance=m["proxy_a_distance"],
+        layer=cfg.discriminate.layer or "pooled penultimate (backbone output)",
+        n_source=n_source, n_target=n_target, heldout=int(held.sum()),
+        seconds=round(time.time() - t0, 2))

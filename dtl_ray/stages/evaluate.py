@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import data, scoring, storage
+from dtl_ray import results as results_mod
 from dtl_ray.config import adapts
 from dtl_ray.layout import RunLayout
+from dtl_ray.results import EvaluateResult
 
 __all__ = ["run", "measure"]
 
@@ -37,7 +39,7 @@ def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[s
             "per_class_accuracy": per_class, "confusion": confusion.tolist()}
 
 
-def run(cfg, layout: RunLayout) -> dict:
+def run(cfg, layout: RunLayout) -> EvaluateResult:
     """Evaluates every model on target test; returns method, baselines and the verdict."""
     import ray.data
 
@@ -50,8 +52,8 @@ def run(cfg, layout: RunLayout) -> dict:
     for arm in ["method", "chosen", "label_free", *FINETUNED]:
         if storage.exists(layout.model(arm)):
             uris[arm] = layout.model(arm)
-    ft = layout.summary("finetune")
-    for c in ft.get("by_cell", []):
+    ft = results_mod.read("finetune", layout.summary("finetune"))
+    for c in ft.by_cell:
         uris[c["model"]] = layout.model(c["model"])
     test = manifest.rows("target", "test")
     df = data.to_dataset(test, cfg.model.image_size).map_batches(
@@ -69,10 +71,9 @@ def run(cfg, layout: RunLayout) -> dict:
     target_only = results.get("target_only", {}).get("target_test_accuracy")
     if method and target_only is not None:
         method["transfer_gain"] = method["target_test_accuracy"] - target_only
-    chosen = ft
     beaten = [k for k, v in base.items()
               if method and method["target_test_accuracy"] > v["target_test_accuracy"]]
-    free = chosen.get("label_free")
+    free = ft.label_free
     label_free = None
     if free and "label_free" in results:
         label_free = {**free, **{m: results["label_free"][m] for m in ("target_test_accuracy",
@@ -81,11 +82,10 @@ def run(cfg, layout: RunLayout) -> dict:
     by_cell = [{**{k: c[k] for k in ("arm", "strategy", "source_fraction", "target_fraction",
                                      "best_val_accuracy")},
                 "target_test_accuracy": results[c["model"]]["target_test_accuracy"]}
-               for c in ft.get("by_cell", [])]
-    return {"method": method, "baselines": base, "label_free": label_free, "by_cell": by_cell,
-            "chosen": {"arm": chosen["best"]["arm"],
-                       **{m: results["chosen"][m] for m in ("target_test_accuracy",
-                                                            "transfer_loss")}},
-            "method_beats": beaten,
-            "test_images": int(len(df)), "test_rejected": int(len(test) - len(df)),
-            "seconds": round(time.time() - t0, 2)}
+               for c in ft.by_cell]
+    return EvaluateResult(
+        method=method, baselines=base, label_free=label_free, by_cell=by_cell,
+        chosen={"arm": ft.best["arm"], **{m: results["chosen"][m] for m in (
+            "target_test_accuracy", "transfer_loss")}},
+        method_beats=beaten, test_images=int(len(df)), test_rejected=int(len(test) - len(df)),
+        seconds=round(time.time() - t0, 2))

@@ -23,6 +23,8 @@ import pandas as pd
 from dtl_ray import builders, checkpoints, data, finetuning, raytune, scoring, search, storage
 from dtl_ray.config import PipelineConfig, from_dict
 from dtl_ray.layout import RunLayout
+from dtl_ray.results import FinetuneResult
+from dtl_ray.samples import SAMPLE_ID
 
 __all__ = ["run", "trial_fn"]
 
@@ -69,7 +71,7 @@ def _pool(cfg: PipelineConfig, manifest: data.Manifest,
                       manifest.rows("source", "train").query("label in @classes")])
     arrays = data.collect(data.to_dataset(rows, cfg.model.image_size).map_batches(
         data.drop_rejected, batch_format="numpy", batch_size=None).select_columns(
-        ["sample_id", "image"]))
+        [SAMPLE_ID, "image"]))
     val = data.collect(data.to_dataset(manifest.rows("target", "val"), cfg.model.image_size)
                        .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
                        .select_columns(["image", "label"]))
@@ -77,14 +79,14 @@ def _pool(cfg: PipelineConfig, manifest: data.Manifest,
     src_val = manifest.rows("source", "val").query("label in @classes")
     sv = data.collect(data.to_dataset(src_val, cfg.model.image_size)
                       .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
-                      .select_columns(["sample_id", "image", "label"]))
-    w = scores.set_index("sample_id")["weight"].reindex(sv["sample_id"]).to_numpy(float)
+                      .select_columns([SAMPLE_ID, "image", "label"]))
+    w = scores.set_index(SAMPLE_ID)["weight"].reindex(sv[SAMPLE_ID]).to_numpy(float)
     pool = {"images": arrays["image"], "val_images": val["image"],
             "val_labels": np.array([local[int(v)] for v in val["label"]], dtype=np.int64),
             "source_val": (sv["image"], np.array([local[int(v)] for v in sv["label"]],
                                                  dtype=np.int64), np.nan_to_num(w, nan=0.0))}
-    pos = {s: i for i, s in enumerate(arrays["sample_id"])}
-    return pool, pos, rows[rows["sample_id"].isin(pos)]
+    pos = {s: i for i, s in enumerate(arrays[SAMPLE_ID])}
+    return pool, pos, rows[rows[SAMPLE_ID].isin(pos)]
 
 
 def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Settings,
@@ -175,7 +177,7 @@ def _best(table: pd.DataFrame) -> pd.Series:
                              ascending=[False, True, True]).iloc[0]
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
     """Teacher, pseudo-labels, the search, and each arm's chosen model."""
     import ray
 
@@ -193,7 +195,7 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
 
     # 1-2. teacher on labeled target + selected source candidates, then pseudo-labels
     cand = data.read_parquet_df(layout.candidates)
-    src_cand = scores[scores["sample_id"].isin(cand.loc[cand["pool"] == "source", "sample_id"])]
+    src_cand = scores[scores[SAMPLE_ID].isin(cand.loc[cand["pool"] == "source", SAMPLE_ID])]
     teacher_set = search.train_set(labeled, src_cand, scores.iloc[:0].assign(pred=[]), pos,
                                    local, False)
     f = cfg.finetune
@@ -216,12 +218,12 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
     print(f"[finetune] teacher: val acc {best['val_accuracy']:.3f} (epoch {best['epoch'] + 1}, "
           f"{len(src_cand)} source candidates)", flush=True)
     unl_rows = manifest.rows("target", "unlabeled")
-    unl_rows = unl_rows[unl_rows["sample_id"].isin(pos)]
-    unlabeled = pd.DataFrame(columns=["sample_id", "pred", "confidence"])
+    unl_rows = unl_rows[unl_rows[SAMPLE_ID].isin(pos)]
+    unlabeled = pd.DataFrame(columns=[SAMPLE_ID, "pred", "confidence"])
     if len(unl_rows):
         unlabeled = scoring.score_dataset(cfg, unl_rows, teacher_uri, classes).select_columns(
-            ["sample_id", "pred", "confidence"]).to_pandas()
-    unlabeled = unlabeled.merge(scores[["sample_id", "p_target", "label"]], on="sample_id")
+            [SAMPLE_ID, "pred", "confidence"]).to_pandas()
+    unlabeled = unlabeled.merge(scores[[SAMPLE_ID, "p_target", "label"]], on=SAMPLE_ID)
     data.write_parquet_df(unlabeled, layout.pseudo_labels)
 
     # 3. the search
@@ -284,17 +286,9 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
                       "trial_id": str(row["trial_id"]), "risk": float(row["best_free_risk"]),
                       "epoch": int(row["best_free_epoch"]),
                       "source_val_images": int(len(pool["source_val"][0]))}
-    return {
-        "by_cell": by_cell,
-        "label_free": label_free,
-        "trials": int(len(table)),
-        "trials_failed": int(len(cells) * len(settings) - len(table)),
-        "cells": len(cells),
-        "samples_per_epoch": epoch_samples,
-        "settings": settings,
-        "best": chosen["chosen"],
-        "arms": chosen,
-        "teacher_val_accuracy": float(best["val_accuracy"]),
-        "pseudo_labeled": int(len(unlabeled)),
-        "seconds": round(time.time() - t0, 2),
-    }
+    return FinetuneResult(
+        by_cell=by_cell, label_free=label_free, trials=int(len(table)),
+        trials_failed=int(len(cells) * len(settings) - len(table)), cells=len(cells),
+        samples_per_epoch=int(epoch_samples), settings=settings, best=chosen["chosen"],
+        arms=chosen, teacher_val_accuracy=float(best["val_accuracy"]),
+        pseudo_labeled=int(len(unlabeled)), seconds=round(time.time() - t0, 2))

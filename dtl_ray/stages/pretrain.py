@@ -13,6 +13,7 @@ import torch
 from dtl_ray import builders, checkpoints, data, loops, raytrain
 from dtl_ray.config import PipelineConfig, from_dict
 from dtl_ray.layout import RunLayout
+from dtl_ray.results import PretrainResult
 
 __all__ = ["run", "train_fn"]
 
@@ -92,7 +93,7 @@ def train_fn(config: dict) -> dict:
     return {"history": history}
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> PretrainResult:
     """Pretrains on source train, keeps the best source-val epoch. Returns the summary."""
     t0 = time.time()
     stage_uri = layout.stage(STAGE)
@@ -109,15 +110,11 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
         raise result.error
     with result.checkpoint.as_directory() as d:
         state, meta = checkpoints.load_dir(d)
-    summary = {
-        "source_val_accuracy": float(meta["best_accuracy"]),
-        "best_epoch": int(meta["best_epoch"]) + 1,
-        "epochs": cfg.pretrain.epochs,
-        "curve": meta["history"],
-        "resumed_from_epochs": meta["resumed_from"],
-        "seconds": round(time.time() - t0, 2),
-    }
+    result = PretrainResult(
+        source_val_accuracy=float(meta["best_accuracy"]), best_epoch=int(meta["best_epoch"]) + 1,
+        epochs=cfg.pretrain.epochs, curve=meta["history"],
+        resumed_from_epochs=meta["resumed_from"], seconds=round(time.time() - t0, 2))
     checkpoints.save_classifier(layout.pretrain_model, state["best"], cfg.model.backbone,
                                 manifest.classes, image_size=cfg.model.image_size,
-                                source_val_accuracy=summary["source_val_accuracy"])
-    return summary
+                                source_val_accuracy=result.source_val_accuracy)
+    return result

@@ -14,6 +14,7 @@ import pandas as pd
 from dtl_ray import data, scoring, storage, weighting
 from dtl_ray.config import PipelineConfig
 from dtl_ray.layout import RunLayout
+from dtl_ray.results import ScoreResult
 
 __all__ = ["run", "SCORE_COLUMNS"]
 
@@ -30,7 +31,7 @@ SCHEMA = [("sample_id", "string"), ("domain", "string"), ("split", "string"),
 ROWS_PER_FILE = 200_000  # a file is built in memory (about 30 MB), then written atomically
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> ScoreResult:
     """Scores all samples; returns row counts, capped weights and timing.
 
     One streaming pass: the driver receives the scalar columns batch by batch and appends them
@@ -108,16 +109,9 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
     data.write_parquet_df(rejected, layout.rejected)
-    return {
-        "rows_in": int(total),
-        "rows_out": int(n_out),
-        "rows_rejected": int(len(rejected)),
-        "rejected_examples": rejected.head(5)[["path", "error"]].to_dict("records"),
-        "weights_capped": capped,
-        "weighting": cfg.score.weighting,
-        "mean_weight": mean_weight,
-        "seconds": round(time.time() - t0, 2),
-        # until the first scored batch came back: actor start-up and model loading
-        "startup_seconds": round((first or time.time()) - t0, 2),
-        "startup_rows": first_rows,
-    }
+    return ScoreResult(
+        rows_in=int(total), rows_out=int(n_out), rows_rejected=int(len(rejected)),
+        rejected_examples=rejected.head(5)[["path", "error"]].to_dict("records"),
+        weights_capped=int(capped), weighting=cfg.score.weighting, mean_weight=mean_weight,
+        seconds=round(time.time() - t0, 2),
+        startup_seconds=round((first or time.time()) - t0, 2), startup_rows=int(first_rows))

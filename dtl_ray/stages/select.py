@@ -12,13 +12,14 @@ import time
 from dtl_ray import data, weighting
 from dtl_ray.config import PipelineConfig
 from dtl_ray.layout import RunLayout
+from dtl_ray.results import SelectResult
 
 __all__ = ["run"]
 
 STAGE = "select"
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
+def run(cfg: PipelineConfig, layout: RunLayout) -> SelectResult:
     """Writes the candidates table; returns sizes and per-class kept fractions."""
     t0 = time.time()
     s = cfg.select
@@ -36,27 +37,20 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> dict:
     kept = src.groupby("label").size().reindex(totals.index, fill_value=0)
     # the discriminator's own preference, before classes the target lacks are dropped: each
     # class's share kept in the top `fraction` of all source train by weight
-    ranked = source_train.sort_values(["weight", "p_target", "sample_id"],
-                                      ascending=[False, False, True], kind="mergesort")
-    top = ranked.head(int(round(s.fraction * len(ranked))))
+    top = weighting.ranked(source_train).head(int(round(s.fraction * len(source_train))))
     top_kept = top.groupby("label").size().reindex(totals.index, fill_value=0)
     shared = [c for c in totals.index if int(c) in classes]
     absent = [c for c in totals.index if int(c) not in classes]
-    return {
-        "n_candidates": int(len(cand)),
-        "n_source": int(len(src)),
-        "n_target": int(len(tgt)),
-        "strategy": "discriminator",
-        "rule": s.rule,
-        "fraction": s.fraction,
-        "target_fraction": s.target_fraction,
-        "kept_fraction_per_class": {manifest.classes[int(c)]: float(kept[c] / totals[c])
-                                    for c in totals.index},
-        "dropped_classes": [manifest.classes[int(c)] for c in absent],
-        "ranked_fraction_per_class": {manifest.classes[int(c)]: float(top_kept[c] / totals[c])
-                                      for c in totals.index},
-        "ranked_fraction_shared": float(top_kept[shared].sum() / max(totals[shared].sum(), 1)),
-        "ranked_fraction_absent": (float(top_kept[absent].sum() / totals[absent].sum())
-                                   if absent else None),
-        "seconds": round(time.time() - t0, 2),
-    }
+    return SelectResult(
+        n_candidates=int(len(cand)), n_source=int(len(src)), n_target=int(len(tgt)),
+        strategy="discriminator", rule=s.rule, fraction=s.fraction,
+        target_fraction=s.target_fraction,
+        kept_fraction_per_class={manifest.classes[int(c)]: float(kept[c] / totals[c])
+                                 for c in totals.index},
+        dropped_classes=[manifest.classes[int(c)] for c in absent],
+        ranked_fraction_per_class={manifest.classes[int(c)]: float(top_kept[c] / totals[c])
+                                   for c in totals.index},
+        ranked_fraction_shared=float(top_kept[shared].sum() / max(totals[shared].sum(), 1)),
+        ranked_fraction_absent=(float(top_kept[absent].sum() / totals[absent].sum())
+                                if absent else None),
+        seconds=round(time.time() - t0, 2))

@@ -1,0 +1,134 @@
+"""What each stage returns: one dataclass per stage, the contract between a stage, the stages
+after it, the pipeline and the report.
+
+A result is stored in its stage's done-marker and shown in `report.json` under the stage's name
+(`to_summary`); a later stage reads an earlier one's with `read` (never by importing the
+stage). Nested tables (curves, per-class figures, per-arm rows) stay plain JSON data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PretrainResult", "DiscriminateResult", "ScoreResult", "SelectResult",
+           "FinetuneResult", "EvaluateResult", "RESULTS", "to_summary", "read"]
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    source_val_accuracy: float
+    """Best source val accuracy over the epochs (the kept model's)."""
+    best_epoch: int
+    """1-based epoch of the kept model."""
+    epochs: int
+    curve: list[dict]
+    """Per epoch: epoch (0-based), train_loss, val_accuracy, val_loss, seconds."""
+    resumed_from_epochs: list[int]
+    """Epochs at which the run resumed from a checkpoint after a failure."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DiscriminateResult:
+    mode: str
+    """`standard` or `adversarial`."""
+    heldout_accuracy: float
+    heldout_balanced_accuracy: float
+    heldout_auc: float
+    proxy_a_distance: float
+    """2(1 - 2 err) from the balanced held-out error of the scoring D."""
+    layer: str
+    n_source: int
+    n_target: int
+    heldout: int
+    """Samples held out of both domains."""
+    seconds: float
+    adversarial: dict | None = field(default=None, metadata={"omit_if_none": True})
+    """With DANN: the gap before and after adaptation, DANN's curve and its model."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    """rows_in == rows_out + rows_rejected."""
+    rejected_examples: list[dict]
+    weights_capped: int
+    weighting: str
+    mean_weight: dict
+    """Mean importance weight per domain/split."""
+    seconds: float
+    startup_seconds: float
+    """Until the first scored batch came back (actor start-up, model loading)."""
+    startup_rows: int
+
+
+@dataclass(frozen=True)
+class SelectResult:
+    n_candidates: int
+    n_source: int
+    n_target: int
+    strategy: str
+    rule: str
+    fraction: float
+    target_fraction: float
+    kept_fraction_per_class: dict
+    dropped_classes: list
+    """Source classes the target lacks (never selected)."""
+    ranked_fraction_per_class: dict
+    """Each class's share of the top `fraction` of all source train by weight."""
+    ranked_fraction_shared: float
+    ranked_fraction_absent: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    by_cell: list[dict]
+    """Each cell's best trial on target val (its model is `models/cell-<i>.pt`)."""
+    label_free: dict | None
+    trials: int
+    trials_failed: int
+    cells: int
+    samples_per_epoch: int
+    settings: list[dict]
+    best: dict
+    """The trial chosen on target val over the whole search."""
+    arms: dict
+    """Each arm's trial chosen on target val."""
+    teacher_val_accuracy: float
+    pseudo_labeled: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    method: dict
+    baselines: dict
+    label_free: dict | None
+    by_cell: list[dict]
+    chosen: dict
+    method_beats: list
+    test_images: int
+    test_rejected: int
+    seconds: float
+
+
+RESULTS: dict[str, type] = {
+    "pretrain": PretrainResult, "discriminate": DiscriminateResult, "score": ScoreResult,
+    "select": SelectResult, "finetune": FinetuneResult, "evaluate": EvaluateResult}
+"""Each stage's result type, by stage name."""
+
+
+def to_summary(result: Any) -> dict:
+    """The JSON form (done-marker, report.json); optional parts that are absent are left out."""
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+            if not (f.metadata.get("omit_if_none") and getattr(result, f.name) is None)}
+
+
+def read(stage: str, summary: dict) -> Any:
+    """A stage's result from its stored summary."""
+    return RESULTS[stage](**summary)
