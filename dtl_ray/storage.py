@@ -56,7 +56,9 @@ def check_access(uri: str, write: bool = False) -> None:
     """
     if not uri.startswith("s3://"):
         return
-    fs, path = resolve(uri)
+    # a wrong endpoint or bucket is told in seconds: a few attempts, a short connect timeout
+    # (the run's own reads and writes keep S3_MAX_ATTEMPTS for transient errors)
+    fs, path = _s3_filesystem(attempts=3, connect_timeout=3.0), path_of(uri)
     bucket = path.split("/", 1)[0]
     try:
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
@@ -105,7 +107,8 @@ def retry(fn, *args, attempts: int = 6, base_s: float = 0.2):
     raise AssertionError("unreachable")
 
 
-def _s3_filesystem() -> pafs.S3FileSystem:
+def _s3_filesystem(attempts: int = S3_MAX_ATTEMPTS,
+                   connect_timeout: float | None = None) -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict[str, Any] = {}
     if endpoint:
@@ -115,9 +118,12 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
-    # transient errors (503 SlowDown, dropped connections) are retried with backoff
-    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(S3_MAX_ATTEMPTS),
-                             **kwargs)
+    # transient errors (503 SlowDown, dropped connections) are retried with backoff;
+    # delayed open: a small file is one PutObject, not a multipart upload (three requests)
+    if connect_timeout is not None:
+        kwargs["connect_timeout"] = connect_timeout
+    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(attempts),
+                             allow_delayed_open=True, **kwargs)
 
 
 def path_of(uri: str) -> str:
@@ -172,14 +178,13 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes(uri: str, data: bytes) -> None:
     """Writes atomically: a reader sees the old file or the whole new one, never a part."""
     fs, path = resolve(uri)
-    parent = path.rsplit("/", 1)[0]
-    retry(lambda: fs.create_dir(parent, recursive=True))
     if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         os.replace(tmp, path)
-    else:  # an S3 PUT is atomic per object
+    else:  # an S3 PUT is atomic per object; S3 has no folders to create
         def put() -> None:
             with fs.open_output_stream(path) as f:
                 f.write(data)
