@@ -82,3 +82,21 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
 def test_round_trip_through_dict():
     cfg = load_config(base=BASE, overrides=["seed=7"])
     assert config.from_dict(config.PipelineConfig, config.to_dict(cfg)) == cfg
+
+
+def test_weighting_is_a_checked_config_key():
+    cfg = config.load_config(None, ["source.uri=a", "target.uri=b", "score.weighting=iwan"])
+    assert cfg.score.weighting == "iwan"
+    with pytest.raises(ConfigError, match="score.weighting"):
+        config.load_config(None, ["source.uri=a", "target.uri=b", "score.weighting=kmm"])
+
+
+def test_adapted_init_needs_adversarial_mode():
+    with pytest.raises(ConfigError, match="finetune.init"):
+        config.load_config(None, ["source.uri=a", "target.uri=b", "finetune.init=adapted"])
+
+
+def test_dann_baseline_is_a_checked_option():
+    cfg = config.load_config(None, ["source.uri=a", "target.uri=b",
+                                    "discriminate.dann_baseline=true", "finetune.init=adapted"])
+    assert config.adapts(cfg) and cfg.discriminate.mode == "standard"

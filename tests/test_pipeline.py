@@ -3,6 +3,7 @@
 import html
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import cli_args, copy_run, tiny_overrides
@@ -145,3 +146,19 @@ def test_cli_rerun_of_a_finished_run_skips_every_stage(tiny_run, tiny_demo, tmp_
     assert cli.main(["report", str(copy)]) == 0
     verdict = storage.read_json(layout.report_json)["verdict"]
     assert html.escape(verdict) in open(layout.report_html).read()  # re-rendered from the JSON
+
+
+def test_label_free_choice_is_reported_beside_the_labeled_one(tiny_run):
+    cfg, run, s = tiny_run
+    free, ft = s["evaluate"]["label_free"], s["finetune"]["label_free"]
+    assert free["criterion"] == cfg.finetune.label_free == "dev"
+    assert free["trial_id"] == ft["trial_id"] and np.isfinite(ft["risk"])
+    assert ft["source_val_images"] > 0
+    pred = data.read_parquet_df(RunLayout(run).predictions)
+    assert free["target_test_accuracy"] == pytest.approx(
+        (pred["pred__label_free"] == pred["label"]).mean())
+    trials = data.read_parquet_df(os.path.join(run, "finetune", "trials.parquet"))
+    assert ft["risk"] == pytest.approx(trials["best_free_risk"].min())
+    assert os.path.exists(os.path.join(run, "finetune", "models", "label_free.pt"))
+    html = open(os.path.join(run, "report.html")).read()
+    assert "without target labels" in html

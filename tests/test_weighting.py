@@ -93,3 +93,55 @@ def test_one_ranking_breaks_weight_ties_by_p_target_then_id():
     rows = pd.DataFrame({"sample_id": ["c", "a", "b", "d"], "weight": [20.0, 20.0, 20.0, 3.0],
                          "p_target": [0.95, 0.95, 0.97, 0.5]})
     assert list(weighting.ranked(rows)["sample_id"]) == ["b", "a", "c", "d"]
+
+
+P = np.array([0.005, 0.2, 0.5, 0.8, 0.999])
+
+
+def test_iwan_is_one_minus_p_source_then_mean_one():
+    # D's P(source|x) = 1 - p; p clipped to [0.01, 0.99] first
+    np.testing.assert_allclose(weighting.iwan(P), [0.01, 0.2, 0.5, 0.8, 0.99])
+    w = weighting.normalise(weighting.iwan(P))
+    np.testing.assert_allclose(w, np.array([0.01, 0.2, 0.5, 0.8, 0.99]) / 0.5)
+    assert w.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(weighting.normalise([1.0, 3.0], mean=4.0), [0.25, 0.75])
+    with pytest.raises(ValueError):
+        weighting.normalise([0.0, 0.0])
+
+
+def test_iwc_is_inverse_p_source_minus_one():
+    w, capped = weighting.iwc(P, clip=0.01, cap=20.0)
+    # 1/(1-p) - 1: 0.01/0.99, 0.25, 1, 4, 99 -> capped at 20
+    np.testing.assert_allclose(w, [0.01 / 0.99, 0.25, 1.0, 4.0, 20.0])
+    assert capped == 1
+
+
+def test_iwc_equals_density_ratio_when_domains_weigh_the_same_and_not_otherwise():
+    a, _ = weighting.iwc(P)
+    b, _ = weighting.density_ratio(P, 1, 1)
+    np.testing.assert_allclose(a, b)
+    c, _ = weighting.density_ratio(P, 4, 1, cap=1e9)
+    np.testing.assert_allclose(c[:4], 4 * a[:4])
+
+
+def test_importance_weights_dispatch_and_capped_mask():
+    w, capped = weighting.importance_weights("density_ratio", P, 2, 1, 0.01, 5.0)
+    # p/(1-p)*2: 0.0202, 0.5, 2, 8 -> 5 (capped), 198 -> 5 (capped)
+    np.testing.assert_allclose(w, [0.02 / 0.99, 0.5, 2.0, 5.0, 5.0])
+    assert capped.tolist() == [False, False, False, True, True]
+    w, capped = weighting.importance_weights("iwan", P)
+    assert not capped.any() and w[2] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown weighting"):
+        weighting.importance_weights("kmm", P)
+
+
+def test_iwcv_and_dev_risks_by_hand():
+    losses, w = np.array([1.0, 2.0, 3.0]), np.array([0.5, 1.0, 1.5])
+    assert weighting.iwcv_risk(losses, w) == pytest.approx(7 / 3)
+    # mean(w) = 1: the control variate changes nothing
+    assert weighting.dev_risk(losses, w) == pytest.approx(7 / 3)
+    # constant loss 1, weights averaging 2: IWCV says 2, DEV removes the weights' error -> 1
+    ones, w2 = np.ones(3), np.array([1.0, 2.0, 3.0])
+    assert weighting.iwcv_risk(ones, w2) == pytest.approx(2.0)
+    assert weighting.dev_risk(ones, w2) == pytest.approx(1.0)
+    assert weighting.dev_risk(np.array([2.0]), np.array([3.0])) == pytest.approx(6.0)

@@ -1,0 +1,45 @@
+"""dtl-ray bench (tools/bench.py): the summary over seeds and its page."""
+
+import numpy as np
+import pytest
+
+
+def _seed(seed, acc, free):
+    return {"seed": seed, "accuracy": acc, "chosen": {"arm": "method",
+                                                      "target_test_accuracy": acc["method"]},
+            "label_free": {"target_test_accuracy": free}, "heldout_auc": 0.9,
+            "ranked_fraction_shared": 0.4, "ranked_fraction_absent": 0.05,
+            "adversarial": {"before": 1.5, "after": 0.9},
+            "kept_fraction_per_class": {"a": 0.3, "b": 0.0},
+            "ranked_fraction_per_class": {"a": 0.4, "b": 0.05}, "dropped_classes": ["b"],
+            "test_accuracy_by_cell": [{"strategy": "discriminator", "source_fraction": 0.1,
+                                       "target_fraction": 0.0, "best_val_accuracy": 0.9,
+                                       "target_test_accuracy": acc["method"]}],
+            "p_target_histograms": {"edges": [0.0, 0.5, 1.0],
+                                    "counts": {"source/train": [3, 1], "target/test": [1, 3]}},
+            "confusion": [[5, 1], [0, 6]], "classes": ["a", "c"]}
+
+
+def test_bench_summary_and_page(tmp_path):
+    from dtl_ray.tools import bench
+
+    seeds = [_seed(0, {"method": 0.9, "random_subset": 0.7, "target_only": 0.95}, 0.8),
+             _seed(1, {"method": 1.0, "random_subset": 0.9, "target_only": 0.99}, 1.0)]
+    s = bench.summarise(seeds)
+    assert s["accuracy"]["method"]["mean"] == pytest.approx(0.95)
+    assert s["accuracy"]["random_subset"]["sd"] == pytest.approx(np.std([0.7, 0.9], ddof=1))
+    # the method's mean 0.95 is above random_subset's 0.8, below target_only's 0.97
+    assert s["method_above_mean_of"] == ["random_subset"]
+    assert s["label_free"]["mean"] == pytest.approx(0.9)
+    doc = {"config": "c.yaml", "pair": "partial", "seeds": seeds, "summary": s, "seconds": 1.0,
+           "_plots": bench._plots(seeds, s)}
+    assert len(doc["_plots"]) == 6  # fraction, rows, histograms, confusion, kept, PAD
+    page = bench._html(doc)
+    assert page.count("data:image/png;base64,") == 6 and "without target labels" in page
+
+
+def test_bench_rejects_zero_seeds(capsys):
+    from dtl_ray import cli
+
+    assert cli.main(["bench", "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err

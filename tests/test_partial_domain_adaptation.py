@@ -1,0 +1,52 @@
+"""End to end: the partial pair (the target has 3 of the source's 7 classes) with IWAN weights:
+absent classes are never transferred, and the discriminator's own ranking is reported."""
+
+import os
+
+import pytest
+from conftest import tiny_overrides
+
+from dtl_ray import config, data, demo, pipeline
+from dtl_ray.layout import RunLayout
+
+
+@pytest.fixture(scope="module")
+def partial_run(ray_session, tmp_path_factory):
+    """The partial pair (a fifth of its size), stages up to select, IWAN weights."""
+    root = tmp_path_factory.mktemp("partial")
+    demo.write_demo(str(root / "data"), seed=2, scale=0.2, pair="partial")
+    cfg = config.load_config(overrides=tiny_overrides(
+        root / "data" / "source", root / "data" / "target", root / "runs", "partial") + [
+        "score.weighting=iwan", "pretrain.epochs=3", "discriminate.epochs=15"])
+    doc = pipeline.run(cfg, ["pretrain", "discriminate", "score", "select"])
+    return cfg, os.path.join(root / "runs", "partial"), doc
+
+
+@pytest.mark.slow
+def test_partial_run_keeps_shared_classes_and_iwan_weights_average_one(partial_run):
+    cfg, run, doc = partial_run
+    sel = doc["select"]
+    assert sorted(sel["dropped_classes"]) == sorted(
+        set(demo.SHARED_CLASSES + demo.SOURCE_ONLY_CLASSES) - set(demo.target_classes("partial")))
+    for name in sel["dropped_classes"]:
+        assert sel["kept_fraction_per_class"][name] == 0.0
+    for name in set(sel["kept_fraction_per_class"]) - set(sel["dropped_classes"]):
+        assert sel["kept_fraction_per_class"][name] > 0.0
+    # the discriminator's own ranking (before the class filter) is reported for every class:
+    # together its per-class shares make up exactly the top `select.fraction` of source train
+    scores = data.read_parquet_df(os.path.join(run, "score", "scores"))
+    src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
+    m = data.load_manifest(RunLayout(run))
+    sizes = src.groupby("label").size()
+    top = sum(sel["ranked_fraction_per_class"][m.classes[c]] * n for c, n in sizes.items())
+    assert top == pytest.approx(round(cfg.select.fraction * len(src)))
+    absent = [m.classes.index(n) for n in sel["dropped_classes"]]
+    assert sel["ranked_fraction_absent"] == pytest.approx(
+        sum(sel["ranked_fraction_per_class"][m.classes[c]] * sizes[c] for c in absent)
+        / sum(sizes[c] for c in absent))
+    assert doc["score"]["weighting"] == "iwan"
+    assert src["weight"].mean() == pytest.approx(1.0, rel=1e-6)
+    assert doc["score"]["mean_weight"]["source/train"] == pytest.approx(1.0, rel=1e-6)
+    # IWAN weights are p / mean(p over source train): the ranking is p's
+    ratio = src["weight"] / src["p_target"].clip(0.01, 0.99)
+    assert ratio.std() / ratio.mean() < 1e-6
