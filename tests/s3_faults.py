@@ -21,6 +21,9 @@ class FaultyProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: with Nagle's algorithm on, the second
+            # waits for the client's delayed ACK (~40 ms a request)
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass

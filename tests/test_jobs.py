@@ -61,9 +61,9 @@ def ray_head():
 
 
 def test_pipeline_job_on_a_real_head(ray_head, tiny_run, tiny_demo, tmp_path):
-    # the early stages come from the session's run; the job runs the search and evaluation
+    # the session's run up to the search; the job runs the last stage as a Ray job's driver
     copy_run(tiny_run[1], tmp_path / "out" / "job", ["pretrain", "discriminate", "score",
-                                                     "select"])
+                                                     "select", "finetune"])
     cfg = config.load_config(overrides=tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path / "out", "job"))
     result = dtl_ray.submit(cfg, address=ray_head, wait=True, timeout_s=900)

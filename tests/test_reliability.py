@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import SECRET, cli_args, copy_run, tiny_overrides
+from conftest import SECRET, SMALL_SEARCH, cli_args, copy_run, tiny_overrides
 from PIL import Image
 
 from dtl_ray import checkpoints, cli, config, data, pipeline, storage
@@ -140,7 +140,7 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(tiny_run, tiny_dem
     f.write_text("# Run: dtl-ray run c.yaml\n")
     args = [sys.executable, "-m", "dtl_ray", *cli_args(f, tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path, "crash") + [
-            "finetune.epochs=4", "finetune.grace_period=4"])]
+            "finetune.epochs=4", "finetune.grace_period=4", *SMALL_SEARCH])]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
 

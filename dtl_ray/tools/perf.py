@@ -164,15 +164,15 @@ def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
 
     cfg = replace(cfg, score=replace(cfg.score, actors=actors))
     t0 = time.time()
-    summary = score.run(cfg, RunLayout(run_uri))
+    result = score.run(cfg, RunLayout(run_uri))
     seconds = time.time() - t0
-    n = summary["rows_out"] + summary["rows_rejected"]
-    steady = max(seconds - summary["startup_seconds"], 1e-9)
+    n = result.rows_out + result.rows_rejected
+    steady = max(seconds - result.startup_seconds, 1e-9)
     return {"images": n, "actors": actors, "seconds": round(seconds, 3),
             "images_per_second": round(n / seconds, 1),
-            "startup_seconds": summary["startup_seconds"],
+            "startup_seconds": result.startup_seconds,
             # after the first batch: the rate a long stage converges to
-            "steady_images_per_second": round((n - summary["startup_rows"]) / steady, 1)}
+            "steady_images_per_second": round((n - result.startup_rows) / steady, 1)}
 
 
 class PeakMemory:
