@@ -22,32 +22,8 @@ import os
 import tempfile
 import time
 
-import numpy as np
-import torch
-
-from dtl_ray import builders, config, data, loops, pipeline, storage
-
-
-def plain_loop(cfg, rows, val, num_classes: int, order: str) -> dict:
-    """Best source-val accuracy of a plain loop; order 'shuffled' or 'sorted' (manifest)."""
-    torch.set_num_threads(cfg.scaling.cpus_per_worker)
-    x = data.decode_batch({"path": rows["path"].to_numpy()}, cfg.model.image_size)["image"]
-    y = rows["label"].to_numpy()
-    vx = data.decode_batch({"path": val["path"].to_numpy()}, cfg.model.image_size)["image"]
-    vy = val["label"].to_numpy()
-    torch.manual_seed(cfg.seed)
-    model = builders.classifier(cfg.model, num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
-                            weight_decay=cfg.pretrain.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    aug = builders.augment(cfg.pretrain)
-    bs, rng, curve = cfg.data.batch_size, np.random.default_rng(cfg.seed), []
-    for _ in range(cfg.pretrain.epochs):
-        idx = rng.permutation(len(x)) if order == "shuffled" else np.arange(len(x))
-        batches = ((x[idx[i:i + bs]], y[idx[i:i + bs]]) for i in range(0, len(x), bs))
-        loops.train_epoch(model, batches, opt, aug, gen)
-        curve.append(loops.evaluate(loops.predict(model, vx, 4 * bs), vy)["accuracy"])
-    return {"best_val_accuracy": max(curve), "curve": [round(c, 4) for c in curve]}
+from dtl_ray import config, data, pipeline, storage
+from dtl_ray.tools import perf
 
 
 def main() -> None:
@@ -75,9 +51,11 @@ def main() -> None:
                            "seconds": round(ray_s, 1)}}
     for order in ["shuffled"] + (["sorted"] if args.sorted else []):
         t0 = time.time()
-        r = plain_loop(cfg, rows, val, len(manifest.classes), order)
+        r = perf.train_plain(cfg, rows, val, len(manifest.classes), cfg.pretrain.epochs,
+                             shuffle=order == "shuffled")
         result["plain" if order == "shuffled" else "plain_sorted"] = {
-            **r, "seconds": round(time.time() - t0, 1)}
+            "best_val_accuracy": max(r["val_accuracy"]), "curve": r["val_accuracy"],
+            "seconds": round(time.time() - t0, 1)}
     result["pipeline_over_plain"] = round(result["pipeline"]["best_val_accuracy"]
                                           / result["plain"]["best_val_accuracy"], 3)
     print(json.dumps(result, indent=1))

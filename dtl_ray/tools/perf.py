@@ -246,9 +246,11 @@ def _decoded(rows: pd.DataFrame, image_size: int) -> tuple[np.ndarray, np.ndarra
 
 
 def train_plain(cfg: PipelineConfig, rows: pd.DataFrame, val: pd.DataFrame,
-                num_classes: int, epochs: int) -> dict:
+                num_classes: int, epochs: int, shuffle: bool = True) -> dict:
     """`epochs` pretrain epochs (train pass + source-val pass) in a plain PyTorch loop with the
-    threads one Train worker gets; per-epoch seconds."""
+    threads one Train worker gets; per-epoch seconds and source val accuracy.
+
+    shuffle=False feeds `rows` in their order (a manifest's: sorted by class)."""
     from dtl_ray import builders
 
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
@@ -261,15 +263,17 @@ def train_plain(cfg: PipelineConfig, rows: pd.DataFrame, val: pd.DataFrame,
     gen = torch.Generator().manual_seed(cfg.seed)
     aug = builders.augment(cfg.pretrain)
     bs = cfg.data.batch_size
-    seconds = []
+    seconds, accuracy = [], []
     for epoch in range(epochs):
         t0 = time.time()
-        order = np.random.default_rng(epoch).permutation(len(x))
+        order = (np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(x)) if shuffle
+                 else np.arange(len(x)))
         batches = ((x[order[i:i + bs]], y[order[i:i + bs]]) for i in range(0, len(x), bs))
         loops.train_epoch(model, batches, opt, aug, gen)
-        loops.evaluate(loops.predict(model, vx, 4 * bs), vy)
+        accuracy.append(loops.evaluate(loops.predict(model, vx, 4 * bs), vy)["accuracy"])
         seconds.append(time.time() - t0)
-    return {"epoch_seconds": [round(s, 3) for s in seconds], "images": len(x)}
+    return {"epoch_seconds": [round(s, 3) for s in seconds], "images": len(x),
+            "val_accuracy": [round(a, 4) for a in accuracy]}
 
 
 def train_ray(cfg: PipelineConfig, run_uri: str, rows: pd.DataFrame, val: pd.DataFrame,
