@@ -20,7 +20,6 @@ from dtl_ray.results import EvaluateResult
 
 __all__ = ["run", "measure"]
 
-STAGE = "evaluate"
 FINETUNED = ["target_only", "all_source", "random_subset", "self_training"]
 BASELINES = ["source_only", *FINETUNED, "dann"]
 

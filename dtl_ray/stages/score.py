@@ -18,7 +18,6 @@ from dtl_ray.results import ScoreResult
 
 __all__ = ["run", "SCORE_COLUMNS"]
 
-STAGE = "score"
 SCORE_COLUMNS = ["sample_id", "domain", "split", "path", "label", "p_target", "weight", "pred",
                  "confidence", "entropy"]
 REJECTED_COLUMNS = ["sample_id", "domain", "split", "path", "error"]

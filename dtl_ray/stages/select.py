@@ -16,8 +16,6 @@ from dtl_ray.results import SelectResult
 
 __all__ = ["run"]
 
-STAGE = "select"
-
 
 def run(cfg: PipelineConfig, layout: RunLayout) -> SelectResult:
     """Writes the candidates table; returns sizes and per-class kept fractions."""
