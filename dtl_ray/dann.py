@@ -33,8 +33,8 @@ def dann_fn(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    cfg, rank, device, model = raytrain.classifier_worker(config)
-    d = cfg.discriminate
+    rank, device, model = raytrain.classifier_worker(config)
+    d, dcfg, seed = config["discriminate"], config["data"], config["seed"]
     net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
     net = ray.train.torch.prepare_model(net)  # called as a whole: DDP syncs every gradient
     inner = raytrain.unwrap(net)
@@ -46,18 +46,18 @@ def dann_fn(config: dict) -> dict:
         inner.load_state_dict(state["net"])
         opt.load_state_dict(state["optimizer"])
         start, history = rmeta["epoch"] + 1, rmeta["history"]
-    bs = cfg.data.batch_size
+    bs = dcfg.batch_size
     src_it = ray.train.get_dataset_shard("source")
-    tgt = _cycle(ray.train.get_dataset_shard("target"), bs, cfg.seed + 1, cfg.data.shuffle_buffer)
+    tgt = _cycle(ray.train.get_dataset_shard("target"), bs, seed + 1, dcfg.shuffle_buffer)
     steps_per_epoch = max(1, config["source_steps"])
-    gen = torch.Generator().manual_seed(cfg.seed + rank)
-    aug = builders.augment(cfg.pretrain)
+    gen = torch.Generator().manual_seed(seed + rank)
+    aug = builders.augment(config["pretrain"])
     for epoch in range(start, d.dann_epochs):
         t0 = time.time()
         loops.train_mode(net)
         sums = {"cls": 0.0, "dom": 0.0, "acc": 0.0, "n": 0, "dom_acc": 0.0}
-        for step, b in enumerate(data.epoch_batches(src_it, bs, epoch, cfg.seed,
-                                                    cfg.data.shuffle_buffer)):
+        for step, b in enumerate(data.epoch_batches(src_it, bs, epoch, seed,
+                                                    dcfg.shuffle_buffer)):
             t = next(tgt)
             progress = (epoch * steps_per_epoch + step) / (d.dann_epochs * steps_per_epoch)
             scale = d.dann_weight * models.dann_scale(min(progress, 1.0))

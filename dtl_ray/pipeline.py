@@ -17,11 +17,22 @@ __all__ = ["STAGES", "run", "ensure_ray", "run_layout"]
 
 
 def _stage_runs() -> dict:
-    """Each stage's `run(cfg, layout)`, in pipeline order."""
+    """Each stage's call, in pipeline order: the config sections it reads, nothing more."""
     from dtl_ray.stages import discriminate, evaluate, finetune, pretrain, score, select
 
-    return {"pretrain": pretrain.run, "discriminate": discriminate.run, "score": score.run,
-            "select": select.run, "finetune": finetune.run, "evaluate": evaluate.run}
+    return {
+        "pretrain": lambda c, lay: pretrain.run(lay, c.model, c.data, c.pretrain, c.scaling,
+                                                c.seed),
+        "discriminate": lambda c, lay: discriminate.run(lay, c.discriminate, c.model, c.data,
+                                                        c.pretrain, c.scaling, c.seed),
+        "score": lambda c, lay: score.run(lay, c.score, c.scaling, c.model.image_size,
+                                          adapted=c.discriminate.mode == "adversarial"),
+        "select": lambda c, lay: select.run(lay, c.select),
+        "finetune": lambda c, lay: finetune.run(lay, c.finetune, c.select, c.model, c.pretrain,
+                                                c.score, c.scaling, c.seed),
+        "evaluate": lambda c, lay: evaluate.run(lay, c.scaling, c.model.image_size,
+                                                c.score.batch_size),
+    }
 
 
 def run_layout(cfg: PipelineConfig) -> RunLayout:

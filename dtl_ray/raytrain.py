@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from dtl_ray import builders, checkpoints, storage
-from dtl_ray.config import PipelineConfig, from_dict, to_dict
+from dtl_ray.config import ScalingConfig
 
 __all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "say"]
 
@@ -26,14 +26,17 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def fit(train_fn: Callable, cfg: PipelineConfig, stage_uri: str, name: str,
-        datasets: dict, extra: dict):
-    """Runs `train_fn` on `cfg.scaling.num_workers` workers and returns the Train Result.
+def fit(train_fn: Callable, scaling: ScalingConfig, stage_uri: str, name: str,
+        datasets: dict, loop_config: dict):
+    """Runs `train_fn(loop_config)` on `scaling.num_workers` workers; returns the Train Result.
 
-    The run is named after the stage (deterministic), so running again resumes it.
+    `loop_config` holds what the loop needs (config sections as dataclasses, numbers, URIs),
+    never the whole pipeline config. The run is named after the stage (deterministic), so
+    running again resumes it.
     """
     import ray.train
-    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train import ScalingConfig as TrainScaling
     from ray.train.torch import TorchTrainer
 
     path, fs = storage.train_storage(stage_uri)
@@ -41,17 +44,17 @@ def fit(train_fn: Callable, cfg: PipelineConfig, stage_uri: str, name: str,
         name=name,
         storage_path=path,
         storage_filesystem=fs,
-        failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+        failure_config=FailureConfig(max_failures=scaling.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         logging_config=LoggingConfig(log_level="WARNING"),
     )
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config={"cfg": to_dict(cfg), **extra},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
-                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+        train_loop_config=loop_config,
+        scaling_config=TrainScaling(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker,
+                                  **({"GPU": 1} if scaling.use_gpu else {})}),
         run_config=run_config,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
@@ -125,12 +128,12 @@ def set_threads(cpus: int) -> None:
 
 def classifier_worker(config: dict):
     """A Train worker's set-up for loops that start from a trained classifier
-    (`config["pretrain_model"]`): (cfg, rank, device, the classifier)."""
+    (`config["pretrain_model"]`, threads `config["cpus"]`, seed `config["seed"]`):
+    (rank, device, the classifier)."""
     import ray.train.torch
 
-    cfg = from_dict(PipelineConfig, config["cfg"])
     rank, _ = world()
-    set_threads(cfg.scaling.cpus_per_worker)
-    torch.manual_seed(cfg.seed)
+    set_threads(config["cpus"])
+    torch.manual_seed(config["seed"])
     model, _ = builders.load_classifier(config["pretrain_model"])
-    return cfg, rank, ray.train.torch.get_device(), model
+    return rank, ray.train.torch.get_device(), model

@@ -3,20 +3,22 @@ and keeping credentials out of Ray's logs."""
 
 from __future__ import annotations
 
-from dtl_ray.config import PipelineConfig
+from dtl_ray.config import ScalingConfig
 
 __all__ = ["concurrency", "trial_lines", "keep_credentials_out_of_ray_logs"]
 
 
-def concurrency(cfg: PipelineConfig) -> int:
+def concurrency(max_concurrent_trials: int, scaling: ScalingConfig) -> int:
+    """`max_concurrent_trials` if set (> 0), else as many trials as the cluster's CPUs (or
+    GPUs) hold now."""
     import ray
 
-    if cfg.finetune.max_concurrent_trials > 0:
-        return cfg.finetune.max_concurrent_trials
+    if max_concurrent_trials > 0:
+        return max_concurrent_trials
     res = ray.cluster_resources()
-    if cfg.scaling.use_gpu:
+    if scaling.use_gpu:
         return max(1, int(res.get("GPU", 1)))
-    return max(1, int(res.get("CPU", 1)) // cfg.scaling.cpus_per_worker)
+    return max(1, int(res.get("CPU", 1)) // scaling.cpus_per_worker)
 
 
 def trial_lines(total: int):

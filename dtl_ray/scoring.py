@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dtl_ray import builders, checkpoints, data, loops, models, weighting
+from dtl_ray.config import ScalingConfig, ScoreConfig
 
 __all__ = ["Scorer", "MultiEvaluator", "actor_pool", "score_dataset"]
 
@@ -131,8 +132,8 @@ def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool,
     return max(1, (int(res.get("CPU", 2)) - spare_cpus) // max(cpus_per_actor, 1))
 
 
-def score_dataset(cfg, rows, model_uri: str, classes: list[int],
-                  disc_uri: str | None = None):
+def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
+                  scaling: ScalingConfig, image_size: int, disc_uri: str | None = None):
     """The lazy Ray Dataset of `rows` decoded and scored by an actor pool of `Scorer`s.
 
     On CPU, the actors read and decode image-folder rows themselves: no image bytes go
@@ -146,32 +147,31 @@ def score_dataset(cfg, rows, model_uri: str, classes: list[int],
         _, meta = checkpoints.read_discriminator(disc_uri)
         if not meta["balanced"]:  # D learnt the domains' real prior ratio: undo it
             n_source, n_target = meta["n_source"], meta["n_target"]
-    use_gpu = cfg.scaling.use_gpu
+    use_gpu = scaling.use_gpu
     packed = "shard" in rows and bool((rows["shard"] != "").any())
     # on CPU, image-folder rows are read and decoded by the actors themselves; packed rows
     # (and all rows on GPU) by upstream tasks, which keep a CPU free for them
     in_actor = not use_gpu and not packed
-    size = actor_pool(cfg.score.actors, cfg.scaling.cpus_per_worker, use_gpu,
+    size = actor_pool(score.actors, scaling.cpus_per_worker, use_gpu,
                       spare_cpus=0 if in_actor else 1)
     # blocks small enough that every actor gets several (balance), at most 512 rows
-    block = int(min(512, max(cfg.score.batch_size, -(-len(rows) // (4 * size)))))
-    parts = [ds for _, ds in data.dataset_parts(rows, cfg.model.image_size, block,
+    block = int(min(512, max(score.batch_size, -(-len(rows) // (4 * size)))))
+    parts = [ds for _, ds in data.dataset_parts(rows, image_size, block,
                                                  decode_files=not in_actor)]
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     # a fixed pool when asked for; else it grows to what the cluster allows
-    compute = (ray.data.ActorPoolStrategy(size=size) if cfg.score.actors > 0 else
+    compute = (ray.data.ActorPoolStrategy(size=size) if score.actors > 0 else
                ray.data.ActorPoolStrategy(min_size=1, max_size=size))
     return ds.map_batches(
         Scorer,
         fn_constructor_kwargs={"model_uri": model_uri, "classes": classes,
                                "disc_uri": disc_uri, "n_source": n_source,
-                               "n_target": n_target, "clip": cfg.score.clip,
-                               "cap": cfg.score.max_weight, "use_gpu": use_gpu,
-                               "image_size": cfg.model.image_size,
-                               "weighting": cfg.score.weighting},
+                               "n_target": n_target, "clip": score.clip,
+                               "cap": score.max_weight, "use_gpu": use_gpu,
+                               "image_size": image_size, "weighting": score.weighting},
         compute=compute,
-        batch_size=cfg.score.batch_size,
+        batch_size=score.batch_size,
         batch_format="numpy",
-        num_cpus=cfg.scaling.cpus_per_worker,
+        num_cpus=scaling.cpus_per_worker,
         num_gpus=1 if use_gpu else 0,
     )

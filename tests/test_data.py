@@ -143,7 +143,8 @@ def test_train_workers_get_a_new_mixed_order_each_epoch(ray_session, tiny_demo, 
     cfg = config.load_config(overrides=[f"source.uri={tiny_demo}/source",
                                         f"target.uri={tiny_demo}/target"])
     ds = data.training_dataset(rows, 8, "always", ["image", "label"], seed=7)
-    result = raytrain.fit(first_labels, cfg, str(tmp_path / "stage"), "order", {"train": ds}, {})
+    result = raytrain.fit(first_labels, cfg.scaling, str(tmp_path / "stage"), "order",
+                          {"train": ds}, {})
     assert result.error is None
     with result.checkpoint.as_directory() as d:
         _, meta = checkpoints.load_dir(d)

@@ -45,7 +45,8 @@ def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
     assert list(a["label"]) == list(b["label"]) and folder.classes == pk.classes
     # the same models give the same scores on the packed bytes as on the files
     scored = scoring.score_dataset(
-        cfg, pk.table, os.path.join(run, "pretrain", "model.pt"), pk.target_classes,
+        pk.table, os.path.join(run, "pretrain", "model.pt"), pk.target_classes, cfg.score,
+        cfg.scaling, cfg.model.image_size,
         os.path.join(run, "discriminate", "discriminator.pt")).select_columns(
         ["sample_id", "p_target", "weight", "pred", "confidence"]).to_pandas()
     reference = data.read_parquet_df(os.path.join(run, "score", "scores"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,13 +23,31 @@ import torch
 import torch.nn.functional as F
 
 from dtl_ray import builders, checkpoints, dann, data, loops, models, raytrain
-from dtl_ray.config import PipelineConfig, adapts
+from dtl_ray.config import (
+    DataConfig,
+    DiscriminateConfig,
+    ModelConfig,
+    PretrainConfig,
+    ScalingConfig,
+)
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import DiscriminateResult
 
 __all__ = ["run", "heldout_mask", "domain_rows"]
 
 STAGE = "discriminate"
+
+
+@dataclass(frozen=True)
+class _Sections:
+    """The config sections this stage reads."""
+
+    discriminate: DiscriminateConfig
+    model: ModelConfig
+    data: DataConfig
+    pretrain: PretrainConfig
+    scaling: ScalingConfig
+    seed: int
 
 
 def heldout_mask(sample_ids: pd.Series, fraction: float) -> np.ndarray:
@@ -77,16 +96,17 @@ def heldout_metrics(p: np.ndarray, y: np.ndarray) -> dict:
 
 
 def train_fn(config: dict) -> dict:
-    """Per-worker loop: features once (frozen g), then the MLP for many epochs."""
+    """Per-worker loop: features once (frozen g), then the MLP for many epochs. `config`: the
+    `discriminate` section, `batch_size`, `seed`, `cpus`, `pretrain_model`, domain sizes."""
     import ray.train
     import ray.train.torch
 
-    cfg, rank, device, model = raytrain.classifier_worker(config)
-    d = cfg.discriminate
+    rank, device, model = raytrain.classifier_worker(config)
+    d = config["discriminate"]
     tap = models.FeatureTap(model.backbone, d.layer).eval().to(device)
     for p in tap.parameters():
         p.requires_grad = False
-    bs = cfg.data.batch_size
+    bs = config["batch_size"]
     x, y = _features(tap, ray.train.get_dataset_shard("train"), 4 * bs, device)
     hx, hy = _features(tap, ray.train.get_dataset_shard("heldout"), 4 * bs, device)
     disc = ray.train.torch.prepare_model(models.Discriminator(x.shape[1], d.hidden))
@@ -104,7 +124,7 @@ def train_fn(config: dict) -> dict:
         raytrain.unwrap(disc).load_state_dict(state["discriminator"])
         opt.load_state_dict(state["optimizer"])
         start = meta["epoch"] + 1
-    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    gen = torch.Generator().manual_seed(config["seed"] + rank)
     every = max(1, d.epochs // 5)
     for epoch in range(start, d.epochs):
         disc.train()
@@ -137,18 +157,20 @@ def train_fn(config: dict) -> dict:
     return {}
 
 
-def _adapt(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest,
+def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
            rows: pd.DataFrame) -> list:
     """The DANN run; saves the adapted classifier, returns its epoch history."""
     stage_uri, pretrain_model = layout.stage(STAGE), layout.pretrain_model
-    size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
+    size, cache, seed = s.model.image_size, s.data.cache, s.seed
     src = manifest.rows("source", "train")
     datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed),
                 "target": data.training_dataset(rows[rows["is_target"] == 1], size, cache,
                                                 ["image"], seed)}
-    steps = math.ceil(len(src) / cfg.scaling.num_workers / cfg.data.batch_size)
-    result = raytrain.fit(dann.dann_fn, cfg, stage_uri, "dann", datasets,
-                          {"pretrain_model": pretrain_model, "source_steps": steps})
+    steps = math.ceil(len(src) / s.scaling.num_workers / s.data.batch_size)
+    result = raytrain.fit(dann.dann_fn, s.scaling, stage_uri, "dann", datasets, {
+        "discriminate": s.discriminate, "pretrain": s.pretrain, "data": s.data, "seed": seed,
+        "cpus": s.scaling.cpus_per_worker, "pretrain_model": pretrain_model,
+        "source_steps": steps})
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
@@ -162,15 +184,17 @@ def _adapt(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest,
     return meta["history"]
 
 
-def _discriminator(cfg: PipelineConfig, stage_uri: str, name: str, model_uri: str,
+def _discriminator(s: _Sections, stage_uri: str, name: str, model_uri: str,
                    rows: pd.DataFrame, held: np.ndarray) -> tuple[dict, dict]:
     """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
     cols = ["image", "is_target"]
-    size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
+    size, cache, seed = s.model.image_size, s.data.cache, s.seed
     datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed),
                 "heldout": data.training_dataset(rows[held], size, cache, cols, None)}
-    result = raytrain.fit(train_fn, cfg, stage_uri, name, datasets, {
-        "pretrain_model": model_uri, "n_source": int((rows[~held]["is_target"] == 0).sum()),
+    result = raytrain.fit(train_fn, s.scaling, stage_uri, name, datasets, {
+        "discriminate": s.discriminate, "batch_size": s.data.batch_size, "seed": seed,
+        "cpus": s.scaling.cpus_per_worker, "pretrain_model": model_uri,
+        "n_source": int((rows[~held]["is_target"] == 0).sum()),
         "n_target": int((rows[~held]["is_target"] == 1).sum())})
     if result.error is not None:
         raise result.error
@@ -183,39 +207,42 @@ def _gap(m: dict) -> dict:
                               "proxy_a_distance")}
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> DiscriminateResult:
+def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
+        data_cfg: DataConfig, pretrain: PretrainConfig, scaling: ScalingConfig,
+        seed: int) -> DiscriminateResult:
     """Trains D on frozen features (adapted ones in adversarial mode); returns held-out
-    metrics and the domain sizes."""
+    metrics and the domain sizes. `pretrain` gives DANN's augmentation."""
     t0 = time.time()
+    s = _Sections(discriminate, model, data_cfg, pretrain, scaling, seed)
+    d = discriminate
     stage_uri = layout.stage(STAGE)
     manifest = data.load_manifest(layout)
     pretrain_model = layout.pretrain_model
-    model, _ = builders.load_classifier(pretrain_model)
-    models.FeatureTap(model.backbone, cfg.discriminate.layer)  # a bad layer fails here, clearly
+    classifier, _ = builders.load_classifier(pretrain_model)
+    models.FeatureTap(classifier.backbone, d.layer)  # a bad layer fails here, clearly
     rows = domain_rows(manifest)
-    held = heldout_mask(rows["sample_id"], cfg.discriminate.heldout_fraction)
+    held = heldout_mask(rows["sample_id"], d.heldout_fraction)
     n_source = int((rows["is_target"] == 0).sum())
     n_target = int((rows["is_target"] == 1).sum())
     # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
-    state, meta = _discriminator(cfg, stage_uri, "train", pretrain_model, rows, held)
+    state, meta = _discriminator(s, stage_uri, "train", pretrain_model, rows, held)
     scoring_model, adversarial = pretrain_model, {}
-    if adapts(cfg):
-        dann_uri, history = layout.dann_model, _adapt(cfg, layout, manifest, rows)
-        state_a, meta_a = _discriminator(cfg, stage_uri, "adapted", dann_uri, rows, held)
+    if d.adapts:
+        dann_uri, history = layout.dann_model, _adapt(s, layout, manifest, rows)
+        state_a, meta_a = _discriminator(s, stage_uri, "adapted", dann_uri, rows, held)
         adversarial = {"before": _gap(meta["metrics"]), "after": _gap(meta_a["metrics"]),
                        "dann_curve": history, "dann_model": dann_uri}
-        if cfg.discriminate.mode == "adversarial":  # score with D on the adapted features
+        if d.mode == "adversarial":  # score with D on the adapted features
             state, meta, scoring_model = state_a, meta_a, dann_uri
     checkpoints.save_discriminator(layout.discriminator, state["discriminator"],
-                                   cfg.discriminate.layer, meta["in_dim"],
-                                   cfg.discriminate.hidden, n_source, n_target,
-                                   cfg.discriminate.balanced, model=scoring_model)
+                                   d.layer, meta["in_dim"], d.hidden, n_source, n_target,
+                                   d.balanced, model=scoring_model)
     m = meta["metrics"]
     return DiscriminateResult(
-        mode=cfg.discriminate.mode, adversarial=adversarial or None,
+        mode=d.mode, adversarial=adversarial or None,
         heldout_accuracy=m["heldout_accuracy"],
         heldout_balanced_accuracy=m["heldout_balanced_accuracy"],
         heldout_auc=m["heldout_auc"], proxy_a_distance=m["proxy_a_distance"],
-        layer=cfg.discriminate.layer or "pooled penultimate (backbone output)",
+        layer=d.layer or "pooled penultimate (backbone output)",
         n_source=n_source, n_target=n_target, heldout=int(held.sum()),
         seconds=round(time.time() - t0, 2))

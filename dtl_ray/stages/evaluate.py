@@ -14,7 +14,7 @@ import pandas as pd
 
 from dtl_ray import data, scoring, storage
 from dtl_ray import results as results_mod
-from dtl_ray.config import adapts
+from dtl_ray.config import ScalingConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import EvaluateResult
 
@@ -38,15 +38,17 @@ def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[s
             "per_class_accuracy": per_class, "confusion": confusion.tolist()}
 
 
-def run(cfg, layout: RunLayout) -> EvaluateResult:
-    """Evaluates every model on target test; returns method, baselines and the verdict."""
+def run(layout: RunLayout, scaling: ScalingConfig, image_size: int,
+        batch_size: int) -> EvaluateResult:
+    """Evaluates every model on target test (in batches of `batch_size`); returns method,
+    baselines and the verdict."""
     import ray.data
 
     t0 = time.time()
     manifest = data.load_manifest(layout)
     classes = manifest.target_classes
     uris = {"source_only": layout.pretrain_model}
-    if adapts(cfg) and storage.exists(layout.dann_model):
+    if storage.exists(layout.dann_model):
         uris["dann"] = layout.dann_model  # the adapted source model, head restricted likewise
     for arm in ["method", "chosen", "label_free", *FINETUNED]:
         if storage.exists(layout.model(arm)):
@@ -55,13 +57,13 @@ def run(cfg, layout: RunLayout) -> EvaluateResult:
     for c in ft.by_cell:
         uris[c["model"]] = layout.model(c["model"])
     test = manifest.rows("target", "test")
-    df = data.to_dataset(test, cfg.model.image_size).map_batches(
+    df = data.to_dataset(test, image_size).map_batches(
         scoring.MultiEvaluator,
         fn_constructor_kwargs={"model_uris": uris, "classes": classes,
-                               "use_gpu": cfg.scaling.use_gpu},
-        compute=ray.data.ActorPoolStrategy(size=1), batch_size=cfg.score.batch_size,
-        batch_format="numpy", num_cpus=cfg.scaling.cpus_per_worker,
-        num_gpus=1 if cfg.scaling.use_gpu else 0).to_pandas()
+                               "use_gpu": scaling.use_gpu},
+        compute=ray.data.ActorPoolStrategy(size=1), batch_size=batch_size,
+        batch_format="numpy", num_cpus=scaling.cpus_per_worker,
+        num_gpus=1 if scaling.use_gpu else 0).to_pandas()
     data.write_parquet_df(df, layout.predictions)
     results = {k: measure(df, k, classes, manifest.classes) for k in uris}
     base = {k: {m: results[k][m] for m in ("target_test_accuracy", "transfer_loss")}

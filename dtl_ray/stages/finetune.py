@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import builders, checkpoints, data, finetuning, raytune, scoring, search, storage
-from dtl_ray.config import PipelineConfig, from_dict
+from dtl_ray.config import (
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    ScalingConfig,
+    ScoreConfig,
+    SelectConfig,
+)
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import FinetuneResult
 from dtl_ray.samples import SAMPLE_ID
@@ -34,16 +41,14 @@ STAGE = "finetune"
 def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
     """A Tune trial: fine-tune one cell with one setting, report each epoch, resume if retried."""
     import ray.tune
-
-    cfg = from_dict(PipelineConfig, setup["cfg"])
     import torch
 
-    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
-    device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
-    settings = finetuning.Settings(**config["setting"], epochs=cfg.finetune.epochs,
-                                   batch_size=cfg.finetune.batch_size,
-                                   mix_ratio=cfg.finetune.mix_ratio,
-                                   epoch_samples=setup["epoch_samples"], seed=cfg.seed)
+    f, scaling = setup["finetune"], setup["scaling"]
+    torch.set_num_threads(max(1, scaling.cpus_per_worker))
+    device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    settings = finetuning.Settings(**config["setting"], epochs=f.epochs,
+                                   batch_size=f.batch_size, mix_ratio=f.mix_ratio,
+                                   epoch_samples=setup["epoch_samples"], seed=setup["seed"])
     model = finetuning.target_model(setup["pretrain_model"], len(setup["classes"]))
     resume = None
     ckpt = ray.tune.get_checkpoint()
@@ -52,14 +57,14 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
             resume, _ = checkpoints.load_dir(d)
     for metrics, state in finetuning.train(
             model, pool["images"], sets[config["cell"]], pool["val_images"], pool["val_labels"],
-            settings, builders.augment(cfg.pretrain), device, resume, pool.get("source_val"),
-            cfg.finetune.label_free):
+            settings, setup["augment"], device, resume, pool.get("source_val"),
+            f.label_free):
         with tempfile.TemporaryDirectory() as d:
             checkpoints.save_dir(d, state, {"cell": config["cell"]})
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
-def _pool(cfg: PipelineConfig, manifest: data.Manifest,
+def _pool(image_size: int, manifest: data.Manifest,
           scores: pd.DataFrame) -> tuple[dict, dict, pd.DataFrame]:
     """Decoded images every trial may need, held in Ray's object store; `source_val` holds
     source val in the target's classes with its importance weights (label-free choice).
@@ -69,15 +74,15 @@ def _pool(cfg: PipelineConfig, manifest: data.Manifest,
     classes = manifest.target_classes
     rows = pd.concat([manifest.rows("target", ["train", "unlabeled"]),
                       manifest.rows("source", "train").query("label in @classes")])
-    arrays = data.collect(data.to_dataset(rows, cfg.model.image_size).map_batches(
+    arrays = data.collect(data.to_dataset(rows, image_size).map_batches(
         data.drop_rejected, batch_format="numpy", batch_size=None).select_columns(
         [SAMPLE_ID, "image"]))
-    val = data.collect(data.to_dataset(manifest.rows("target", "val"), cfg.model.image_size)
+    val = data.collect(data.to_dataset(manifest.rows("target", "val"), image_size)
                        .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
                        .select_columns(["image", "label"]))
     local = {c: i for i, c in enumerate(classes)}
     src_val = manifest.rows("source", "val").query("label in @classes")
-    sv = data.collect(data.to_dataset(src_val, cfg.model.image_size)
+    sv = data.collect(data.to_dataset(src_val, image_size)
                       .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
                       .select_columns([SAMPLE_ID, "image", "label"]))
     w = scores.set_index(SAMPLE_ID)["weight"].reindex(sv[SAMPLE_ID]).to_numpy(float)
@@ -90,24 +95,23 @@ def _pool(cfg: PipelineConfig, manifest: data.Manifest,
 
 
 def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Settings,
-             cfg_dict: dict, pretrain_model: str, num_classes: int) -> dict:
+             aug, scaling: ScalingConfig, pretrain_model: str, num_classes: int) -> dict:
     """Fits one model to the end (used for the teacher, in a Ray task); returns the best."""
     import torch
 
-    cfg = from_dict(PipelineConfig, cfg_dict)
-    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
-    device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(max(1, scaling.cpus_per_worker))
+    device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
     model = finetuning.target_model(pretrain_model, num_classes)
     last = None
     for _metrics, last in finetuning.train(model, pool["images"], train_set,  # noqa: B007
                                            pool["val_images"], pool["val_labels"], settings,
-                                           builders.augment(cfg.pretrain), device):
+                                           aug, device):
         pass
     return last["best"]
 
 
-def _search(cfg: PipelineConfig, layout: RunLayout, pool: dict, sets: list, setup: dict,
-            settings: list[dict]):
+def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: dict,
+            sets: list, setup: dict, settings: list[dict]):
     """Runs (or resumes) the Tune experiment; returns its ResultGrid."""
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
@@ -115,7 +119,7 @@ def _search(cfg: PipelineConfig, layout: RunLayout, pool: dict, sets: list, setu
     raytune.keep_credentials_out_of_ray_logs()
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
-        {"cpu": cfg.scaling.cpus_per_worker, "gpu": 1 if cfg.scaling.use_gpu else 0})
+        {"cpu": scaling.cpus_per_worker, "gpu": 1 if scaling.use_gpu else 0})
     root, fs = storage.train_storage(layout.stage(STAGE))
     name = posixpath.basename(layout.search)
     path = f"{root}/{name}"
@@ -131,16 +135,15 @@ def _search(cfg: PipelineConfig, layout: RunLayout, pool: dict, sets: list, setu
                          "setting": ray.tune.grid_search(settings)},
             tune_config=ray.tune.TuneConfig(
                 metric="val_accuracy", mode="max",
-                scheduler=ASHAScheduler(max_t=cfg.finetune.epochs,
-                                        grace_period=min(cfg.finetune.grace_period,
-                                                         cfg.finetune.epochs),
+                scheduler=ASHAScheduler(max_t=f.epochs,
+                                        grace_period=min(f.grace_period, f.epochs),
                                         reduction_factor=3),
-                max_concurrent_trials=raytune.concurrency(cfg),
+                max_concurrent_trials=raytune.concurrency(f.max_concurrent_trials, scaling),
                 # a trial's process (torch imported, the pool fetched) serves the next trial
                 reuse_actors=True),
             run_config=ray.tune.RunConfig(
                 name=name, storage_path=root, storage_filesystem=fs, verbose=0,
-                failure_config=ray.tune.FailureConfig(max_failures=cfg.scaling.max_failures),
+                failure_config=ray.tune.FailureConfig(max_failures=scaling.max_failures),
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[raytune.trial_lines(total)]),
         )
@@ -177,8 +180,11 @@ def _best(table: pd.DataFrame) -> pd.Series:
                              ascending=[False, True, True]).iloc[0]
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
-    """Teacher, pseudo-labels, the search, and each arm's chosen model."""
+def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: ModelConfig,
+        pretrain: PretrainConfig, score: ScoreConfig, scaling: ScalingConfig,
+        seed: int) -> FinetuneResult:
+    """Teacher, pseudo-labels, the search, and each arm's chosen model. `pretrain` gives the
+    augmentation, `score` how the teacher pseudo-labels, `select` the target pool's defaults."""
     import ray
 
     t0 = time.time()
@@ -186,8 +192,8 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
     classes = manifest.target_classes
     local = {c: i for i, c in enumerate(classes)}
     scores = data.read_parquet_df(layout.scores)
-    pretrain_model = layout.backbone_model(adapted=cfg.finetune.init == "adapted")
-    pool, pos, rows = _pool(cfg, manifest, scores)
+    pretrain_model = layout.backbone_model(adapted=f.init == "adapted")
+    pool, pos, rows = _pool(model.image_size, manifest, scores)
     labeled = rows[(rows["domain"] == "target") & (rows["split"] == "train")]
     print(f"[finetune] pool: {len(pos)} decoded images, {len(labeled)} labeled target",
           flush=True)
@@ -198,22 +204,22 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
     src_cand = scores[scores[SAMPLE_ID].isin(cand.loc[cand["pool"] == "source", SAMPLE_ID])]
     teacher_set = search.train_set(labeled, src_cand, scores.iloc[:0].assign(pred=[]), pos,
                                    local, False)
-    f = cfg.finetune
+    aug = builders.augment(pretrain)
     # the teacher gets a trial's budget: epochs as long as the all-source cell's
     all_source, _ = search.members(search.Cell("all_source", "all", 1.0, 0.0), scores,
-                                   scores.iloc[:0], classes, cfg.seed, 0.0)
+                                   scores.iloc[:0], classes, seed, 0.0)
     budget = search.train_set(labeled, all_source, scores.iloc[:0].assign(pred=[]), pos, local,
                               False)
     teacher_settings = finetuning.Settings(
         lr=f.lr[0], train_layers="all", epochs=f.epochs, batch_size=f.batch_size,
-        mix_ratio=f.mix_ratio, seed=cfg.seed,
+        mix_ratio=f.mix_ratio, seed=seed,
         epoch_samples=finetuning.epoch_length([teacher_set, budget], f.mix_ratio))
-    remote = ray.remote(num_cpus=cfg.scaling.cpus_per_worker,
-                        num_gpus=1 if cfg.scaling.use_gpu else 0)(_fit_one)
-    best = ray.get(remote.remote(pool_ref, teacher_set, teacher_settings, asdict(cfg),
+    remote = ray.remote(num_cpus=scaling.cpus_per_worker,
+                        num_gpus=1 if scaling.use_gpu else 0)(_fit_one)
+    best = ray.get(remote.remote(pool_ref, teacher_set, teacher_settings, aug, scaling,
                                  pretrain_model, len(classes)))
     teacher_uri = layout.teacher
-    checkpoints.save_classifier(teacher_uri, best["model"], cfg.model.backbone, classes,
+    checkpoints.save_classifier(teacher_uri, best["model"], model.backbone, classes,
                                 arm="teacher", val_accuracy=best["val_accuracy"])
     print(f"[finetune] teacher: val acc {best['val_accuracy']:.3f} (epoch {best['epoch'] + 1}, "
           f"{len(src_cand)} source candidates)", flush=True)
@@ -221,26 +227,27 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
     unl_rows = unl_rows[unl_rows[SAMPLE_ID].isin(pos)]
     unlabeled = pd.DataFrame(columns=[SAMPLE_ID, "pred", "confidence"])
     if len(unl_rows):
-        unlabeled = scoring.score_dataset(cfg, unl_rows, teacher_uri, classes).select_columns(
+        unlabeled = scoring.score_dataset(unl_rows, teacher_uri, classes, score, scaling,
+                                          model.image_size).select_columns(
             [SAMPLE_ID, "pred", "confidence"]).to_pandas()
     unlabeled = unlabeled.merge(scores[[SAMPLE_ID, "p_target", "label"]], on=SAMPLE_ID)
     data.write_parquet_df(unlabeled, layout.pseudo_labels)
 
     # 3. the search
-    cells = search.make_cells(f, cfg.select.target_fraction)
+    cells = search.make_cells(f, select.target_fraction)
     sets = []
     for cell in cells:
-        src, tgt = search.members(cell, scores, unlabeled, classes, cfg.seed,
-                                  cfg.select.confidence_floor)
+        src, tgt = search.members(cell, scores, unlabeled, classes, seed,
+                                  select.confidence_floor)
         sets.append(search.train_set(labeled, src, tgt, pos, local, f.weight_by_w))
-    settings = search.settings_grid(f, cfg.seed)
+    settings = search.settings_grid(f, seed)
     epoch_samples = finetuning.epoch_length(sets, f.mix_ratio)
-    setup = {"cfg": asdict(cfg), "pretrain_model": pretrain_model, "classes": classes,
-             "epoch_samples": epoch_samples}
+    setup = {"finetune": f, "scaling": scaling, "augment": aug, "seed": seed,
+             "pretrain_model": pretrain_model, "classes": classes, "epoch_samples": epoch_samples}
     print(f"[finetune] search: {len(cells)} cells x {len(settings)} settings = "
           f"{len(cells) * len(settings)} trials, {epoch_samples} samples per epoch each",
           flush=True)
-    grid = _search(cfg, layout, pool, sets, setup, settings)
+    grid = _search(f, scaling, layout, pool, sets, setup, settings)
     table, states, free_states = _trial_table(grid, cells)
     if table.empty:
         raise RuntimeError(f"every fine-tuning trial failed: see {layout.search}")
@@ -257,7 +264,7 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
             continue
         row = _best(sub)
         checkpoints.save_classifier(layout.model(arm), states[row["trial_id"]],
-                                    cfg.model.backbone, classes, arm=str(row["arm"]),
+                                    model.backbone, classes, arm=str(row["arm"]),
                                     trial_id=str(row["trial_id"]))
         chosen[arm] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     # each cell's best trial on val, kept so evaluation can plot test accuracy by fraction
@@ -270,7 +277,7 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
             continue
         row = _best(sub)
         checkpoints.save_classifier(layout.model(f"cell-{i}"), states[row["trial_id"]],
-                                    cfg.model.backbone, classes, arm=cell.arm,
+                                    model.backbone, classes, arm=cell.arm,
                                     trial_id=str(row["trial_id"]))
         by_cell.append({"model": f"cell-{i}", **asdict(cell), "trial_id": str(row["trial_id"]),
                         "best_val_accuracy": float(row["best_val_accuracy"])})
@@ -280,7 +287,7 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> FinetuneResult:
     if not free.empty:
         row = free.sort_values(["best_free_risk", "trial_id"]).iloc[0]
         checkpoints.save_classifier(layout.model("label_free"), free_states[row["trial_id"]],
-                                    cfg.model.backbone, classes, arm=str(row["arm"]),
+                                    model.backbone, classes, arm=str(row["arm"]),
                                     trial_id=str(row["trial_id"]), criterion=f.label_free)
         label_free = {"criterion": f.label_free, "arm": str(row["arm"]),
                       "trial_id": str(row["trial_id"]), "risk": float(row["best_free_risk"]),

@@ -11,7 +11,7 @@ import time
 import torch
 
 from dtl_ray import builders, checkpoints, data, loops, raytrain
-from dtl_ray.config import PipelineConfig, from_dict
+from dtl_ray.config import DataConfig, ModelConfig, PretrainConfig, ScalingConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import PretrainResult
 
@@ -35,21 +35,21 @@ def _val(model, it, batch_size: int, device) -> tuple[float, float]:
 
 
 def train_fn(config: dict) -> dict:
-    """Per-worker training loop (Ray Train)."""
+    """Per-worker training loop (Ray Train). `config`: the `model`, `data` and `pretrain`
+    sections, `seed`, `cpus` (threads), `use_gpu`, `num_classes`."""
     import ray.train
     import ray.train.torch
 
-    cfg = from_dict(PipelineConfig, config["cfg"])
+    pre, dcfg, seed = config["pretrain"], config["data"], config["seed"]
     rank, _ = raytrain.world()
-    raytrain.set_threads(cfg.scaling.cpus_per_worker)
-    torch.manual_seed(cfg.seed)
-    model = builders.classifier(cfg.model, config["num_classes"])
-    if cfg.scaling.use_gpu:  # faster convolutions under bf16 autocast
+    raytrain.set_threads(config["cpus"])
+    torch.manual_seed(seed)
+    model = builders.classifier(config["model"], config["num_classes"])
+    if config["use_gpu"]:  # faster convolutions under bf16 autocast
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
-                            weight_decay=cfg.pretrain.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=pre.lr, weight_decay=pre.weight_decay)
     start, best = 0, {"accuracy": -1.0, "epoch": -1, "state": None}
     resumed: list[int] = []
     restored = raytrain.restore()
@@ -63,15 +63,15 @@ def train_fn(config: dict) -> dict:
                 "state": state["best"]}
         if rank == 0:
             raytrain.say(f"[pretrain] resuming after epoch {start} from checkpoint")
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    aug = builders.augment(cfg.pretrain)
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)
+    aug = builders.augment(pre)
     train_it, val_it = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    bs = cfg.data.batch_size
+    bs = dcfg.batch_size
     history = list(restored[1].get("history", [])) if restored else []
-    for epoch in range(start, cfg.pretrain.epochs):
+    for epoch in range(start, pre.epochs):
         t0 = time.time()
         batches = ((b["image"], b["label"]) for b in data.epoch_batches(
-            train_it, bs, epoch, cfg.seed, cfg.data.shuffle_buffer))
+            train_it, bs, epoch, seed, dcfg.shuffle_buffer))
         stats = loops.train_epoch(model, batches, opt, aug, gen, device)
         acc, loss = _val(model, val_it, 4 * bs, device)
         if acc > best["accuracy"]:
@@ -80,7 +80,7 @@ def train_fn(config: dict) -> dict:
                    "val_accuracy": acc, "val_loss": loss, "best_val_accuracy": best["accuracy"],
                    "best_epoch": best["epoch"], "seconds": time.time() - t0}
         if rank == 0:
-            raytrain.say(f"[pretrain] epoch {epoch + 1}/{cfg.pretrain.epochs}  "
+            raytrain.say(f"[pretrain] epoch {epoch + 1}/{pre.epochs}  "
                   f"train loss {stats['loss']:.3f} acc {stats['accuracy']:.3f}  "
                   f"source val acc {acc:.3f} loss {loss:.3f}  ({metrics['seconds']:.1f}s)")
         history.append({k: float(metrics[k]) for k in ("epoch", "train_loss", "val_accuracy",
@@ -93,28 +93,37 @@ def train_fn(config: dict) -> dict:
     return {"history": history}
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> PretrainResult:
+def loop_config(model: ModelConfig, data_cfg: DataConfig, pretrain: PretrainConfig,
+                scaling: ScalingConfig, seed: int, num_classes: int) -> dict:
+    """What `train_fn` reads."""
+    return {"model": model, "data": data_cfg, "pretrain": pretrain, "seed": seed,
+            "cpus": scaling.cpus_per_worker, "use_gpu": scaling.use_gpu,
+            "num_classes": num_classes}
+
+
+def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: PretrainConfig,
+        scaling: ScalingConfig, seed: int) -> PretrainResult:
     """Pretrains on source train, keeps the best source-val epoch. Returns the summary."""
     t0 = time.time()
     stage_uri = layout.stage(STAGE)
     manifest = data.load_manifest(layout)
     cols = ["image", "label"]
-    size, cache, seed = cfg.model.image_size, cfg.data.cache, cfg.seed
+    size, cache = model.image_size, data_cfg.cache
     datasets = {
         "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed),
         "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols, None),
     }
-    result = raytrain.fit(train_fn, cfg, stage_uri, "train", datasets,
-                          {"num_classes": len(manifest.classes)})
+    result = raytrain.fit(train_fn, scaling, stage_uri, "train", datasets, loop_config(
+        model, data_cfg, pretrain, scaling, seed, len(manifest.classes)))
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
         state, meta = checkpoints.load_dir(d)
     result = PretrainResult(
         source_val_accuracy=float(meta["best_accuracy"]), best_epoch=int(meta["best_epoch"]) + 1,
-        epochs=cfg.pretrain.epochs, curve=meta["history"],
+        epochs=pretrain.epochs, curve=meta["history"],
         resumed_from_epochs=meta["resumed_from"], seconds=round(time.time() - t0, 2))
-    checkpoints.save_classifier(layout.pretrain_model, state["best"], cfg.model.backbone,
-                                manifest.classes, image_size=cfg.model.image_size,
+    checkpoints.save_classifier(layout.pretrain_model, state["best"], model.backbone,
+                                manifest.classes, image_size=model.image_size,
                                 source_val_accuracy=result.source_val_accuracy)
     return result

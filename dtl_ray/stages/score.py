@@ -12,7 +12,7 @@ import time
 import pandas as pd
 
 from dtl_ray import data, scoring, storage, weighting
-from dtl_ray.config import PipelineConfig
+from dtl_ray.config import ScalingConfig, ScoreConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import ScoreResult
 
@@ -30,8 +30,10 @@ SCHEMA = [("sample_id", "string"), ("domain", "string"), ("split", "string"),
 ROWS_PER_FILE = 200_000  # a file is built in memory (about 30 MB), then written atomically
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> ScoreResult:
-    """Scores all samples; returns row counts, capped weights and timing.
+def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_size: int,
+        adapted: bool) -> ScoreResult:
+    """Scores all samples with the pretrained backbone (the DANN-adapted one when `adapted`);
+    returns row counts, capped weights and timing.
 
     One streaming pass: the driver receives the scalar columns batch by batch and appends them
     to Parquet files (images never reach it), so its memory stays flat whatever the size.
@@ -41,9 +43,9 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> ScoreResult:
 
     t0 = time.time()
     manifest = data.load_manifest(layout)
-    model_uri = layout.backbone_model(adapted=cfg.discriminate.mode == "adversarial")
-    scored = scoring.score_dataset(cfg, manifest.table, model_uri,
-                                   manifest.target_classes, layout.discriminator)
+    model_uri = layout.backbone_model(adapted=adapted)
+    scored = scoring.score_dataset(manifest.table, model_uri, manifest.target_classes, score,
+                                   scaling, image_size, layout.discriminator)
     out_uri = layout.scores
     fs, path = storage.resolve(out_uri)
     storage.retry(lambda: fs.create_dir(path, recursive=True))
@@ -93,7 +95,7 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> ScoreResult:
         writer, files = pq.ParquetWriter(buf, schema), 1
     flush()
     mean_weight = {k: wsum[k] / wcnt[k] for k in sorted(wsum)}
-    if cfg.score.weighting == "iwan" and mean_weight.get("source/train", 0) > 0:
+    if score.weighting == "iwan" and mean_weight.get("source/train", 0) > 0:
         # IWAN weights have mean 1 over source train: one more pass over the written files
         scale = mean_weight["source/train"]
         for i in range(files):
@@ -111,6 +113,6 @@ def run(cfg: PipelineConfig, layout: RunLayout) -> ScoreResult:
     return ScoreResult(
         rows_in=int(total), rows_out=int(n_out), rows_rejected=int(len(rejected)),
         rejected_examples=rejected.head(5)[["path", "error"]].to_dict("records"),
-        weights_capped=int(capped), weighting=cfg.score.weighting, mean_weight=mean_weight,
+        weights_capped=int(capped), weighting=score.weighting, mean_weight=mean_weight,
         seconds=round(time.time() - t0, 2),
         startup_seconds=round((first or time.time()) - t0, 2), startup_rows=int(first_rows))

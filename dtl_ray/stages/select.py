@@ -10,17 +10,16 @@ from __future__ import annotations
 import time
 
 from dtl_ray import data, weighting
-from dtl_ray.config import PipelineConfig
+from dtl_ray.config import SelectConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import SelectResult
 
 __all__ = ["run"]
 
 
-def run(cfg: PipelineConfig, layout: RunLayout) -> SelectResult:
+def run(layout: RunLayout, s: SelectConfig) -> SelectResult:
     """Writes the candidates table; returns sizes and per-class kept fractions."""
     t0 = time.time()
-    s = cfg.select
     manifest = data.load_manifest(layout)
     scores = data.read_parquet_df(layout.scores)
     classes = manifest.target_classes

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import threading
 import time
 from dataclasses import replace
 
@@ -30,9 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dtl_ray import checkpoints, data, loops, models, scoring, storage
+from dtl_ray import checkpoints, data, models, scoring, storage
 from dtl_ray.config import ConfigError, PipelineConfig
 from dtl_ray.layout import STAGES, RunLayout
+from dtl_ray.tools.memory import PeakMemory
+from dtl_ray.tools.plain import score_plain, train_plain
 
 __all__ = ["machine", "bench_rows", "score_plain", "score_ray", "train_plain", "train_ray",
            "PeakMemory", "run"]
@@ -93,62 +94,6 @@ def save_models(uri: str, backbone: str, num_classes: int, image_size: int,
     return model_uri, disc_uri
 
 
-class _Files(torch.utils.data.Dataset):
-    """Manifest rows -> (index, decoded uint8 image): the decode the Ray path does."""
-
-    def __init__(self, paths: list[str], image_size: int) -> None:
-        self.paths, self.size = paths, image_size
-        self.fs = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        if self.fs is None:
-            self.fs = storage.resolve(self.paths[0])[0]
-        raw = storage.read_file(self.fs, storage.path_of(self.paths[i]))
-        return i, torch.from_numpy(data.decode_image(raw, self.size))
-
-
-def score_plain(rows: pd.DataFrame, model_uri: str, disc_uri: str, classes: list[int],
-                out_uri: str, image_size: int, batch_size: int, decode_workers: int,
-                threads: int) -> dict:
-    """The plain PyTorch loop: DataLoader decode, the same Scorer forward, a Parquet write."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    torch.set_num_threads(threads)
-    t0 = time.time()
-    scorer = scoring.Scorer(model_uri, classes, disc_uri)
-    loader = torch.utils.data.DataLoader(
-        _Files(rows["path"].tolist(), image_size), batch_size=batch_size,
-        num_workers=decode_workers, persistent_workers=False,
-        prefetch_factor=4 if decode_workers else None)
-    fs, path = storage.resolve(out_uri)
-    fs.create_dir(path, recursive=True)
-    writer, n = None, 0
-    cols = {c: rows[c].to_numpy() for c in ("sample_id", "domain", "split", "path", "label")}
-    for idx, images in loader:
-        idx = idx.numpy()
-        batch = {c: v[idx] for c, v in cols.items()}
-        batch["image"] = images.numpy()
-        batch["error"] = np.full(len(idx), "", dtype=object)
-        out = scorer(batch)
-        table = pa.table({k: out[k] for k in ("sample_id", "domain", "split", "path", "label",
-                                               "p_target", "weight", "pred", "confidence",
-                                               "entropy")})
-        if writer is None:
-            writer = pq.ParquetWriter(fs.open_output_stream(f"{path}/part-0.parquet"),
-                                      table.schema)
-        writer.write_table(table)
-        n += len(idx)
-    if writer is not None:
-        writer.close()
-    seconds = time.time() - t0
-    return {"images": n, "seconds": round(seconds, 3),
-            "images_per_second": round(n / seconds, 1)}
-
-
 def _stage_run_dir(uri: str, rows: pd.DataFrame, classes: list[str], backbone: str,
                    image_size: int) -> tuple[str, str]:
     """A fresh run folder holding what the score stage reads: manifest and the two models
@@ -164,7 +109,8 @@ def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
 
     cfg = replace(cfg, score=replace(cfg.score, actors=actors))
     t0 = time.time()
-    result = score.run(cfg, RunLayout(run_uri))
+    result = score.run(RunLayout(run_uri), cfg.score, cfg.scaling, cfg.model.image_size,
+                       adapted=False)
     seconds = time.time() - t0
     n = result.rows_out + result.rows_rejected
     steady = max(seconds - result.startup_seconds, 1e-9)
@@ -173,107 +119,6 @@ def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
             "startup_seconds": result.startup_seconds,
             # after the first batch: the rate a long stage converges to
             "steady_images_per_second": round((n - result.startup_rows) / steady, 1)}
-
-
-class PeakMemory:
-    """Samples the proportional set size (PSS) of this process and all its descendants (the
-    local Ray cluster's processes when Ray was started here): shared pages count once.
-
-    Linux only (reads /proc). `peak_mb` is the largest sum seen; `base_mb` the sum at start.
-    `tree=False` watches this process alone.
-    """
-
-    def __init__(self, interval_s: float = 0.2, tree: bool = True) -> None:
-        self.interval_s = interval_s
-        self.tree = tree
-        self.peak_mb = self.base_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    @staticmethod
-    def _tree(root: int) -> list[int]:
-        parent: dict[int, list[int]] = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parent.setdefault(ppid, []).append(int(d))
-        out, todo = [], [root]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo += parent.get(p, [])
-        return out
-
-    @staticmethod
-    def _pss_mb(pid: int) -> float:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
-
-    def sample(self) -> float:
-        pids = self._tree(os.getpid()) if self.tree else [os.getpid()]
-        return sum(self._pss_mb(p) for p in pids)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self.sample())
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakMemory:
-        self.base_mb = self.peak_mb = self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self.sample())
-
-
-def _decoded(rows: pd.DataFrame, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    b = data.decode_batch({"path": rows["path"].to_numpy()}, image_size)
-    return b["image"], rows["label"].to_numpy()
-
-
-def train_plain(cfg: PipelineConfig, rows: pd.DataFrame, val: pd.DataFrame,
-                num_classes: int, epochs: int, shuffle: bool = True) -> dict:
-    """`epochs` pretrain epochs (train pass + source-val pass) in a plain PyTorch loop with the
-    threads one Train worker gets; per-epoch seconds and source val accuracy.
-
-    shuffle=False feeds `rows` in their order (a manifest's: sorted by class)."""
-    from dtl_ray import builders
-
-    torch.set_num_threads(cfg.scaling.cpus_per_worker)
-    x, y = _decoded(rows, cfg.model.image_size)
-    vx, vy = _decoded(val, cfg.model.image_size)
-    torch.manual_seed(cfg.seed)
-    model = builders.classifier(cfg.model, num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain.lr,
-                            weight_decay=cfg.pretrain.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    aug = builders.augment(cfg.pretrain)
-    bs = cfg.data.batch_size
-    seconds, accuracy = [], []
-    for epoch in range(epochs):
-        t0 = time.time()
-        order = (np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(x)) if shuffle
-                 else np.arange(len(x)))
-        batches = ((x[order[i:i + bs]], y[order[i:i + bs]]) for i in range(0, len(x), bs))
-        loops.train_epoch(model, batches, opt, aug, gen)
-        accuracy.append(loops.evaluate(loops.predict(model, vx, 4 * bs), vy)["accuracy"])
-        seconds.append(time.time() - t0)
-    return {"epoch_seconds": [round(s, 3) for s in seconds], "images": len(x),
-            "val_accuracy": [round(a, 4) for a in accuracy]}
 
 
 def train_ray(cfg: PipelineConfig, run_uri: str, rows: pd.DataFrame, val: pd.DataFrame,
@@ -291,8 +136,9 @@ def train_ray(cfg: PipelineConfig, run_uri: str, rows: pd.DataFrame, val: pd.Dat
     stage_uri = storage.join(run_uri, f"train-{workers}w")
     shutil.rmtree(stage_uri, ignore_errors=True)
     t0 = time.time()
-    result = raytrain.fit(pretrain.train_fn, cfg, stage_uri, "train", datasets,
-                          {"num_classes": num_classes})
+    result = raytrain.fit(pretrain.train_fn, cfg.scaling, stage_uri, "train", datasets,
+                          pretrain.loop_config(cfg.model, cfg.data, cfg.pretrain, cfg.scaling,
+                                               cfg.seed, num_classes))
     wall = time.time() - t0
     if result.error is not None:
         raise result.error
