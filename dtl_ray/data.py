@@ -28,7 +28,9 @@ from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for re
     SPLITS,
     UNLABELED,
     DataError,
+    decode_batch,
     decode_image,
+    drop_rejected,
     rejected_image,
     sample_id,
 )
@@ -126,38 +128,6 @@ def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> M
     return Manifest(table=table, classes=classes)
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
-    """Reads and decodes the files of a manifest batch; never raises for a bad file (only for
-    a transient storage error that outlasted its retries).
-
-    Returns the batch (numpy columns) with `image` (uint8, image_size x image_size x 3; zeros
-    when rejected) and `error` ('' when decoded, else the reason).
-    """
-    images, errors = [], []
-    fs_cache: dict = {}
-    for path in batch[PATH]:
-        try:
-            scheme = path.split("://", 1)[0] if "://" in path else "file"
-            if scheme not in fs_cache:
-                fs_cache[scheme] = storage.resolve(path)[0]
-            # transient storage errors are retried, then raised: only a file that is missing,
-            # empty or undecodable becomes a rejected row
-            data = storage.read_file(fs_cache[scheme], storage.path_of(path))
-            if not data:
-                raise ValueError("empty file")
-            images.append(decode_image(data, image_size))
-            errors.append("")
-        except Exception as e:  # a bad file becomes a rejected row, not a crash
-            if isinstance(e, OSError) and any(t in str(e) for t in storage.TRANSIENT):
-                raise  # the task fails and Ray retries it; never a wrongly rejected row
-            images.append(rejected_image(image_size))
-            errors.append(f"{type(e).__name__}: {e}"[:300])
-    out = dict(batch)
-    out[IMAGE] = np.stack(images)  # (B, H, W, 3) uint8
-    out[ERROR] = np.array(errors, dtype=object)
-    return out
-
-
 def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
                   decode_files: bool = True) -> list[tuple[str, object]]:
     """(kind, Ray Dataset) pairs for manifest `rows`: ('files', ...) for rows from image
@@ -223,12 +193,6 @@ def save_manifest(manifest: Manifest, layout: RunLayout) -> None:
 def load_manifest(layout: RunLayout) -> Manifest:
     return Manifest(table=read_parquet_df(layout.manifest),
                     classes=storage.read_json(layout.classes))
-
-
-def drop_rejected(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keeps decoded rows only (the score stage accounts for the rejected ones)."""
-    ok = batch[ERROR] == ""
-    return {k: v[ok] for k, v in batch.items()}
 
 
 def permuted(rows: pd.DataFrame, seed: int) -> pd.DataFrame:

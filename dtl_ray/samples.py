@@ -1,5 +1,5 @@
 """The sample vocabulary every reader shares: column names, splits, stable sample ids, the
-error a user can fix in their data, and decoding one image.
+error a user can fix in their data, and reading and decoding images (one, or a batch).
 
 It sits below `data` (image folders) and `packing` (packed shards), which both use it.
 """
@@ -10,9 +10,11 @@ import io
 
 import numpy as np
 
+from dtl_ray import storage
+
 __all__ = ["SAMPLE_ID", "IMAGE", "LABEL", "DOMAIN", "SPLIT", "PATH", "ERROR", "P_TARGET",
            "WEIGHT", "COLUMNS", "SPLITS", "REQUIRED", "UNLABELED", "DataError", "sample_id",
-           "decode_image", "rejected_image"]
+           "decode_image", "rejected_image", "decode_batch", "drop_rejected"]
 
 # the one column vocabulary
 SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR = (
@@ -56,3 +58,65 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
 def rejected_image(size: int) -> np.ndarray:
     """The placeholder a rejected row carries (its `error` says why)."""
     return np.zeros((size, size, 3), np.uint8)
+
+
+READ_THREADS = 16
+"""Concurrent reads per batch from object storage: a GET's latency, not bandwidth, bounds a
+one-file-at-a-time reader (decoding stays on the task's own CPU)."""
+
+
+def _read_all(paths: list[str]) -> list[bytes | Exception]:
+    """The bytes of each file (or the exception reading it raised), in order. Transient
+    storage errors are retried inside; remote files are fetched `READ_THREADS` at a time."""
+    filesystems: dict[str, object] = {}
+    for path in paths:
+        scheme = path.split("://", 1)[0] if "://" in path else "file"
+        if scheme not in filesystems:
+            filesystems[scheme] = storage.resolve(path)[0]
+
+    def read(path: str) -> bytes | Exception:
+        try:
+            scheme = path.split("://", 1)[0] if "://" in path else "file"
+            return storage.read_file(filesystems[scheme], storage.path_of(path))
+        except Exception as e:  # judged by the caller: rejected row or retried task
+            return e
+
+    if len(paths) > 1 and set(filesystems) - {"file"}:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
+            return list(pool.map(read, paths))
+    return [read(p) for p in paths]
+
+
+def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+    """Reads and decodes the files of a manifest batch; never raises for a bad file (only for
+    a transient storage error that outlasted its retries).
+
+    Returns the batch (numpy columns) with `image` (uint8, image_size x image_size x 3; zeros
+    when rejected) and `error` ('' when decoded, else the reason).
+    """
+    images, errors = [], []
+    for raw in _read_all(list(batch[PATH])):
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            if not raw:
+                raise ValueError("empty file")
+            images.append(decode_image(raw, image_size))
+            errors.append("")
+        except Exception as e:  # a bad file becomes a rejected row, not a crash
+            if isinstance(e, OSError) and any(t in str(e) for t in storage.TRANSIENT):
+                raise  # the task fails and Ray retries it; never a wrongly rejected row
+            images.append(rejected_image(image_size))
+            errors.append(f"{type(e).__name__}: {e}"[:300])
+    out = dict(batch)
+    out[IMAGE] = np.stack(images)  # (B, H, W, 3) uint8
+    out[ERROR] = np.array(errors, dtype=object)
+    return out
+
+
+def drop_rejected(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keeps decoded rows only (the score stage accounts for the rejected ones)."""
+    ok = batch[ERROR] == ""
+    return {k: v[ok] for k, v in batch.items()}

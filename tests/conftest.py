@@ -120,3 +120,32 @@ def copy_run(run_dir, dest, done):
     shutil.copytree(run_dir, dest, ignore=lambda d, names: [
         n for n in names if d == str(run_dir) and (n in skip or (skip and n.startswith("report")))])
     return dest
+
+
+@pytest.fixture(scope="session")
+def variant_run(ray_session, tmp_path_factory):
+    """The method's variants and two faults in one run of every stage (each is checked by its
+    own test module): the partial pair (the target has 3 of the source's 7 classes, a fifth of
+    its size), IWAN weights, adversarial mode (DANN) with fine-tuning from the adapted
+    backbone; undecodable and odd-format images in source train, and a Train worker killed
+    with SIGKILL after pretraining's first checkpoint.
+
+    Returns a dict: cfg, run (dir), doc (report), bad and odd (image names), killed (the
+    victim's `pid` or the killer's `error`)."""
+    from faults import add_bad_images, kill_a_train_worker_after_first_checkpoint
+
+    from dtl_ray import config, demo, pipeline
+
+    root = tmp_path_factory.mktemp("variants")
+    demo.write_demo(str(root / "data"), seed=2, scale=0.2, pair="partial")
+    bad, odd = add_bad_images(root / "data", 4)
+    cfg = config.load_config(overrides=tiny_overrides(
+        root / "data" / "source", root / "data" / "target", root / "runs", "variants") + [
+        "score.weighting=iwan", "pretrain.epochs=6", "discriminate.epochs=15",
+        "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted",
+        "scaling.max_failures=2", "data.max_rejected_fraction=0.05", *SMALL_SEARCH])
+    run = root / "runs" / "variants"
+    thread, killed = kill_a_train_worker_after_first_checkpoint(run / "pretrain")
+    doc = pipeline.run(cfg)
+    thread.join(timeout=30)
+    return {"cfg": cfg, "run": run, "doc": doc, "bad": bad, "odd": odd, "killed": killed}

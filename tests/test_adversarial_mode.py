@@ -4,21 +4,16 @@ fine-tuning from the adapted backbone."""
 import os
 
 import pytest
-from conftest import SMALL_SEARCH, tiny_overrides
 
-from dtl_ray import config, data, pipeline
+from dtl_ray import data
 from dtl_ray.layout import RunLayout
 
 
 @pytest.fixture(scope="module")
-def adversarial_run(ray_session, tiny_demo, tmp_path_factory):
-    """The tiny demo pair with DANN, fine-tuning from the adapted backbone."""
-    out = tmp_path_factory.mktemp("adv")
-    cfg = config.load_config(overrides=tiny_overrides(
-        tiny_demo / "source", tiny_demo / "target", out, "adv") + [
-        "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted",
-        *SMALL_SEARCH])
-    return cfg, os.path.join(out, "adv"), pipeline.run(cfg)
+def adversarial_run(variant_run):
+    """DANN, fine-tuning from the adapted backbone (conftest's `variant_run`, which is also
+    the partial pair with IWAN weights, bad images and a killed Train worker)."""
+    return variant_run["cfg"], str(variant_run["run"]), variant_run["doc"]
 
 
 @pytest.mark.slow

@@ -55,7 +55,10 @@ def ray_head():
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
                 break
-            time.sleep(3)
+            try:
+                head.wait(timeout=3)  # `ray start --block` stops the node on SIGTERM
+            except subprocess.TimeoutExpired:
+                pass
         head.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
 

@@ -5,10 +5,8 @@ import os
 import boto3
 import numpy as np
 import pytest
-from conftest import SMALL_SEARCH, tiny_overrides
 
-from dtl_ray import cli, config, data, demo, packing, pipeline, scoring
-from dtl_ray.layout import RunLayout
+from dtl_ray import cli, data, demo, packing, scoring
 
 pytestmark = pytest.mark.slow
 BUCKET = "dtl-packed"
@@ -55,23 +53,6 @@ def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
     for col in ("p_target", "weight", "confidence"):
         np.testing.assert_allclose(both[col], both[f"{col}_packed"], rtol=1e-5, atol=1e-6)
     assert (both["pred"] == both["pred_packed"]).all()
-
-
-def test_pipeline_runs_from_the_packed_copy(packed, tiny_demo, tiny_run, tmp_path):
-    _, run, local = tiny_run
-    cfg = config.load_config(overrides=tiny_overrides(*packed, tmp_path, "packed") + SMALL_SEARCH)
-    doc = pipeline.run(cfg)
-    assert doc["data"]["source"] == {"train": 210, "val": 28}
-    assert doc["data"]["target"] == {"train": 6, "unlabeled": 36, "val": 12, "test": 30}
-    assert doc["score"]["rows_out"] == local["score"]["rows_out"]
-    scores = data.read_parquet_df(str(tmp_path / "packed" / "score" / "scores"))
-    truth = data.load_manifest(RunLayout(run)).table[["sample_id", "label"]]
-    joined = truth.merge(scores[["sample_id", "label"]], on="sample_id", suffixes=("", "_p"))
-    assert len(joined) == len(truth) and (joined["label"] == joined["label_p"]).all()
-    assert doc["evaluate"]["test_images"] == 30
-    assert set(doc["evaluate"]["baselines"]) == {"source_only", "target_only", "all_source",
-                                                 "random_subset", "self_training"}
-
 
 
 def test_packed_training_rows_are_shuffled(ray_session, tmp_path):

@@ -4,22 +4,17 @@ absent classes are never transferred, and the discriminator's own ranking is rep
 import os
 
 import pytest
-from conftest import tiny_overrides
 
-from dtl_ray import config, data, demo, pipeline
+from dtl_ray import data, demo
 from dtl_ray.layout import RunLayout
 
 
 @pytest.fixture(scope="module")
-def partial_run(ray_session, tmp_path_factory):
-    """The partial pair (a fifth of its size), stages up to select, IWAN weights."""
-    root = tmp_path_factory.mktemp("partial")
-    demo.write_demo(str(root / "data"), seed=2, scale=0.2, pair="partial")
-    cfg = config.load_config(overrides=tiny_overrides(
-        root / "data" / "source", root / "data" / "target", root / "runs", "partial") + [
-        "score.weighting=iwan", "pretrain.epochs=3", "discriminate.epochs=15"])
-    doc = pipeline.run(cfg, ["pretrain", "discriminate", "score", "select"])
-    return cfg, os.path.join(root / "runs", "partial"), doc
+def partial_run(variant_run):
+    """The partial pair with IWAN weights (conftest's `variant_run`, which is also the
+    adversarial-mode run, so the scoring D sees DANN-adapted features; its source train holds
+    4 undecodable images, which are not scored)."""
+    return variant_run["cfg"], str(variant_run["run"]), variant_run["doc"]
 
 
 @pytest.mark.slow
