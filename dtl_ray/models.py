@@ -85,6 +85,11 @@ def build_backbone(name: str, weights: dict | None = None) -> tuple[nn.Module, i
             model.load_state_dict(weights)
         except RuntimeError as e:
             raise ModelError(f"model.weights do not fit {name}: {str(e).splitlines()[0]}") from None
+    if getattr(model, "aux_logits", False):  # inception_v3, googlenet: in train mode they
+        model.aux_logits = False  # return (logits, aux) tuples; the auxiliary heads are
+        for aux in ("AuxLogits", "aux1", "aux2"):  # only a training aid, dropped here
+            if hasattr(model, aux):
+                setattr(model, aux, None)
     return model, _strip_last_linear(model)
 
 

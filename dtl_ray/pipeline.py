@@ -106,16 +106,20 @@ def preflight(cfg: PipelineConfig) -> None:
 
     from dtl_ray import builders, models
 
-    model = builders.classifier(cfg.model, 2).eval()
-    x = torch.zeros(2, 3, cfg.model.image_size, cfg.model.image_size)
+    model = builders.classifier(cfg.model, 2)
+    x = torch.rand(2, 3, cfg.model.image_size, cfg.model.image_size)
     tap = models.FeatureTap(model.backbone, cfg.discriminate.layer)
     try:
         with torch.no_grad():
-            model(x)
+            for train in (True, False):  # some models differ by mode (aux heads, dropout)
+                out = model.train(train)(x)
+                if not isinstance(out, torch.Tensor) or out.shape != (2, 2):
+                    raise TypeError(f"its forward returns {type(out).__name__}, not logits")
             tap(x)
-    except RuntimeError as e:
-        raise models.ModelError(f"model.image_size {cfg.model.image_size} is too small for "
-                                f"{cfg.model.backbone}: {str(e).splitlines()[0][:160]}") from None
+    except (RuntimeError, AssertionError, ValueError, TypeError) as e:
+        raise models.ModelError(f"model.backbone {cfg.model.backbone} cannot take "
+                                f"model.image_size {cfg.model.image_size}: "
+                                f"{str(e).splitlines()[0][:160]}") from None
 
 
 def inspect_images(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest) -> dict:

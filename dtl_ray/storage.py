@@ -89,9 +89,12 @@ def train_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     return path, fs
 
 
-TRANSIENT = ("HTTP status 503", "HTTP status 500", "SLOW_DOWN", "NETWORK_CONNECTION",
-             "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "REQUEST_TIMEOUT", "Connection reset",
-             "timed out")
+# errors worth another try: throttling (429, SlowDown), server and gateway errors (500, 502,
+# 503, 504), dropped connections and timeouts
+TRANSIENT = ("HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP status 504",
+             "HTTP status 429", "SLOW_DOWN", "SlowDown", "THROTTLING", "TooManyRequests",
+             "NETWORK_CONNECTION", "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "REQUEST_TIMEOUT",
+             "Connection reset", "timed out")
 
 
 def retry(fn, *args, attempts: int = 6, base_s: float = 0.2):

@@ -79,6 +79,63 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
         load_config(str(bad))
 
 
+# each of these used to fail only when its stage ran (hours in), or was silently accepted
+LATE_OR_NONSENSE = [
+    ("seed=-1", "'seed'"), ("finetune.train_layers=[]", "'finetune.train_layers'"),
+    ("finetune.batch_size=0", "'finetune.batch_size': 0 is out of range (expected >= 1)"),
+    ("finetune.batch_size=-5", "'finetune.batch_size'"),
+    ("finetune.grace_period=0", "'finetune.grace_period'"),
+    ("score.batch_size=0", "'score.batch_size'"), ("pretrain.lr=-1", "'pretrain.lr'"),
+    ("discriminate.hidden=-1", "'discriminate.hidden'"),
+    ("discriminate.hidden=0", "'discriminate.hidden'"),
+    ("select.per_class=-1", "'select.per_class'"),
+    ("finetune.mix_ratio=0.999", "'finetune.mix_ratio': 0.999 is out of range (expected [0, 0.9])"),
+    ("finetune.lr=[0.1, -1]", "each item > 0"), ("finetune.strategies=[]", "is empty"),
+    ("pretrain.lr=.nan", "expected a finite number"), ("name=..", "'name'"),
+    ("name=a/b", "'name'"), ("name=-x", "'name'"),
+    ("storage=gs://b/r", "'storage': 'gs://b/r' has an unsupported scheme"),
+]
+
+
+@pytest.mark.parametrize("override,needle", LATE_OR_NONSENSE)
+def test_every_range_is_checked_at_load_time(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(base=BASE, overrides=[override])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("finetune.lr=[0.1", "'finetune.lr=[0.1': the value is not valid YAML"),
+    ("source.uri=@d", "not valid YAML"), ("name=*x", "not valid YAML")])
+def test_override_values_that_are_not_yaml_are_one_line(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(base=BASE, overrides=[override])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numbers_as_people_write_them_and_hashes_in_paths():
+    cfg = load_config(base=BASE, overrides=["pretrain.lr=1e-4", "finetune.lr=[3e-4, 1E-3]",
+                                            "source.uri=/data/set #2"])
+    assert cfg.pretrain.lr == 1e-4 and cfg.finetune.lr == [3e-4, 1e-3]
+    assert cfg.source.uri == "/data/set #2"
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(base=BASE, overrides=["pretrain.lr=fast"])
+
+
+def test_unreadable_config_files_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(str(tmp_path))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(str(latin))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1\nb: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    assert "not valid YAML" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_round_trip_through_dict():
     cfg = load_config(base=BASE, overrides=["seed=7"])
     assert config.from_dict(config.PipelineConfig, config.to_dict(cfg)) == cfg

@@ -97,3 +97,10 @@ def test_gradient_reversal_flips_the_backbones_gradient_only():
     for a, b in zip(plain_d, rev_d):  # the domain head itself still descends
         torch.testing.assert_close(a, b)
     assert models.dann_scale(0.0) == 0.0 and 0.99 < models.dann_scale(1.0) < 1.0
+
+
+def test_models_with_auxiliary_heads_give_logits_in_train_mode():
+    """inception_v3 returns (logits, aux) while training; its aux head is dropped."""
+    model = models.build_classifier("inception_v3", 3).train()
+    out = model(torch.rand(2, 3, 80, 80))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)

@@ -137,6 +137,7 @@ def test_bad_model_settings_write_nothing(tiny_demo, tmp_path, capsys):
     not_ckpt.write_bytes(b"definitely not a checkpoint")
     cases = [
         (["model.backbone=alexnet", "model.image_size=16"], "model.image_size 16"),
+        (["model.backbone=vit_b_16", "model.image_size=32"], "cannot take model.image_size 32"),
         ([f"model.weights={not_ckpt}"], "not a loadable checkpoint"),
         (["discriminate.layer=block9"], "not a node of the backbone"),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -11,6 +12,14 @@ from typing import Any, Literal
 import yaml
 
 from dtl_ray.config.schema import ConfigError, PipelineConfig
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SCHEMES = ("s3://", "file://")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def _check_value(key: str, tp: Any, value: Any) -> Any:
@@ -52,8 +61,12 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string; YAML 1.2 does not
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -98,7 +111,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config key '{key}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({_one_line(e)}); quote a string value") from None
+        if "#" in raw and isinstance(value, str | None):
+            value = raw.strip()  # a '#' in a path or name, not a YAML comment
+        node[parts[-1]] = value
     return data
 
 
@@ -107,47 +127,97 @@ def adapts(cfg: PipelineConfig) -> bool:
     return cfg.discriminate.adapts
 
 
+def _at_least(lo: float):
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _above(lo: float):
+    return (lambda v: v > lo), f"> {lo}"
+
+
+def _within(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False):
+    def ok(v):
+        return (v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi)
+
+    return ok, f"{'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+
+
+# every numeric key's range (lists: each item); checked at load time, so nothing fails hours in
+RANGES = {
+    "seed": _at_least(0),
+    "model.image_size": _within(8, 4096),
+    "scaling.num_workers": _at_least(1),
+    "scaling.cpus_per_worker": _at_least(1),
+    "scaling.max_failures": _at_least(0),
+    "data.batch_size": _at_least(1),
+    "data.shuffle_buffer": _at_least(0),
+    "data.max_rejected_fraction": _within(0, 1),
+    "pretrain.epochs": _at_least(1),
+    "pretrain.lr": _above(0),
+    "pretrain.weight_decay": _at_least(0),
+    "pretrain.rotation": _within(0, 180),
+    "pretrain.crop": _within(0, 0.5, open_hi=True),
+    "pretrain.brightness": _within(0, 1, open_hi=True),
+    "pretrain.contrast": _within(0, 1, open_hi=True),
+    "discriminate.hidden": _at_least(1),
+    "discriminate.epochs": _at_least(1),
+    "discriminate.lr": _above(0),
+    "discriminate.heldout_fraction": _within(0, 1, open_lo=True, open_hi=True),
+    "discriminate.dann_epochs": _at_least(1),
+    "discriminate.dann_lr": _above(0),
+    "discriminate.dann_weight": _at_least(0),
+    "score.batch_size": _at_least(1),
+    "score.actors": _at_least(0),
+    "score.clip": _within(0, 0.5, open_lo=True, open_hi=True),
+    "score.max_weight": _above(0),
+    "select.fraction": _within(0, 1),
+    "select.threshold": _at_least(0),
+    "select.per_class": _at_least(1),
+    "select.target_fraction": _within(0, 1),
+    "select.confidence_floor": _within(0, 1),
+    "finetune.epochs": _at_least(1),
+    "finetune.grace_period": _at_least(1),
+    "finetune.num_samples": _at_least(1),
+    "finetune.source_fractions": _within(0, 1, open_lo=True, open_hi=True),
+    "finetune.target_fractions": _within(0, 1),
+    "finetune.lr": _above(0),
+    "finetune.candidate_weight": _at_least(0),
+    # at 0.9 labeled target is repeated up to 9x the candidates per epoch; beyond, epochs grow
+    # without bound (0.999: a thousand copies)
+    "finetune.mix_ratio": _within(0, 0.9),
+    "finetune.batch_size": _at_least(1),
+    "finetune.max_concurrent_trials": _at_least(0),
+}
+
+
 def _validate(cfg: PipelineConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     if not cfg.source.uri:
         raise ConfigError("config key 'source.uri' is required")
     if not cfg.target.uri:
         raise ConfigError("config key 'target.uri' is required")
-    checks = [
-        ("model.image_size", cfg.model.image_size >= 8),
-        ("scaling.num_workers", cfg.scaling.num_workers >= 1),
-        ("scaling.cpus_per_worker", cfg.scaling.cpus_per_worker >= 1),
-        ("scaling.max_failures", cfg.scaling.max_failures >= 0),
-        ("data.max_rejected_fraction", 0 <= cfg.data.max_rejected_fraction <= 1),
-        ("data.batch_size", cfg.data.batch_size >= 1),
-        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0),
-        ("pretrain.epochs", cfg.pretrain.epochs >= 1),
-        ("discriminate.epochs", cfg.discriminate.epochs >= 1),
-        ("discriminate.heldout_fraction", 0 < cfg.discriminate.heldout_fraction < 1),
-        ("score.clip", 0 < cfg.score.clip < 0.5),
-        ("score.max_weight", cfg.score.max_weight > 0),
-        ("select.fraction", 0 <= cfg.select.fraction <= 1),
-        ("select.target_fraction", 0 <= cfg.select.target_fraction <= 1),
-        ("finetune.epochs", cfg.finetune.epochs >= 1),
-        ("finetune.num_samples", cfg.finetune.num_samples >= 1),
-        ("finetune.source_fractions", all(0 < f < 1 for f in cfg.finetune.source_fractions)),
-        ("finetune.target_fractions", all(0 <= f <= 1 for f in cfg.finetune.target_fractions)),
-        ("finetune.lr", len(cfg.finetune.lr) > 0 and all(v > 0 for v in cfg.finetune.lr)),
-        ("finetune.mix_ratio", 0 <= cfg.finetune.mix_ratio < 1),
-        ("discriminate.dann_epochs", cfg.discriminate.dann_epochs >= 1),
-        ("discriminate.dann_lr", cfg.discriminate.dann_lr > 0),
-        ("discriminate.dann_weight", cfg.discriminate.dann_weight >= 0),
-    ]
-    for key, ok in checks:
-        if not ok:
-            value = cfg
-            for part in key.split("."):
-                value = getattr(value, part)
-            raise ConfigError(f"config key '{key}': value {value!r} is out of range")
+    for key, (ok, expected) in RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if isinstance(value, list):
+            good = len(value) > 0 and all(ok(v) for v in value)
+            expected = f"a non-empty list, each item {expected}"
+        else:
+            good = ok(value)
+        if not good:
+            raise ConfigError(f"config key '{key}': {value!r} is out of range (expected "
+                              f"{expected})")
     for s in cfg.finetune.strategies:
         if s not in ("discriminator", "random"):
             raise ConfigError(f"config key 'finetune.strategies': unknown strategy {s!r} "
                               "(choose from 'discriminator', 'random')")
+    if not cfg.finetune.train_layers:
+        raise ConfigError("config key 'finetune.train_layers': [] is empty (choose from "
+                          "'head', 'last_block', 'all')")
+    if not cfg.finetune.strategies:
+        raise ConfigError("config key 'finetune.strategies': [] is empty (choose from "
+                          "'discriminator', 'random')")
     for layers in cfg.finetune.train_layers:
         if layers not in ("head", "last_block", "all"):
             raise ConfigError(f"config key 'finetune.train_layers': unknown value {layers!r} "
@@ -156,8 +226,16 @@ def _validate(cfg: PipelineConfig) -> None:
         raise ConfigError("config key 'finetune.init': 'adapted' needs "
                           "discriminate.mode: adversarial or discriminate.dann_baseline: true "
                           "(there is no adapted backbone otherwise)")
-    if not cfg.name or "/" in cfg.name:
-        raise ConfigError(f"config key 'name': {cfg.name!r} must be a non-empty name without '/'")
+    if not _NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
+        raise ConfigError(f"config key 'name': {cfg.name!r} must be letters, digits, '.', '_' "
+                          "or '-' (not starting with '.' or '-'): it names a folder in storage")
+    for key in ("storage", "source.uri", "target.uri", "model.weights"):
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value and "://" in value and not value.startswith(SCHEMES):
+            raise ConfigError(f"config key '{key}': {value!r} has an unsupported scheme "
+                              "(use a local path or s3://bucket/prefix)")
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None,
@@ -170,12 +248,19 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
     data = dict(base or {})
     if path is not None:
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config path {path} is a folder, not a YAML file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte "
+                              f"{e.start}); save it as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     data = apply_overrides(data, overrides or [])
