@@ -106,7 +106,8 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
             images.append(decode_image(raw, image_size))
             errors.append("")
         except Exception as e:  # a bad file becomes a rejected row, not a crash
-            if isinstance(e, OSError) and any(t in str(e) for t in storage.TRANSIENT):
+            if isinstance(e, MemoryError) or (
+                    isinstance(e, OSError) and any(t in str(e) for t in storage.TRANSIENT)):
                 raise  # the task fails and Ray retries it; never a wrongly rejected row
             images.append(rejected_image(image_size))
             errors.append(f"{type(e).__name__}: {e}"[:300])

@@ -87,6 +87,20 @@ def test_decode_converts_modes_and_rejects_bad_files(tmp_path):
     assert data.drop_rejected(out)["image"].shape[0] == 5
 
 
+def test_a_memory_fault_is_not_a_rejected_image(tmp_path, monkeypatch):
+    """Running out of memory says nothing about the file: the task must fail (and be
+    retried by Ray), not drop the row as undecodable."""
+    from dtl_ray import samples
+
+    (tmp_path / "ok.png").write_bytes(_png("RGB"))
+
+    def no_memory(raw, size):
+        raise MemoryError()
+
+    monkeypatch.setattr(samples, "decode_image", no_memory)
+    with pytest.raises(MemoryError):
+        data.decode_batch({"path": np.array([str(tmp_path / "ok.png")], dtype=object)}, 8)
+
 
 def _first_batches(ds, batch_size, epoch, seed, n_batches):
     """Labels of the first `n_batches` batches of one epoch, as the training stages read them."""
