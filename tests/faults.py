@@ -58,14 +58,17 @@ def kill_a_train_worker_after_first_checkpoint(stage_dir):
     """Starts a thread that, once the stage's Train run has a checkpoint, SIGKILLs a live
     `RayTrainWorker` of this session's Ray. Returns (thread, result dict: `pid` of the victim,
     or `error`, which the caller re-raises: a thread would swallow it)."""
+    import ray
     from ray.util.state import list_actors
 
+    # this session's cluster by its address: another Ray may run on the same machine
+    address = ray.get_runtime_context().gcs_address
     killed = {}
 
     def killer():
         try:
             wait_for(lambda: train_checkpoints(stage_dir))
-            actors = wait_for(lambda: list_actors(filters=[
+            actors = wait_for(lambda: list_actors(address=address, filters=[
                 ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]))
             killed["pid"] = actors[0].pid
             os.kill(actors[0].pid, signal.SIGKILL)
