@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a config key (dotted), repeatable")
     r.add_argument("--stages", help="comma-separated stages to run (default: all)")
+    r.add_argument("--restart-from", metavar="STAGE", default=None,
+                   help="delete this stage and every later one of the run first, so they are "
+                   "made again (needed after changing settings a finished stage depends on)")
     m = sub.add_parser("demo", help="demo-data + run with configs/demo.yaml into runs/demo/")
     m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     m.add_argument("--data", default="runs/demo-data", help="where the demo pair is written")
@@ -137,7 +140,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     cfg = config.load_config(args.config, args.overrides)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    doc = pipeline.run(cfg, stages)
+    doc = pipeline.run(cfg, stages, restart_from=args.restart_from)
     print(doc.get("verdict", ""))
     return 0
 

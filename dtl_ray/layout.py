@@ -29,6 +29,10 @@ STAGES = ("pretrain", "discriminate", "score", "select", "finetune", "evaluate")
 
 DONE_MARKER = "_DONE.json"
 
+TRAIN_RUNS = {"pretrain": ("train",), "discriminate": ("train", "adapted", "dann")}
+"""The Ray Train runs of each stage: `train` (pretraining; D on the pretrained features),
+`adapted` (D on DANN-adapted features), `dann` (the adaptation itself)."""
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -88,12 +92,29 @@ class RunLayout:
     def is_done(self, name: str) -> bool:
         return storage.exists(self.done(name))
 
-    def mark_done(self, name: str, summary: dict) -> None:
-        storage.write_json(self.done(name), {"summary": summary})
+    def mark_done(self, name: str, summary: dict, settings: dict | None = None) -> None:
+        """Writes the marker: the stage's summary and the settings it was made with."""
+        storage.write_json(self.done(name), {"summary": summary, "settings": settings})
 
     def summary(self, name: str) -> dict:
         """What a finished stage returned (kept in its done-marker)."""
         return storage.read_json(self.done(name))["summary"]
+
+    def settings(self, name: str) -> dict | None:
+        """The settings a finished stage was made with (None for markers from before they
+        were recorded)."""
+        return storage.read_json(self.done(name)).get("settings")
+
+    def forget(self, name: str) -> None:
+        """Deletes a stage's folder (outputs, Train/Tune runs, marker) so it runs afresh."""
+        storage.delete_tree(self.stage(name))
+
+    def train_run(self, stage: str, run: str = "train") -> tuple[str, str]:
+        """(folder, name) of one of a stage's Ray Train runs; it lives in `<stage>/<run>/` and
+        has a fixed name, so running the stage again resumes it."""
+        if run not in TRAIN_RUNS.get(stage, ()):
+            raise ValueError(f"stage {stage!r} has no Train run {run!r}")
+        return self.stage(stage), run
 
     # --- what stages hand over -------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from dtl_ray import data, report, results, storage
+from dtl_ray import data, fingerprints, report, results, storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
 from dtl_ray.layout import STAGES, RunLayout
 
@@ -144,15 +144,48 @@ def inspect_images(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manife
     return summary
 
 
-def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
+def check_settings(cfg: PipelineConfig, layout: RunLayout) -> None:
+    """Refuses to reuse a finished stage made with other settings (see `fingerprints`)."""
+    for name in STAGES:
+        if not layout.is_done(name):
+            continue
+        old = layout.settings(name)
+        if old is None:  # a marker from before settings were recorded: nothing to compare
+            continue
+        changed = fingerprints.changes(old, fingerprints.settings(cfg, name))
+        if changed:
+            shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
+            raise ConfigError(f"stage '{name}' of run {layout.root} finished with other "
+                              f"settings ({shown}): run with --restart-from {name} to make it "
+                              "and every later stage again, or choose another name")
+
+
+def restart(layout: RunLayout, stage: str) -> None:
+    """Deletes `stage` and every later stage (and, from pretrain, the inspect pass and the
+    kept manifest), so the run makes them again."""
+    later = list(STAGES[STAGES.index(stage):])
+    if stage == STAGES[0]:
+        later.insert(0, "inspect")
+        if storage.exists(layout.manifest):
+            storage.delete(layout.manifest)
+    for name in later:
+        layout.forget(name)
+    print(f"[dtl-ray] restarting from {stage}: removed {', '.join(later)}", flush=True)
+
+
+def run(cfg: PipelineConfig, stages: list[str] | None = None,
+        restart_from: str | None = None) -> dict:
     """Runs the pipeline (or `stages` of it) and writes report.json and report.html.
+    `restart_from` first deletes that stage and every later one.
 
     Raises:
-        ConfigError: an unknown stage, or a stage whose upstream has not finished.
+        ConfigError: an unknown stage, a stage whose upstream has not finished, or a finished
+            stage made with other settings.
         data.DataError: problems with the input folders.
     """
     wanted = stages or STAGES
-    unknown = [s for s in wanted if s not in STAGES]
+    unknown = [s for s in [*wanted, *([restart_from] if restart_from else [])]
+               if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}: choose from {STAGES}")
     t0 = time.time()
@@ -161,6 +194,9 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
     check_uris(cfg)
     preflight(cfg)
     layout = run_layout(cfg)
+    if restart_from:
+        restart(layout, restart_from)
+    check_settings(cfg, layout)
     manifest = _manifest(cfg, layout)  # fails fast, before Ray starts, on bad folders
     counts = manifest.counts()
     print(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source {counts['source']}; "
@@ -185,7 +221,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None) -> dict:
                               f"(run with --stages {','.join(missing + [name])})")
         print(f"[dtl-ray] {name}: starting", flush=True)
         summaries[name] = results.to_summary(stage_runs[name](cfg, layout))
-        layout.mark_done(name, summaries[name])
+        layout.mark_done(name, summaries[name], fingerprints.settings(cfg, name))
         print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
     doc = report.build(cfg, manifest, summaries, time.time() - t0)
     doc["data"]["rejected"] = inspected["rejected"]

@@ -80,6 +80,15 @@ def delete(uri: str) -> None:
     fs.delete_file(path)
 
 
+def delete_tree(uri: str) -> None:
+    """Deletes a folder (a prefix on S3) and everything under it; a missing one is fine."""
+    fs, path = resolve(uri)
+    if retry(fs.get_file_info, path).type == pafs.FileType.Directory:
+        retry(fs.delete_dir, path)
+    elif isinstance(fs, pafs.S3FileSystem):  # S3 has no folders: delete the prefix's objects
+        retry(lambda: fs.delete_dir_contents(path, missing_dir_ok=True))
+
+
 def train_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """(storage_path, storage_filesystem) for a Ray Train/Tune RunConfig."""
     local = local_path(uri)

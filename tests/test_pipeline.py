@@ -148,6 +148,34 @@ def test_cli_rerun_of_a_finished_run_skips_every_stage(tiny_run, tiny_demo, tmp_
     assert html.escape(verdict) in open(layout.report_html).read()  # re-rendered from the JSON
 
 
+def test_a_finished_stage_with_other_settings_is_refused_then_restarted(tiny_run, tiny_demo,
+                                                                        tmp_path, capsys):
+    _, run, local = tiny_run
+    copy = copy_run(run, tmp_path / "changed", pipeline.STAGES)
+    layout = RunLayout(str(copy))
+    assert layout.settings("select")["select.fraction"] == 0.25  # recorded with the outputs
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text("name: changed\n")
+    overrides = tiny_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path, "changed")
+    capsys.readouterr()
+    assert cli.main(cli_args(cfg_file, overrides + ["select.fraction=0.5"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stage 'select'" in err[0], err
+    assert "select.fraction: 0.25 -> 0.5" in err[0] and "--restart-from select" in err[0]
+    assert all(layout.is_done(s) for s in pipeline.STAGES)  # nothing was touched
+    # a key no stage depends on (scaling) changes nothing
+    assert cli.main(cli_args(cfg_file, overrides + ["scaling.max_failures=1"],
+                             "--stages", "evaluate")) == 0
+    # --restart-from makes select again with the new setting; later stages are gone
+    assert cli.main(cli_args(cfg_file, overrides + ["select.fraction=0.5"],
+                             "--restart-from", "select", "--stages", "select")) == 0
+    assert layout.summary("select")["fraction"] == 0.5
+    assert layout.summary("select")["n_source"] > local["select"]["n_source"]
+    assert layout.is_done("score") and layout.summary("score") == local["score"]
+    assert not os.path.exists(layout.stage("finetune"))
+    assert not os.path.exists(layout.stage("evaluate"))
+
+
 def test_label_free_choice_is_reported_beside_the_labeled_one(tiny_run):
     cfg, run, s = tiny_run
     free, ft = s["evaluate"]["label_free"], s["finetune"]["label_free"]

@@ -160,14 +160,14 @@ def train_fn(config: dict) -> dict:
 def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
            rows: pd.DataFrame) -> list:
     """The DANN run; saves the adapted classifier, returns its epoch history."""
-    stage_uri, pretrain_model = layout.stage(STAGE), layout.pretrain_model
+    pretrain_model = layout.pretrain_model
     size, cache, seed = s.model.image_size, s.data.cache, s.seed
     src = manifest.rows("source", "train")
     datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed),
                 "target": data.training_dataset(rows[rows["is_target"] == 1], size, cache,
                                                 ["image"], seed)}
     steps = math.ceil(len(src) / s.scaling.num_workers / s.data.batch_size)
-    result = raytrain.fit(dann.dann_fn, s.scaling, stage_uri, "dann", datasets, {
+    result = raytrain.fit(dann.dann_fn, s.scaling, *layout.train_run(STAGE, "dann"), datasets, {
         "discriminate": s.discriminate, "pretrain": s.pretrain, "data": s.data, "seed": seed,
         "cpus": s.scaling.cpus_per_worker, "pretrain_model": pretrain_model,
         "source_steps": steps})
@@ -184,14 +184,14 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
     return meta["history"]
 
 
-def _discriminator(s: _Sections, stage_uri: str, name: str, model_uri: str,
+def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
                    rows: pd.DataFrame, held: np.ndarray) -> tuple[dict, dict]:
     """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
     cols = ["image", "is_target"]
     size, cache, seed = s.model.image_size, s.data.cache, s.seed
     datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed),
                 "heldout": data.training_dataset(rows[held], size, cache, cols, None)}
-    result = raytrain.fit(train_fn, s.scaling, stage_uri, name, datasets, {
+    result = raytrain.fit(train_fn, s.scaling, *train_run, datasets, {
         "discriminate": s.discriminate, "batch_size": s.data.batch_size, "seed": seed,
         "cpus": s.scaling.cpus_per_worker, "pretrain_model": model_uri,
         "n_source": int((rows[~held]["is_target"] == 0).sum()),
@@ -215,7 +215,6 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     t0 = time.time()
     s = _Sections(discriminate, model, data_cfg, pretrain, scaling, seed)
     d = discriminate
-    stage_uri = layout.stage(STAGE)
     manifest = data.load_manifest(layout)
     pretrain_model = layout.pretrain_model
     classifier, _ = builders.load_classifier(pretrain_model)
@@ -225,11 +224,12 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     n_source = int((rows["is_target"] == 0).sum())
     n_target = int((rows["is_target"] == 1).sum())
     # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
-    state, meta = _discriminator(s, stage_uri, "train", pretrain_model, rows, held)
+    state, meta = _discriminator(s, layout.train_run(STAGE), pretrain_model, rows, held)
     scoring_model, adversarial = pretrain_model, {}
     if d.adapts:
         dann_uri, history = layout.dann_model, _adapt(s, layout, manifest, rows)
-        state_a, meta_a = _discriminator(s, stage_uri, "adapted", dann_uri, rows, held)
+        state_a, meta_a = _discriminator(s, layout.train_run(STAGE, "adapted"), dann_uri, rows,
+                                          held)
         adversarial = {"before": _gap(meta["metrics"]), "after": _gap(meta_a["metrics"]),
                        "dann_curve": history, "dann_model": dann_uri}
         if d.mode == "adversarial":  # score with D on the adapted features

@@ -105,7 +105,6 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
         scaling: ScalingConfig, seed: int) -> PretrainResult:
     """Pretrains on source train, keeps the best source-val epoch. Returns the summary."""
     t0 = time.time()
-    stage_uri = layout.stage(STAGE)
     manifest = data.load_manifest(layout)
     cols = ["image", "label"]
     size, cache = model.image_size, data_cfg.cache
@@ -113,7 +112,7 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
         "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed),
         "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols, None),
     }
-    result = raytrain.fit(train_fn, scaling, stage_uri, "train", datasets, loop_config(
+    result = raytrain.fit(train_fn, scaling, *layout.train_run(STAGE), datasets, loop_config(
         model, data_cfg, pretrain, scaling, seed, len(manifest.classes)))
     if result.error is not None:
         raise result.error

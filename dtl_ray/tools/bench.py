@@ -12,6 +12,7 @@ standard deviation) and `<out>/bench.html` with the plots.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import os
@@ -39,6 +40,8 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
             storage.write_json(os.path.join(data_dir, "_SEED"), seed)
         extra = [f"source.uri={data_dir}/source", f"target.uri={data_dir}/target"]
         name = f"bench-{pair}-seed{seed}"
+    if overrides:  # runs with other settings get other names (a finished run is reused)
+        name += "-" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
     cfg = config.load_config(config_path, [f"seed={seed}", f"name={name}", f"storage={out}",
                                            *extra, *overrides])
     print(f"[bench] seed {seed}: {name}", flush=True)
