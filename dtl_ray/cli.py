@@ -150,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     from dtl_ray.checkpoints import CheckpointError
     from dtl_ray.config import ConfigError
     from dtl_ray.data import DataError
+    from dtl_ray.lease import LeaseError
     from dtl_ray.models import ModelError
     from dtl_ray.storage import StorageError
 
     args = _parser().parse_args(argv)
     try:
         return _main(args)
-    except (ConfigError, DataError, ModelError, CheckpointError, StorageError,
+    except (ConfigError, DataError, ModelError, CheckpointError, StorageError, LeaseError,
             FileNotFoundError) as e:
         print(f"dtl-ray: error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from dtl_ray import data, fingerprints, report, results, storage
+from dtl_ray import data, fingerprints, lease, report, results, storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
 from dtl_ray.layout import STAGES, RunLayout
 
@@ -194,6 +194,13 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
     check_uris(cfg)
     preflight(cfg)
     layout = run_layout(cfg)
+    with lease.Lease(layout.root):  # one run of this name at a time
+        return _run_held(cfg, layout, wanted, restart_from, env, t0)
+
+
+def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str | None,
+              env: dict, t0: float) -> dict:
+    """`run` once the run's lease is held."""
     if restart_from:
         restart(layout, restart_from)
     check_settings(cfg, layout)
