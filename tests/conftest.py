@@ -19,24 +19,43 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_faults():
-    """An S3-compatible server (moto) on 127.0.0.1 behind a proxy that fails every 25th
-    request with 503 SlowDown, and the AWS variables pointing at the proxy: every S3 test
-    runs through transient errors.
+    """An S3-compatible server (moto, its own process) on 127.0.0.1 behind a proxy that fails
+    every 25th request with 503 SlowDown, and the AWS variables pointing at the proxy: every
+    S3 test runs through transient errors.
 
-    Started before Ray so that Ray's workers inherit the endpoint and credentials.
+    Started before Ray so that Ray's workers inherit the endpoint and credentials. moto runs
+    in a process of its own: as a thread it would share the test driver's GIL.
     """
-    from moto.server import ThreadedMotoServer
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
     from s3_faults import FaultyProxy
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    with FaultyProxy(port, every=25) as proxy:
-        os.environ.update(AWS_ACCESS_KEY_ID="dtl-test-key", AWS_SECRET_ACCESS_KEY=SECRET,
-                          AWS_REGION="us-east-1",
-                          AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
-        yield proxy
-    server.stop()
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
+         "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    try:
+        with FaultyProxy(port, every=25) as proxy:
+            os.environ.update(AWS_ACCESS_KEY_ID="dtl-test-key", AWS_SECRET_ACCESS_KEY=SECRET,
+                              AWS_REGION="us-east-1",
+                              AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
+            yield proxy
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
