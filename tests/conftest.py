@@ -26,10 +26,10 @@ def s3_faults():
     Started before Ray so that Ray's workers inherit the endpoint and credentials. moto runs
     in a process of its own: as a thread it would share the test driver's GIL.
     """
+    import socket
     import subprocess
     import sys
     import time
-    import urllib.request
 
     from s3_faults import FaultyProxy
 
@@ -40,7 +40,7 @@ def s3_faults():
     deadline = time.time() + 60
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
             if time.time() > deadline or server.poll() is not None:
