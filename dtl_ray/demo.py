@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -155,6 +156,9 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     near_total = 0
+    # images are drawn in order (the seed decides them); remote writes go 16 at a time
+    pool = ThreadPoolExecutor(16) if out_uri.startswith("s3://") else None
+    writes = []
     for key, per_class in DEFAULT_COUNTS.items():
         domain, split = key.split("/")
         classes = SHARED_CLASSES + SOURCE_ONLY_CLASSES if domain == "source" else tgt_classes
@@ -170,7 +174,15 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
                 # the file name carries the style so a person (and the tests) can check the
                 # discriminator's choice; the pipeline never reads it
                 uri = storage.join(out_uri, domain, split, sub, f"{name}_{style}_{i:04d}.png")
-                storage.write_bytes(uri, _png(render(name, style, rng)))
+                blob = _png(render(name, style, rng))
+                if pool is None:
+                    storage.write_bytes(uri, blob)
+                else:
+                    writes.append(pool.submit(storage.write_bytes, uri, blob))
                 counts[key] = counts.get(key, 0) + 1
+    if pool is not None:
+        with pool:
+            for w in writes:
+                w.result()  # a write that failed after its retries fails the command
     counts["source/train/near"] = near_total
     return counts

@@ -160,7 +160,7 @@ def variant_run(ray_session, tmp_path_factory):
     bad, odd = add_bad_images(root / "data", 4)
     cfg = config.load_config(overrides=tiny_overrides(
         root / "data" / "source", root / "data" / "target", root / "runs", "variants") + [
-        "score.weighting=iwan", "pretrain.epochs=6", "discriminate.epochs=15",
+        "score.weighting=iwan", "pretrain.epochs=8", "discriminate.epochs=15",
         "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted",
         "scaling.max_failures=2", "data.max_rejected_fraction=0.05", *SMALL_SEARCH])
     run = root / "runs" / "variants"

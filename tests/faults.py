@@ -1,6 +1,7 @@
 """Faults the end-to-end runs inject: broken image files, and a Train worker killed mid-run."""
 
 import io
+import json
 import os
 import signal
 import threading
@@ -26,6 +27,17 @@ def train_checkpoints(stage_dir):
     train = os.path.join(stage_dir, "train")
     return [d for d in os.listdir(train) if d.startswith("checkpoint_")] if os.path.isdir(
         train) else []
+
+
+def registered_checkpoint(stage_dir):
+    """Whether the Train run's controller has registered a checkpoint (a worker writes the
+    checkpoint's files first: killed before the registration, it restarts from scratch)."""
+    path = os.path.join(stage_dir, "train", "checkpoint_manager_snapshot.json")
+    try:
+        with open(path) as f:
+            return bool(json.load(f).get("checkpoint_results"))
+    except (OSError, ValueError):  # not there yet, or being written
+        return False
 
 
 def _png(arr):
@@ -55,9 +67,11 @@ def add_bad_images(root, n_bad):
 
 
 def kill_a_train_worker_after_first_checkpoint(stage_dir):
-    """Starts a thread that, once the stage's Train run has a checkpoint, SIGKILLs a live
-    `RayTrainWorker` of this session's Ray. Returns (thread, result dict: `pid` of the victim,
-    or `error`, which the caller re-raises: a thread would swallow it)."""
+    """Starts a thread that, once the stage's Train run (the pipeline's first) has a
+    checkpoint, SIGKILLs one of its `RayTrainWorker`s in this session's Ray.
+
+    Returns (thread, result dict: `pid` of the victim and `stage_done_at_kill`, or `error`,
+    which the caller re-raises: a thread would swallow it)."""
     import ray
     from ray.util.state import list_actors
 
@@ -65,13 +79,21 @@ def kill_a_train_worker_after_first_checkpoint(stage_dir):
     address = ray.get_runtime_context().gcs_address
     killed = {}
 
+    def alive_workers():
+        return list_actors(address=address, filters=[
+            ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+
     def killer():
         try:
-            wait_for(lambda: train_checkpoints(stage_dir))
-            actors = wait_for(lambda: list_actors(address=address, filters=[
-                ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]))
+            # this stage's workers: the first Train workers to come up (the stage's Train run is
+            # the pipeline's first); looked up before the race, so the kill follows the first
+            # checkpoint within a file-system poll, not a state-API call
+            actors = wait_for(alive_workers, every=0.05)
+            wait_for(lambda: registered_checkpoint(stage_dir), every=0.02)
             killed["pid"] = actors[0].pid
             os.kill(actors[0].pid, signal.SIGKILL)
+            # the victim must have been this stage's worker: the stage was still running
+            killed["stage_done_at_kill"] = os.path.exists(os.path.join(stage_dir, "_DONE.json"))
         except Exception as e:
             killed["error"] = e
 
