@@ -68,16 +68,15 @@ one-file-at-a-time reader (decoding stays on the task's own CPU)."""
 def _read_all(paths: list[str]) -> list[bytes | Exception]:
     """The bytes of each file (or the exception reading it raised), in order. Transient
     storage errors are retried inside; remote files are fetched `READ_THREADS` at a time."""
-    filesystems: dict[str, object] = {}
-    for path in paths:
-        scheme = path.split("://", 1)[0] if "://" in path else "file"
-        if scheme not in filesystems:
-            filesystems[scheme] = storage.resolve(path)[0]
+    def scheme(path: str) -> str:
+        return path.split("://", 1)[0] if "://" in path else "file"
+
+    firsts = {scheme(p): p for p in reversed(paths)}  # one path, so one filesystem, per scheme
+    filesystems = {k: storage.resolve(p)[0] for k, p in firsts.items()}
 
     def read(path: str) -> bytes | Exception:
         try:
-            scheme = path.split("://", 1)[0] if "://" in path else "file"
-            return storage.read_file(filesystems[scheme], storage.path_of(path))
+            return storage.read_file(filesystems[scheme(path)], storage.path_of(path))
         except Exception as e:  # judged by the caller: rejected row or retried task
             return e
 
@@ -106,8 +105,7 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
             images.append(decode_image(raw, image_size))
             errors.append("")
         except Exception as e:  # a bad file becomes a rejected row, not a crash
-            if isinstance(e, MemoryError) or (
-                    isinstance(e, OSError) and any(t in str(e) for t in storage.TRANSIENT)):
+            if isinstance(e, MemoryError) or storage.is_transient(e):
                 raise  # the task fails and Ray retries it; never a wrongly rejected row
             images.append(rejected_image(image_size))
             errors.append(f"{type(e).__name__}: {e}"[:300])

@@ -106,6 +106,11 @@ TRANSIENT = ("HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP stat
              "Connection reset", "timed out")
 
 
+def is_transient(e: BaseException) -> bool:
+    """Whether a storage error is worth another try (see TRANSIENT)."""
+    return isinstance(e, OSError) and any(t in str(e) for t in TRANSIENT)
+
+
 def retry(fn, *args, attempts: int = 6, base_s: float = 0.2):
     """Calls fn(*args), retrying transient storage errors (503s, dropped connections) with
     exponential backoff; other errors, and the last transient one, are raised."""
@@ -113,7 +118,7 @@ def retry(fn, *args, attempts: int = 6, base_s: float = 0.2):
         try:
             return fn(*args)
         except OSError as e:
-            if i == attempts - 1 or not any(t in str(e) for t in TRANSIENT):
+            if i == attempts - 1 or not is_transient(e):
                 raise
             time.sleep(base_s * 2 ** i)
     raise AssertionError("unreachable")

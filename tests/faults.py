@@ -22,13 +22,6 @@ def wait_for(predicate, timeout=300, every=0.2):
     raise TimeoutError("condition not reached")
 
 
-def train_checkpoints(stage_dir):
-    """The checkpoints a stage's Train run (named `train`) has written so far."""
-    train = os.path.join(stage_dir, "train")
-    return [d for d in os.listdir(train) if d.startswith("checkpoint_")] if os.path.isdir(
-        train) else []
-
-
 def registered_checkpoint(stage_dir):
     """Whether the Train run's controller has registered a checkpoint (a worker writes the
     checkpoint's files first: killed before the registration, it restarts from scratch)."""
