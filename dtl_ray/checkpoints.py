@@ -54,7 +54,8 @@ def load(uri: str) -> tuple[dict, dict]:
 
 
 CLASSIFIER_KEYS = ("backbone", "num_classes", "classes")
-DISCRIMINATOR_KEYS = ("layer", "in_dim", "hidden", "n_source", "n_target", "balanced")
+DISCRIMINATOR_KEYS = ("layer", "in_dim", "hidden", "n_source", "n_target", "balanced", "platt",
+                      "heldout_fraction")
 
 
 def save_classifier(uri: str, model_state: dict, backbone: str, classes: list,
@@ -74,16 +75,23 @@ def read_classifier(uri: str) -> tuple[dict, dict]:
     return _checked(uri, "model", CLASSIFIER_KEYS, "classifier")
 
 
-def save_discriminator(uri: str, state: dict, layer: str | None, in_dim: int, hidden: int,
-                       n_source: int, n_target: int, balanced: bool, **extra) -> None:
-    """A domain discriminator on the features of `layer`, with the domain sizes it saw."""
-    save(uri, {"discriminator": state}, {
+def save_discriminator(uri: str, folds: list[dict], platt: list, heldout_fraction: float,
+                       layer: str | None, in_dim: int, hidden: int, n_source: int,
+                       n_target: int, balanced: bool, **extra) -> None:
+    """Cross-fitted domain discriminators on the features of `layer`: one state_dict per fold
+    with its Platt parameters (a, b), the held-out fraction that (with the sample ids) tells
+    which rows each fold trained on (`calibration.fold_of`), and the domain sizes it saw."""
+    if len(folds) != len(platt):
+        raise ValueError("one (a, b) per fold")
+    save(uri, {"discriminator": list(folds)}, {
         "layer": layer, "in_dim": in_dim, "hidden": hidden, "n_source": n_source,
-        "n_target": n_target, "balanced": balanced, **extra})
+        "n_target": n_target, "balanced": balanced, "platt": [list(map(float, ab))
+                                                              for ab in platt],
+        "heldout_fraction": float(heldout_fraction), **extra})
 
 
 def read_discriminator(uri: str) -> tuple[dict, dict]:
-    """(discriminator state_dict, meta) of a file written by `save_discriminator`."""
+    """(list of per-fold state_dicts, meta) of a file written by `save_discriminator`."""
     return _checked(uri, "discriminator", DISCRIMINATOR_KEYS, "discriminator")
 
 

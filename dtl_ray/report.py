@@ -162,6 +162,25 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def discriminator_note(doc: dict) -> str | None:
+    """What a near-perfect discriminator means for the weights, in words (None otherwise)."""
+    d, sc = doc.get("discriminate"), doc.get("score")
+    if not d or not d.get("near_perfect"):
+        return None
+    text = (f"The discriminator separates the domains almost perfectly (held-out AUC "
+            f"{d['heldout_auc']:.3f}, proxy A-distance {d['proxy_a_distance']:.2f}): the "
+            f"density ratio p/(1-p) is near 0 for nearly every source image, so the weights "
+            f"carry little beyond their order.")
+    if sc and sc.get("source_at_clip_floor") is not None:
+        text += (f" {sc['source_at_clip_floor']:.1%} of source train sit at the clip floor "
+                 f"(p <= clip) and the weights' effective sample size is "
+                 f"{sc['source_weight_ess']:.1%} of source train.")
+    text += (f" Selection ranks by the {d.get('folds', 1)}-fold out-of-fold calibrated logit, "
+             "which keeps an order among them; weighting losses by w (finetune.weight_by_w) "
+             "or choosing models by importance-weighted source val means little here.")
+    return text
+
+
 def render(doc: dict, layout: RunLayout) -> str:
     """The human report: verdict first, then results, stages, plots and the data."""
     parts = [f"<h1>dtl-ray report: {html.escape(doc['name'])}</h1>",
@@ -173,8 +192,13 @@ def render(doc: dict, layout: RunLayout) -> str:
         rows += [[k, v["target_test_accuracy"], v["transfer_loss"], ""]
                  for k, v in ev["baselines"].items()]
         parts.append("<h2>Target test (measured once; nothing was chosen on it)</h2>")
-        parts.append(_table(rows, ["model", "accuracy", "transfer loss (CE)", "gain vs "
-                                   "target_only"]))
+        n_test = ev.get("test_images", "?")
+        n_val = doc.get("data", {}).get("target", {}).get("val", "?")
+        parts.append(_table(rows, ["model", f"accuracy (on {n_test} test images)",
+                                   "transfer loss (CE)", "gain vs target_only"]))
+        parts.append(f"<p>Models were chosen on {n_val} target val images (one image = "
+                     f"{100 / n_val if isinstance(n_val, int) and n_val else float('nan'):.2f} "
+                     "points of val accuracy).</p>")
         parts.append(f"<p>The whole search's choice on target val was <b>{ev['chosen']['arm']}"
                      f"</b>, test accuracy {ev['chosen']['target_test_accuracy']:.3f}.</p>")
         free = ev.get("label_free")
@@ -191,6 +215,8 @@ def render(doc: dict, layout: RunLayout) -> str:
     for key, title in (("pretrain", "Pretraining"), ("discriminate", "Discriminator"),
                        ("score", "Scoring"), ("select", "Selection"),
                        ("finetune", "Fine-tuning search")):
+        if key == "discriminate" and discriminator_note(doc):
+            parts.append(f"<p>{html.escape(discriminator_note(doc))}</p>")
         if key in doc:
             flat = [[k, v] for k, v in doc[key].items()
                     if not isinstance(v, (dict, list)) or k in ("best",)]

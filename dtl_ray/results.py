@@ -44,6 +44,19 @@ class DiscriminateResult:
     n_target: int
     heldout: int
     """Samples held out of both domains."""
+    folds: int
+    """Discriminators cross-fitted (each training row scored by the one that did not see it)."""
+    out_of_fold_auc: float
+    """AUC of the out-of-fold scores over D's training rows."""
+    heldout_calibration_error_raw: float
+    """Expected calibration error (15 bins, domains weighing half each) of p on the held-out
+    part before Platt scaling ..."""
+    heldout_calibration_error: float
+    """... and after it."""
+    platt: list
+    """Per fold, (a, b) of the calibrated logit a*z + b."""
+    near_perfect: bool
+    """Held-out AUC >= 0.98 or balanced accuracy >= 0.95: p says little beyond an order."""
     seconds: float
     adversarial: dict | None = field(default=None, metadata={"omit_if_none": True})
     """With DANN: the gap before and after adaptation, DANN's curve and its model."""
@@ -60,6 +73,10 @@ class ScoreResult:
     weighting: str
     mean_weight: dict
     """Mean importance weight per domain/split."""
+    source_at_clip_floor: float
+    """Share of source train whose p_target is at or below `score.clip` (their weights tie)."""
+    source_weight_ess: float
+    """Kish's effective sample size of the source train weights, as a share of the rows."""
     seconds: float
     startup_seconds: float
     """Until the first scored batch came back (actor start-up, model loading)."""

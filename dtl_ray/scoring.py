@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import builders, checkpoints, data, loops, models, weighting
+from dtl_ray import builders, calibration, checkpoints, data, loops, models, weighting
 from dtl_ray.config import ScalingConfig, ScoreConfig
 
 __all__ = ["Scorer", "MultiEvaluator", "actor_pool", "score_dataset"]
@@ -21,7 +21,12 @@ def _device(use_gpu: bool) -> str:
 
 
 class Scorer:
-    """Scores decoded batches: p_target, weight, and the classifier's pred/confidence/entropy.
+    """Scores decoded batches: p_target (with its calibrated logit `logit_target`), weight, and
+    the classifier's pred/confidence/entropy.
+
+    The discriminator file holds one D per fold (cross-fitting): a row one of them trained on
+    is scored by the D of its own fold, which never saw it; other rows by the mean of the
+    folds' calibrated logits (`calibration`).
 
     Rejected rows (non-empty `error`) pass through with NaN scores so none is lost.
     Predictions are over `classes` (global ids; the target's classes), returned as global ids.
@@ -40,13 +45,16 @@ class Scorer:
         self.model = loops.for_device(self.model, self.device)
         self.classes = list(classes)
         self.restrict = meta["num_classes"] != len(self.classes)  # source head: all classes
-        self.disc = self.tap = None
+        self.discs, self.tap, self.platt, self.heldout_fraction = [], None, [], 0.0
         if disc_uri is not None:
-            dstate, dmeta = checkpoints.read_discriminator(disc_uri)
+            states, dmeta = checkpoints.read_discriminator(disc_uri)
             self.tap = models.FeatureTap(self.model.backbone, dmeta["layer"]).eval().to(self.device)
-            self.disc = models.Discriminator(dmeta["in_dim"], dmeta["hidden"])
-            self.disc.load_state_dict(dstate)
-            self.disc.eval().to(self.device)
+            for state in states:
+                disc = models.Discriminator(dmeta["in_dim"], dmeta["hidden"])
+                disc.load_state_dict(state)
+                self.discs.append(disc.eval().to(self.device))
+            self.platt = [tuple(ab) for ab in dmeta["platt"]]
+            self.heldout_fraction = dmeta["heldout_fraction"]
         self.n_source, self.n_target, self.clip, self.cap = n_source, n_target, clip, cap
 
     @torch.no_grad()
@@ -56,7 +64,7 @@ class Scorer:
         ok = batch["error"] == ""
         n = len(ok)
         out = {k: v for k, v in batch.items() if k != "image"}
-        for k in ("p_target", "weight", "confidence", "entropy"):
+        for k in ("p_target", "logit_target", "weight", "confidence", "entropy"):
             out[k] = np.full(n, np.nan, dtype=np.float64)
         out["pred"] = np.full(n, -1, dtype=np.int64)
         out["capped"] = np.zeros(n, dtype=np.int8)
@@ -76,17 +84,33 @@ class Scorer:
             out["pred"][ok] = np.asarray(self.classes)[idx.numpy()]
             out["confidence"][ok] = conf.numpy()
             out["entropy"][ok] = loops.entropy(probs).numpy()
-            if self.disc is not None:
+            if self.discs:
                 if f is None:
                     with loops.autocast(self.device):
                         f = self.tap(x)
-                p = torch.sigmoid(self.disc(f.float()).float()).cpu().numpy()
+                z = self._logit(f.float(), {k: batch[k][ok] for k in
+                                            ("sample_id", "domain", "split")})
+                p = calibration.sigmoid(z)
                 w, capped = weighting.importance_weights(self.weighting, p, self.n_source,
                                                          self.n_target, self.clip, self.cap)
                 out["p_target"][ok] = p
+                out["logit_target"][ok] = z
                 out["weight"][ok] = w
                 out["capped"][ok] = capped
         return out
+
+    def _logit(self, f: torch.Tensor, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """Each row's calibrated logit: its own fold's D when a D trained on it, else the
+        folds' mean."""
+        cal = np.stack([calibration.apply_platt(d(f).double().cpu().numpy(), ab)
+                        for d, ab in zip(self.discs, self.platt, strict=True)])  # (K, B)
+        trained = calibration.in_training(rows["domain"], rows["split"], rows["sample_id"],
+                                          self.heldout_fraction)
+        fold = calibration.fold_of(rows["sample_id"], trained, len(self.discs))
+        z = cal.mean(axis=0)
+        own = fold != calibration.HELD_OUT
+        z[own] = cal[fold[own], np.flatnonzero(own)]
+        return z
 
 
 class MultiEvaluator:

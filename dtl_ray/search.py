@@ -38,12 +38,17 @@ def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
     """Every (strategy, source fraction, target fraction) the search covers.
 
     `target_only` (0, 0) and `all_source` (1, 0) always run; `self_training` runs at every
-    positive target fraction (`default_target_fraction`, select's, when there is none).
+    positive target fraction (`default_target_fraction`, select's, when there is none). Each
+    strategy also runs at source fraction 0 with every positive target fraction: transfer from
+    the source may not help (METHOD.md), and the method must be able to take target
+    candidates alone.
     """
     cells = [Cell("target_only", "none", 0.0, 0.0), Cell("all_source", "all", 1.0, 0.0)]
-    for strategy, sf, tf in itertools.product(f.strategies, f.source_fractions,
+    source_fractions = [0.0] + [s for s in f.source_fractions if s > 0]
+    for strategy, sf, tf in itertools.product(f.strategies, source_fractions,
                                               f.target_fractions):
-        cells.append(Cell(STRATEGY_ARM[strategy], strategy, sf, tf))
+        if sf > 0 or tf > 0:
+            cells.append(Cell(STRATEGY_ARM[strategy], strategy, sf, tf))
     self_fracs = [t for t in f.target_fractions if t > 0] or [default_target_fraction]
     cells += [Cell("self_training", "confidence", 0.0, t) for t in self_fracs]
     return cells
@@ -61,18 +66,21 @@ def settings_grid(f: FinetuneConfig, seed: int) -> list[dict]:
 
 
 def members(cell: Cell, scores: pd.DataFrame, unlabeled: pd.DataFrame, classes: list[int],
-            seed: int, confidence_floor: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+            seed: int, confidence_floor: float,
+            balanced: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(source candidates, target candidates) of a cell.
 
     scores: the score stage's table; unlabeled: pseudo-labeled unlabeled target rows
     (sample_id, pred, confidence, p_target). Random and confidence-only cells take exactly as
-    many samples as the discriminator's choice at the same fractions.
+    many samples as the discriminator's choice at the same fractions. balanced: the source
+    fraction is taken per class (`select.balance_classes`).
     """
     seed = seed + int(cell.source_fraction * 1000) + int(cell.target_fraction * 10)
     if cell.strategy == "all":
         src = weighting.select_source(scores, classes, "top_fraction", 1.0)
     elif cell.source_fraction > 0:
-        src = weighting.select_source(scores, classes, "top_fraction", cell.source_fraction)
+        src = weighting.select_source(scores, classes, "top_fraction", cell.source_fraction,
+                                      balanced=balanced)
         if cell.strategy == "random":
             src = weighting.random_source(scores, classes, len(src), seed)
     else:

@@ -125,22 +125,31 @@ def _eligible_source(scores: pd.DataFrame, target_classes: list[int]) -> pd.Data
 
 
 def ranked(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows by importance weight, highest first; ties (capped weights) broken by p_target,
-    then sample_id. The one ranking of source samples (selection, the report, the stats)."""
-    return rows.sort_values(["weight", "p_target", "sample_id"], ascending=[False, False, True],
+    """Rows by importance weight, highest first; ties (weights capped, or p clipped at the
+    floor) broken by the calibrated logit `logit_target` (it does not saturate as p does), then
+    sample_id. The one ranking of source samples (selection, the report, the stats)."""
+    key = "logit_target" if "logit_target" in rows else "p_target"
+    return rows.sort_values(["weight", key, "sample_id"], ascending=[False, False, True],
                             kind="mergesort")
 
 
 def select_source(scores: pd.DataFrame, target_classes: list[int], rule: str = "top_fraction",
                   fraction: float = 0.25, threshold: float = 1.0,
-                  per_class: int = 100) -> pd.DataFrame:
-    """Source candidates by importance weight; ties (capped weights) are broken by p_target,
-    then sample_id.
+                  per_class: int = 100, balanced: bool = False) -> pd.DataFrame:
+    """Source candidates by importance weight (the order of `ranked`).
 
     Rules: `top_fraction` of the eligible pool, weight >= `threshold`, or the `per_class` highest
     per target class. Source classes the target lacks are never selected.
+    balanced: `top_fraction` takes the top `fraction` of each class instead of the pool's (the
+    same number of samples, the source's class mix kept): a discriminator that finds some
+    classes more target-like than others must not starve the rest.
     """
     pool = ranked(_eligible_source(scores, target_classes))
+    if rule == "top_fraction" and balanced:
+        sizes = pool.groupby("label").size()
+        take = {c: int(round(fraction * n)) for c, n in sizes.items()}
+        rank_in_class = pool.groupby("label").cumcount()
+        return pool[rank_in_class.to_numpy() < pool["label"].map(take).to_numpy()]
     if rule == "top_fraction":
         return pool.head(int(round(fraction * len(pool))))
     if rule == "threshold":

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SECRET = "dtl-test-secret-8f3a1c"  # the tests check it is never written anywhere
@@ -97,7 +98,7 @@ def tiny_overrides(source, target, storage, name):
             "score.batch_size=64"]
 
 
-# for runs that test plumbing (packed data, another backbone, DANN), not the search: 5 cells
+# for runs that test plumbing (packed data, another backbone, DANN), not the search: 5 cells (instead of 9)
 # (every arm once) instead of 7
 SMALL_SEARCH = ["finetune.target_fractions=[0.0]"]
 
@@ -168,3 +169,66 @@ def variant_run(ray_session, tmp_path_factory):
     doc = pipeline.run(cfg)
     thread.join(timeout=30)
     return {"cfg": cfg, "run": run, "doc": doc, "bad": bad, "odd": odd, "killed": killed}
+
+
+# the other dataset's images per (domain, split) and class (`other_run`)
+OTHER_COUNTS = {("src", "train"): 16, ("src", "val"): 4, ("tgt", "train"): 2,
+                ("tgt", "unlabeled"): 6, ("tgt", "val"): 3, ("tgt", "test"): 4}
+OTHER_HUES = {"apple": (200, 30, 30), "leaf": (30, 160, 40), "sky": (40, 80, 220)}
+OTHER_BUCKET = "dtl-test"
+
+
+def _write_other(root, rng):
+    """JPEG files (`.JPG`) in nested folders; the target lacks the class `sky` (but its
+    unlabeled pool holds some)."""
+    import io
+
+    from PIL import Image
+
+    for (domain, split), n in OTHER_COUNTS.items():
+        for cls, colour in OTHER_HUES.items():
+            if domain == "tgt" and cls == "sky" and split != "unlabeled":
+                continue
+            for i in range(n):
+                base = np.array(colour) * (0.6 if domain == "tgt" else 1.0)
+                arr = np.clip(base + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+                folder = "misc" if split == "unlabeled" else cls
+                path = root / domain / split / folder / f"batch{i % 2}" / f"{cls}{i}.JPG"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format="JPEG")
+                path.write_bytes(buf.getvalue())
+
+
+@pytest.fixture(scope="session")
+def other_run(ray_session, s3_server, tmp_path_factory):
+    """A dataset that is not the demo, and the suite's S3 run: JPEG folders with other class
+    names; the source packed with `dtl-ray pack` into local shards, the target uploaded as
+    folders to S3 (through the faulty proxy), the run's storage on S3 (Train and Tune
+    checkpoints included); resnet18 started from a locally saved torchvision checkpoint.
+
+    Returns (cfg, the local folders' manifest, report)."""
+    import boto3
+    import torch
+    import torchvision
+
+    from dtl_ray import cli, config, data, pipeline
+
+    tmp_path = tmp_path_factory.mktemp("other")
+    folders = tmp_path / "d"
+    _write_other(folders, np.random.default_rng(0))
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=OTHER_BUCKET)
+    for path in sorted((folders / "tgt").rglob("*.JPG")):
+        s3.upload_file(str(path), OTHER_BUCKET, f"data/tgt/{path.relative_to(folders / 'tgt')}")
+    src, tgt = str(tmp_path / "packed" / "src"), f"s3://{OTHER_BUCKET}/data/tgt"
+    assert cli.main(["pack", str(folders / "src"), src, "--rows-per-shard", "16"]) == 0
+    weights = tmp_path / "resnet18_local.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    overrides = tiny_overrides(src, tgt, f"s3://{OTHER_BUCKET}/runs", "r18") + [
+        "model.backbone=resnet18", f"model.weights={weights}", "discriminate.layer=layer3",
+        "model.image_size=32", *SMALL_SEARCH]
+    cfg = config.load_config(overrides=overrides)
+    manifest = data.build_manifest(str(folders / "src"), str(folders / "tgt"),
+                                   cfg.data.extensions)
+    return cfg, manifest, pipeline.run(cfg)

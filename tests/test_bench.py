@@ -31,11 +31,22 @@ def test_bench_summary_and_page(tmp_path):
     # the method's mean 0.95 is above random_subset's 0.8, below target_only's 0.97
     assert s["method_above_mean_of"] == ["random_subset"]
     assert s["label_free"]["mean"] == pytest.approx(0.9)
+    # per baseline: method - baseline per seed (0.2, 0.1 and -0.05, 0.01), its spread, wins
+    assert s["method_minus"]["random_subset"]["mean"] == pytest.approx(0.15)
+    assert s["method_minus"]["random_subset"]["wins"] == 2
+    assert s["method_minus"]["target_only"]["mean"] == pytest.approx(-0.02)
+    assert s["method_minus"]["target_only"]["sd"] == pytest.approx(np.std([-0.05, 0.01], ddof=1))
+    assert s["method_minus"]["target_only"]["wins"] == 1
+    lines = bench.summary_lines(s, 3450, 500)
+    assert "3450 test images" in lines[0] and "500 val images" in lines[0]
+    assert any("method - target_only" in x and "-0.020" in x and "won 1 of 2" in x
+               for x in lines)
     doc = {"config": "c.yaml", "pair": "partial", "seeds": seeds, "summary": s, "seconds": 1.0,
            "_plots": bench._plots(seeds, s)}
     assert len(doc["_plots"]) == 6  # fraction, rows, histograms, confusion, kept, PAD
     page = bench._html(doc)
     assert page.count("data:image/png;base64,") == 6 and "without target labels" in page
+    assert "1 of 2" in page
 
 
 def test_bench_rejects_zero_seeds(capsys):

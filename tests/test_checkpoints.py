@@ -21,9 +21,13 @@ def test_classifier_round_trip_and_meta(tmp_path):
 def test_a_discriminator_is_not_taken_for_a_classifier(tmp_path):
     disc = models.Discriminator(64, 8)
     uri = str(tmp_path / "d.pt")
-    checkpoints.save_discriminator(uri, disc.state_dict(), None, 64, 8, 10, 5, True)
-    state, meta = checkpoints.read_discriminator(uri)
-    assert meta["in_dim"] == 64 and set(state) == set(disc.state_dict())
+    checkpoints.save_discriminator(uri, [disc.state_dict()] * 2, [(2.0, -1.0), (1.5, 0.5)], 0.2,
+                                   None, 64, 8, 10, 5, True)
+    states, meta = checkpoints.read_discriminator(uri)
+    assert meta["in_dim"] == 64 and meta["platt"] == [[2.0, -1.0], [1.5, 0.5]]
+    assert len(states) == 2 and set(states[1]) == set(disc.state_dict())
+    with pytest.raises(ValueError, match="one"):
+        checkpoints.save_discriminator(uri, [disc.state_dict()], [], 0.2, None, 64, 8, 1, 1, True)
     with pytest.raises(checkpoints.CheckpointError, match="not a classifier"):
         checkpoints.read_classifier(uri)
     # the same file given as model.weights: one clear error, not a KeyError from deep inside

@@ -9,8 +9,8 @@ import pytest
 from conftest import cli_args, copy_run, tiny_overrides
 
 from dtl_ray import checkpoints, cli, config, data, pipeline, search, storage
+from dtl_ray.calibration import heldout_mask
 from dtl_ray.layout import RunLayout
-from dtl_ray.stages.discriminate import heldout_mask
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +44,10 @@ def test_discriminate_stage(tiny_run):
     balanced = (said_target[is_target].mean() + (~said_target[~is_target]).mean()) / 2
     assert d["proxy_a_distance"] == pytest.approx(2 * (1 - 2 * (1 - balanced)), abs=0.1)
     assert os.path.exists(os.path.join(run, "discriminate", "discriminator.pt"))
+    # cross-fitted: five Ds, each calibrated on its own fold
+    assert d["folds"] == len(d["platt"]) == 5 == cfg.discriminate.folds
+    assert all(a > 0 for a, _ in d["platt"])  # calibration keeps the order of each D
+    assert 0 <= d["heldout_calibration_error"] <= 1 and 0.5 <= d["out_of_fold_auc"] <= 1
 
 
 def test_score_stage_accounts_for_every_row(tiny_run):
@@ -55,7 +59,9 @@ def test_score_stage_accounts_for_every_row(tiny_run):
     assert sc["rows_rejected"] == 0
     assert sorted(scores["sample_id"]) == sorted(manifest.table["sample_id"])
     assert list(scores.columns) == ["sample_id", "domain", "split", "path", "label", "p_target",
-                                    "weight", "pred", "confidence", "entropy"]
+                                    "logit_target", "weight", "pred", "confidence", "entropy"]
+    np.testing.assert_allclose(scores["p_target"], 1 / (1 + np.exp(-scores["logit_target"])),
+                               rtol=1e-9)
     assert scores["p_target"].between(0, 1).all() and (scores["weight"] > 0).all()
     assert scores["pred"].isin(manifest.target_classes).all()
 

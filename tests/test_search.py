@@ -33,14 +33,15 @@ def test_cells_cover_every_arm_and_fraction():
                          search.Cell("all_source", "all", 1.0, 0.0)]
     grid = [(c.strategy, c.source_fraction, c.target_fraction) for c in cells
             if c.arm in ("method", "random_subset")]
-    assert grid == [(s, sf, tf) for s in ("discriminator", "random") for sf in (0.25, 0.5)
-                    for tf in (0.0, 0.3)]
+    assert grid == [(s, sf, tf) for s in ("discriminator", "random") for sf in (0.0, 0.25, 0.5)
+                    for tf in (0.0, 0.3) if sf or tf]
     assert [c for c in cells if c.arm == "self_training"] == [
         search.Cell("self_training", "confidence", 0.0, 0.3)]
     assert {c.arm for c in cells} == set(search.ARMS)
     # no positive target fraction searched: self-training still runs, at select's fraction
     only_zero = search.make_cells(FinetuneConfig(target_fractions=[0.0]), 0.4)
     assert [c.target_fraction for c in only_zero if c.arm == "self_training"] == [0.4]
+    assert all(c.source_fraction > 0 for c in only_zero if c.arm == "method")
 
 
 def test_settings_are_drawn_once_and_shared():
@@ -59,11 +60,11 @@ def test_members_give_random_and_confidence_cells_the_methods_sizes():
     scores, unl = _scores(), _unlabeled()
     classes = [0, 1]
     method = search.members(search.Cell("method", "discriminator", 0.25, 0.5), scores, unl,
-                            classes, seed=0, confidence_floor=0.6)
+                            classes, seed=0, confidence_floor=0.6, balanced=False)
     rand = search.members(search.Cell("random_subset", "random", 0.25, 0.5), scores, unl,
-                          classes, seed=0, confidence_floor=0.6)
+                          classes, seed=0, confidence_floor=0.6, balanced=False)
     conf = search.members(search.Cell("self_training", "confidence", 0.0, 0.5), scores, unl,
-                          classes, seed=0, confidence_floor=0.6)
+                          classes, seed=0, confidence_floor=0.6, balanced=False)
     # 14 source rows in classes 0 and 1; a quarter is 4 (rounded from 3.5): the heaviest ones
     assert list(method[0]["sample_id"]) == [f"source/train/s{i:02d}" for i in (0, 1, 3, 4)]
     assert len(rand[0]) == len(method[0]) and set(rand[0]["label"]) <= {0, 1}
@@ -74,7 +75,7 @@ def test_members_give_random_and_confidence_cells_the_methods_sizes():
     assert len(rand[1]) == len(conf[1]) == len(method[1])
     assert list(conf[1]["confidence"]) == sorted(unl["confidence"], reverse=True)[:5]
     everything = search.members(search.Cell("all_source", "all", 1.0, 0.0), scores, unl,
-                                classes, seed=0, confidence_floor=0.6)
+                                classes, seed=0, confidence_floor=0.6, balanced=False)
     assert len(everything[0]) == 14 and everything[1].empty
 
 

@@ -50,6 +50,26 @@ def test_threshold_and_per_class():
     assert sorted(sel["sample_id"]) == ["s0", "s2"]
 
 
+def test_balanced_top_fraction_takes_each_classs_top_part():
+    s = _scores()
+    # class 0 holds the four heaviest eligible rows, class 1 the four lightest
+    s = pd.concat([s, pd.DataFrame({
+        "sample_id": [f"x{i}" for i in range(4)], "domain": "source", "split": "train",
+        "label": [0, 0, 1, 1], "weight": [7.0, 6.0, 0.2, 0.1],
+        "p_target": [0.8, 0.8, 0.1, 0.1]})], ignore_index=True)
+    plain = weighting.select_source(s, [0, 1], "top_fraction", 0.5)
+    assert list(plain["label"]) == [0, 0, 0, 1]  # the pool's top half: mostly one class
+    even = weighting.select_source(s, [0, 1], "top_fraction", 0.5, balanced=True)
+    # each class's top half, in the pool's order
+    assert list(even["sample_id"]) == ["x0", "x1", "s2", "s3"]
+
+
+def test_a_logit_breaks_ties_where_p_saturates():
+    s = _scores().assign(logit_target=[-40.0, -30.0, -50.0, -20.0, 0.0, 0.0, 5.0, 5.0])
+    s["weight"], s["p_target"] = 0.0101, 0.0  # every p at the floor, as float32 gives them
+    assert list(weighting.ranked(s.iloc[:4])["sample_id"]) == ["s3", "s1", "s0", "s2"]
+
+
 def test_capped_ties_are_broken_by_p_target():
     s = _scores()
     s.loc[s["sample_id"].isin(["s0", "s1"]), "weight"] = 20.0

@@ -161,6 +161,7 @@ RANGES = {
     "pretrain.contrast": _within(0, 1, open_hi=True),
     "discriminate.hidden": _at_least(1),
     "discriminate.epochs": _at_least(1),
+    "discriminate.folds": _at_least(1),
     "discriminate.lr": _above(0),
     "discriminate.heldout_fraction": _within(0, 1, open_lo=True, open_hi=True),
     "discriminate.dann_epochs": _at_least(1),

@@ -100,6 +100,10 @@ class DiscriminateConfig:
     """Adam learning rate of the discriminator."""
     heldout_fraction: float = 0.2
     """Part of both domains held out to report accuracy, AUC and proxy A-distance."""
+    folds: int = 5
+    """Cross-fitting: D is trained `folds` times, each time without one fold of its training
+    rows, and every training row is scored by the D that did not see it (out-of-fold scores);
+    each D is calibrated (Platt) on its own fold. 1: one D, calibrated on the held-out part."""
     balanced: bool = True
     """Class-balanced loss (each domain weighs half). Then N_s/N_t in the weights is 1."""
     mode: Literal["standard", "adversarial"] = "standard"
@@ -148,6 +152,9 @@ class SelectConfig:
     """`threshold`: take source samples with weight at least this."""
     per_class: int = 100
     """`per_class`: at most this many source samples per target class."""
+    balance_classes: bool = True
+    """`top_fraction` (and the search's source fractions) take the top fraction of each class,
+    not of the whole pool, so the candidates keep the source's class mix."""
     target_fraction: float = 0.3
     """Part of the unlabeled target pool to pseudo-label."""
     confidence_floor: float = 0.6

@@ -12,7 +12,6 @@ and its proxy A-distance is the gap *after*.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import builders, checkpoints, dann, data, loops, models, raytrain
+from dtl_ray import builders, calibration, checkpoints, dann, data, loops, models, raytrain
 from dtl_ray.config import (
     DataConfig,
     DiscriminateConfig,
@@ -33,7 +32,7 @@ from dtl_ray.config import (
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import DiscriminateResult
 
-__all__ = ["run", "heldout_mask", "domain_rows"]
+__all__ = ["run", "domain_rows"]
 
 STAGE = "discriminate"
 
@@ -50,12 +49,6 @@ class _Sections:
     seed: int
 
 
-def heldout_mask(sample_ids: pd.Series, fraction: float) -> np.ndarray:
-    """A stable held-out split: a sample is held out when the hash of its id says so."""
-    h = sample_ids.map(lambda s: int(hashlib.md5(s.encode()).hexdigest()[:8], 16) / 16**8)
-    return (h < fraction).to_numpy()
-
-
 def domain_rows(manifest: data.Manifest) -> pd.DataFrame:
     """Source train (is_target 0) and target train + unlabeled (is_target 1)."""
     src = manifest.rows("source", "train").assign(is_target=0)
@@ -64,14 +57,18 @@ def domain_rows(manifest: data.Manifest) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def _features(tap, it, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, ys = [], []
+def _features(tap, it, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
+    """(features (N, D), is_target (N,), fold (N,)) of a dataset shard."""
+    feats, ys, folds = [], [], []
     for b in it.iter_batches(batch_size=batch_size, batch_format="numpy"):
         feats.append(tap(loops.to_input(b["image"], device)).float())  # (B, D)
         ys.append(torch.tensor(b["is_target"]).float().to(device))
+        folds.append(torch.tensor(b["fold"]).long().to(device))
     if not feats:
-        return torch.zeros(0, 1, device=device), torch.zeros(0, device=device)
-    return torch.cat(feats), torch.cat(ys)
+        return (torch.zeros(0, 1, device=device), torch.zeros(0, device=device),
+                torch.zeros(0, dtype=torch.long, device=device))
+    return torch.cat(feats), torch.cat(ys), torch.cat(folds)
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -95,66 +92,114 @@ def heldout_metrics(p: np.ndarray, y: np.ndarray) -> dict:
             "proxy_a_distance": loops.proxy_a_distance(1 - balanced)}
 
 
-def train_fn(config: dict) -> dict:
-    """Per-worker loop: features once (frozen g), then the MLP for many epochs. `config`: the
-    `discriminate` section, `batch_size`, `seed`, `cpus`, `pretrain_model`, domain sizes."""
-    import ray.train
+def _fit_fold(x: torch.Tensor, y: torch.Tensor, d: DiscriminateConfig, bs: int, device,
+              seed: int, w_pos: float, w_neg: float) -> tuple[torch.nn.Module, float]:
+    """One discriminator trained on (x, y) for `d.epochs`; returns it (unwrapped) and its last
+    epoch's mean loss. Every worker takes the same number of steps (DDP)."""
     import ray.train.torch
 
-    rank, device, model = raytrain.classifier_worker(config)
-    d = config["discriminate"]
-    tap = models.FeatureTap(model.backbone, d.layer).eval().to(device)
-    for p in tap.parameters():
-        p.requires_grad = False
-    bs = config["batch_size"]
-    x, y = _features(tap, ray.train.get_dataset_shard("train"), 4 * bs, device)
-    hx, hy = _features(tap, ray.train.get_dataset_shard("heldout"), 4 * bs, device)
     disc = ray.train.torch.prepare_model(models.Discriminator(x.shape[1], d.hidden))
     opt = torch.optim.Adam(disc.parameters(), lr=d.lr)
-    # class-balanced weights from the global counts: each domain weighs half, so D's odds
-    # are already the density ratio (the prior ratio it saw is 1)
-    n_s, n_t = config["n_source"], config["n_target"]
-    w_pos, w_neg = ((n_s + n_t) / (2 * n_t), (n_s + n_t) / (2 * n_s)) if d.balanced else (1, 1)
-    # every worker must take the same number of steps (DDP): the smallest shard decides
     steps = int(raytrain.allreduce_min(math.ceil(len(x) / bs), device))
-    start = 0
-    restored = raytrain.restore()
-    if restored is not None:
-        state, meta = restored
-        raytrain.unwrap(disc).load_state_dict(state["discriminator"])
-        opt.load_state_dict(state["optimizer"])
-        start = meta["epoch"] + 1
-    gen = torch.Generator().manual_seed(config["seed"] + rank)
-    every = max(1, d.epochs // 5)
-    for epoch in range(start, d.epochs):
+    gen = torch.Generator().manual_seed(seed)
+    loss_sum = 0.0
+    for _epoch in range(d.epochs):
         disc.train()
         perm = torch.randperm(len(x), generator=gen).to(device)
         loss_sum = 0.0
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]
-            logits = disc(x[idx])
             w = torch.where(y[idx] > 0, w_pos, w_neg)
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx], weight=w)
+            loss = F.binary_cross_entropy_with_logits(disc(x[idx]), y[idx], weight=w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += float(loss)
-        if (epoch + 1) % every and epoch + 1 != d.epochs:
-            continue
-        disc.eval()
-        with torch.no_grad():
-            hp = torch.sigmoid(disc(hx)).cpu().numpy() if len(hx) else np.zeros(0)
-        metrics = heldout_metrics(_gather(hp), _gather(hy.cpu().numpy()))
-        metrics.update(epoch=epoch, train_loss=loss_sum / max(steps, 1))
+    return raytrain.unwrap(disc).eval(), loss_sum / max(steps, 1)
+
+
+@torch.no_grad()
+def _logits(disc: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    return disc(x).double().cpu().numpy() if len(x) else np.zeros(0)
+
+
+def train_fn(config: dict) -> dict:
+    """Per-worker loop: features once (frozen g), then `discriminate.folds` MLPs, each trained
+    on every fold but its own (cross-fitting) and calibrated on its own fold's out-of-fold
+    scores. `config`: the `discriminate` section, `batch_size`, `seed`, `cpus`,
+    `pretrain_model`, domain sizes. A checkpoint after each fold; a retry resumes there."""
+    rank, device, model = raytrain.classifier_worker(config)
+    d = config["discriminate"]
+    tap = models.FeatureTap(model.backbone, d.layer).eval().to(device)
+    for p in tap.parameters():
+        p.requires_grad = False
+    import ray.train
+
+    bs = config["batch_size"]
+    x, y, fold = _features(tap, ray.train.get_dataset_shard("train"), 4 * bs, device)
+    hx, hy, _ = _features(tap, ray.train.get_dataset_shard("heldout"), 4 * bs, device)
+    # class-balanced weights from the global counts: each domain weighs half, so D's odds
+    # are already the density ratio (the prior ratio it saw is 1)
+    n_s, n_t = config["n_source"], config["n_target"]
+    w_pos, w_neg = ((n_s + n_t) / (2 * n_t), (n_s + n_t) / (2 * n_s)) if d.balanced else (1, 1)
+    k = max(1, d.folds)
+    states, oof = [], []  # per fold: D's weights; (out-of-fold logits, labels)
+    restored = raytrain.restore()
+    if restored is not None:
+        state, _ = restored
+        states = list(state["folds"])
+        oof = [(z.numpy(), zy.numpy()) for z, zy in state["oof"]]
+    for j in range(len(states), k):
+        train = fold != j if k > 1 else torch.ones_like(fold, dtype=torch.bool)
+        disc, loss = _fit_fold(x[train], y[train], d, bs, device,
+                               config["seed"] * 1000 + 31 * j + rank, w_pos, w_neg)
+        # without folds, D is calibrated on the held-out part (then its ECE is in-sample)
+        mine = (x[fold == j], y[fold == j]) if k > 1 else (hx, hy)
+        z = _gather(_logits(disc, mine[0]))
+        zy = _gather(mine[1].cpu().numpy())
+        states.append(raytrain.cpu_state(disc))
+        oof.append((z, zy))
+        metrics = {"fold": j, "train_loss": loss,
+                   "oof_auc": loops.roc_auc(calibration.sigmoid(z), zy)}
         if rank == 0:
-            raytrain.say(f"[discriminate] epoch {epoch + 1}/{d.epochs}  loss "
-                         f"{metrics['train_loss']:.3f}  held-out acc "
-                         f"{metrics['heldout_accuracy']:.3f} AUC {metrics['heldout_auc']:.3f} "
-                         f"PAD {metrics['proxy_a_distance']:.2f}")
-        raytrain.report_epoch(metrics, {"discriminator": raytrain.cpu_state(disc),
-                                        "optimizer": opt.state_dict()},
-                              {"epoch": epoch, "metrics": metrics, "in_dim": int(x.shape[1])})
+            raytrain.say(f"[discriminate] D {j + 1}/{k}  loss {loss:.3f}  "
+                         f"{'out-of-fold' if k > 1 else 'held-out'} AUC "
+                         f"{metrics['oof_auc']:.3f} on {len(z)} rows")
+        last = j == k - 1
+        if last:
+            metrics.update(_final_metrics(states, oof, hx, hy, d.hidden, device))
+        raytrain.report_epoch(metrics, {"folds": states, "oof": [
+            (torch.from_numpy(z), torch.from_numpy(zy)) for z, zy in oof]},
+                              {"epoch": j, "metrics": metrics, "in_dim": int(x.shape[1])})
     return {}
+
+
+def _final_metrics(states: list[dict], oof: list, hx: torch.Tensor, hy: torch.Tensor,
+                   hidden: int, device) -> dict:
+    """Platt parameters per fold, and the held-out metrics of the ensemble (mean calibrated
+    logit) with its calibration error before and after."""
+    platt = [calibration.fit_platt(z, zy) for z, zy in oof]
+    raw, cal = [], []
+    for state, ab in zip(states, platt, strict=True):
+        disc = models.Discriminator(hx.shape[1] if len(hx) else 1, hidden).to(device)
+        if len(hx):
+            disc.load_state_dict(state)
+            z = _logits(disc.eval(), hx)
+        else:
+            z = np.zeros(0)
+        raw.append(z)
+        cal.append(calibration.apply_platt(z, ab))
+    hp_raw = _gather(calibration.sigmoid(np.mean(raw, axis=0)))
+    hp = _gather(calibration.sigmoid(np.mean(cal, axis=0)))
+    hyn = _gather(hy.cpu().numpy())
+    out = heldout_metrics(hp, hyn)
+    z_all = np.concatenate([z for z, _ in oof]) if oof else np.zeros(0)
+    y_all = np.concatenate([zy for _, zy in oof]) if oof else np.zeros(0)
+    out.update(platt=[list(ab) for ab in platt],
+               oof_auc=loops.roc_auc(calibration.sigmoid(z_all), y_all),
+               heldout_ece_raw=calibration.expected_calibration_error(hp_raw, hyn),
+               heldout_ece=calibration.expected_calibration_error(hp, hyn))
+    return out
 
 
 def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
@@ -187,8 +232,10 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
 def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
                    rows: pd.DataFrame, held: np.ndarray) -> tuple[dict, dict]:
     """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
-    cols = ["image", "is_target"]
+    cols = ["image", "is_target", "fold"]
     size, cache, seed = s.model.image_size, s.data.cache, s.seed
+    rows = rows.assign(fold=calibration.fold_of(rows["sample_id"], ~held,
+                                                s.discriminate.folds))
     datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed),
                 "heldout": data.training_dataset(rows[held], size, cache, cols, None)}
     result = raytrain.fit(train_fn, s.scaling, *train_run, datasets, {
@@ -220,7 +267,7 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     classifier, _ = builders.load_classifier(pretrain_model)
     models.FeatureTap(classifier.backbone, d.layer)  # a bad layer fails here, clearly
     rows = domain_rows(manifest)
-    held = heldout_mask(rows["sample_id"], d.heldout_fraction)
+    held = calibration.heldout_mask(rows["sample_id"], d.heldout_fraction)
     n_source = int((rows["is_target"] == 0).sum())
     n_target = int((rows["is_target"] == 1).sum())
     # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
@@ -234,10 +281,11 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
                        "dann_curve": history, "dann_model": dann_uri}
         if d.mode == "adversarial":  # score with D on the adapted features
             state, meta, scoring_model = state_a, meta_a, dann_uri
-    checkpoints.save_discriminator(layout.discriminator, state["discriminator"],
-                                   d.layer, meta["in_dim"], d.hidden, n_source, n_target,
-                                   d.balanced, model=scoring_model)
     m = meta["metrics"]
+    checkpoints.save_discriminator(layout.discriminator, state["folds"], m["platt"],
+                                   d.heldout_fraction, d.layer, meta["in_dim"], d.hidden,
+                                   n_source, n_target, d.balanced, model=scoring_model)
+    perfect = calibration.near_perfect(m["heldout_auc"], m["heldout_balanced_accuracy"])
     return DiscriminateResult(
         mode=d.mode, adversarial=adversarial or None,
         heldout_accuracy=m["heldout_accuracy"],
@@ -245,4 +293,7 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
         heldout_auc=m["heldout_auc"], proxy_a_distance=m["proxy_a_distance"],
         layer=d.layer or "pooled penultimate (backbone output)",
         n_source=n_source, n_target=n_target, heldout=int(held.sum()),
+        folds=len(state["folds"]), out_of_fold_auc=m["oof_auc"],
+        heldout_calibration_error_raw=m["heldout_ece_raw"],
+        heldout_calibration_error=m["heldout_ece"], platt=m["platt"], near_perfect=perfect,
         seconds=round(time.time() - t0, 2))

@@ -238,7 +238,7 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     sets = []
     for cell in cells:
         src, tgt = search.members(cell, scores, unlabeled, classes, seed,
-                                  select.confidence_floor)
+                                  select.confidence_floor, select.balance_classes)
         sets.append(search.train_set(labeled, src, tgt, pos, local, f.weight_by_w))
     settings = search.settings_grid(f, seed)
     epoch_samples = finetuning.epoch_length(sets, f.mix_ratio)

@@ -1,7 +1,8 @@
 """Stage 3: score every source and target sample with a Ray Data actor-pool map.
 
-Writes `RunLayout.scores` (Parquet: sample_id, domain, split, path, label, p_target, weight,
-pred, confidence, entropy) and `RunLayout.rejected` (unreadable files with the reason).
+Writes `RunLayout.scores` (Parquet: sample_id, domain, split, path, label, p_target and its
+calibrated logit `logit_target` (out-of-fold for D's training rows), weight, pred, confidence,
+entropy) and `RunLayout.rejected` (unreadable files with the reason).
 rows_in == rows_out + rows_rejected always holds.
 """
 
@@ -18,15 +19,15 @@ from dtl_ray.results import ScoreResult
 
 __all__ = ["run", "SCORE_COLUMNS"]
 
-SCORE_COLUMNS = ["sample_id", "domain", "split", "path", "label", "p_target", "weight", "pred",
-                 "confidence", "entropy"]
+SCORE_COLUMNS = ["sample_id", "domain", "split", "path", "label", "p_target", "logit_target",
+                 "weight", "pred", "confidence", "entropy"]
 REJECTED_COLUMNS = ["sample_id", "domain", "split", "path", "error"]
 
 
 SCHEMA = [("sample_id", "string"), ("domain", "string"), ("split", "string"),
           ("path", "string"), ("label", "int64"), ("p_target", "float64"),
-          ("weight", "float64"), ("pred", "int64"), ("confidence", "float64"),
-          ("entropy", "float64")]
+          ("logit_target", "float64"), ("weight", "float64"), ("pred", "int64"),
+          ("confidence", "float64"), ("entropy", "float64")]
 ROWS_PER_FILE = 200_000  # a file is built in memory (about 30 MB), then written atomically
 
 
@@ -61,6 +62,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     rejected, n_out, capped = [], 0, 0
     wsum: dict[str, float] = {}
     wcnt: dict[str, int] = {}
+    src = {"n": 0, "floor": 0, "w": 0.0, "w2": 0.0}  # source train: p at the clip, sum w, w^2
     total = len(manifest.table)
     next_say = time.time() + 10
     first, first_rows = None, 0
@@ -82,6 +84,11 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
             in_file += len(good)
             n_out += len(good)
             capped += int(good["capped"].sum())
+            st = good[(good["domain"] == "source") & (good["split"] == "train")]
+            src["n"] += len(st)
+            src["floor"] += int((st["p_target"] <= score.clip).sum())
+            src["w"] += float(st["weight"].sum())
+            src["w2"] += float((st["weight"] ** 2).sum())
             for key, g in good.groupby(["domain", "split"])["weight"]:
                 k = "/".join(key)
                 wsum[k] = wsum.get(k, 0.0) + float(g.sum())
@@ -114,5 +121,8 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         rows_in=int(total), rows_out=int(n_out), rows_rejected=int(len(rejected)),
         rejected_examples=rejected.head(5)[["path", "error"]].to_dict("records"),
         weights_capped=int(capped), weighting=score.weighting, mean_weight=mean_weight,
+        source_at_clip_floor=src["floor"] / src["n"] if src["n"] else float("nan"),
+        source_weight_ess=(src["w"] ** 2 / src["w2"] / src["n"] if src["w2"] > 0
+                           else float("nan")),
         seconds=round(time.time() - t0, 2),
         startup_seconds=round((first or time.time()) - t0, 2), startup_rows=int(first_rows))

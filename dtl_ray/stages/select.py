@@ -23,7 +23,8 @@ def run(layout: RunLayout, s: SelectConfig) -> SelectResult:
     manifest = data.load_manifest(layout)
     scores = data.read_parquet_df(layout.scores)
     classes = manifest.target_classes
-    src = weighting.select_source(scores, classes, s.rule, s.fraction, s.threshold, s.per_class)
+    src = weighting.select_source(scores, classes, s.rule, s.fraction, s.threshold, s.per_class,
+                                  s.balance_classes)
     unlabeled = scores[(scores["domain"] == "target") & (scores["split"] == "unlabeled")]
     n_target = int(round(s.target_fraction * len(unlabeled)))
     tgt = weighting.select_target(unlabeled, "discriminator", n_target, s.confidence_floor)

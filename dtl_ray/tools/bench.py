@@ -80,6 +80,8 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
         "confusion": ev["method"].get("confusion"),
         "classes": doc["data"]["target_classes"],
         "seconds": doc["seconds_total"],
+        "test_images": ev.get("test_images"),
+        "val_images": doc["data"]["target"].get("val"),
     }
 
 
@@ -101,11 +103,37 @@ def summarise(seeds: list[dict]) -> dict:
     out["heldout_auc"] = _mean_sd([s["heldout_auc"] for s in seeds])
     out["ranked_fraction_shared"] = _mean_sd([s["ranked_fraction_shared"] for s in seeds])
     out["ranked_fraction_absent"] = _mean_sd([s["ranked_fraction_absent"] for s in seeds])
+    out["method_minus"] = differences(seeds)
     m = out["accuracy"].get("method", {}).get("mean")
     out["method_above_mean_of"] = [r for r in rows if r != "method" and m is not None
                                    and out["accuracy"][r]["mean"] is not None
                                    and m > out["accuracy"][r]["mean"]]
     return out
+
+
+def differences(seeds: list[dict]) -> dict:
+    """Per baseline: mean and sd over seeds of (method - baseline) target test accuracy, and
+    in how many of those seeds the method won (strictly higher)."""
+    out = {}
+    for r in ROWS[1:]:
+        d = [s["accuracy"]["method"] - s["accuracy"][r] for s in seeds
+             if s["accuracy"].get(r) is not None and s["accuracy"].get("method") is not None]
+        if d:
+            out[r] = {**_mean_sd(d), "wins": sum(x > 0 for x in d)}
+    return out
+
+
+def summary_lines(summary: dict, test_images: int | None, val_images: int | None) -> list[str]:
+    """The comparison a reader can trust, as console lines: per baseline the mean difference
+    with its spread and the seeds won."""
+    lines = [f"[bench] target test accuracy over {summary['accuracy']['method']['n']} seeds "
+             f"({test_images} test images; models chosen on {val_images} val images):"]
+    for r, v in summary["accuracy"].items():
+        lines.append(f"[bench]   {r:14s} {v['mean']:.3f} ± {v['sd']:.3f}")
+    for r, d in summary["method_minus"].items():
+        lines.append(f"[bench]   method - {r:14s} {d['mean']:+.3f} ± {d['sd']:.3f}  "
+                     f"(method won {d['wins']} of {d['n']} seeds)")
+    return lines
 
 
 def _png(fig) -> str:
@@ -222,6 +250,10 @@ def _html(doc: dict) -> str:
              f"<b>{', '.join(s['method_above_mean_of']) or 'none'}</b>.</p>",
              "<table><tr><th>row</th><th>mean</th><th>sd</th><th>per seed</th></tr>"
              f"{rows}</table>",
+             "<table><tr><th>method minus</th><th>mean</th><th>sd</th><th>seeds won</th></tr>"
+             + "".join(f"<tr><td>{r}</td><td>{d['mean']:+.3f}</td><td>{f(d['sd'])}</td>"
+                       f"<td>{d['wins']} of {d['n']}</td></tr>"
+                       for r, d in s.get("method_minus", {}).items()) + "</table>",
              f"<p>Chosen on labeled target val: test accuracy {f(s['chosen']['mean'])} ± "
              f"{f(s['chosen']['sd'])}; chosen without target labels: {f(free['mean'])} ± "
              f"{f(free['sd'])}.</p>"]
@@ -257,6 +289,9 @@ def run(config_path: str | None, seeds: int, out: str = "runs/bench", pair: str 
     doc = {"config": config_path, "pair": pair, "overrides": overrides, "seeds": per_seed,
            "summary": summarise(per_seed), "seconds": round(time.time() - t0, 1)}
     storage.write_json(os.path.join(out, "bench.json"), doc)
+    for line in summary_lines(doc["summary"], per_seed[-1]["test_images"],
+                              per_seed[-1]["val_images"]):
+        print(line, flush=True)
     doc["_plots"] = _plots(per_seed, doc["summary"])
     with open(os.path.join(out, "bench.html"), "w") as f:
         f.write(_html(doc))

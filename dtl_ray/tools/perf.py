@@ -90,7 +90,8 @@ def save_models(uri: str, backbone: str, num_classes: int, image_size: int,
         in_dim = tap(torch.zeros(2, 3, image_size, image_size)).shape[1]
     disc = models.Discriminator(in_dim, 128)
     disc_uri = layout.discriminator
-    checkpoints.save_discriminator(disc_uri, disc.state_dict(), layer, in_dim, 128, 1, 1, True)
+    checkpoints.save_discriminator(disc_uri, [disc.state_dict()], [(1.0, 0.0)], 0.2, layer,
+                                   in_dim, 128, 1, 1, True)
     return model_uri, disc_uri
 
 
