@@ -41,21 +41,41 @@ class TrainSet:
 
 
 def epoch_order(labeled: np.ndarray, mix_ratio: float, length: int,
-                rng: np.random.Generator) -> np.ndarray:
+                rng: np.random.Generator, batch_size: int | None = None) -> np.ndarray:
     """Positions into a TrainSet for one epoch of exactly `length` samples, shuffled.
 
     Labeled target samples are repeated until they make up at least `mix_ratio` of the data
     (candidates can outnumber them a hundredfold); the data is then repeated or cut to `length`
     so that every trial of a search takes the same number of optimiser steps per epoch (the
     same budget for a 30-image target-only run and a 3,000-image all-source run).
+
+    batch_size: balanced batches. Every batch of `batch_size` consecutive positions holds the
+    same number of labeled samples (that share of the batch, at least one), each stream
+    cycling through fresh permutations, so no step is made of candidates alone.
     """
     lab = np.flatnonzero(labeled)
     cand = np.flatnonzero(~labeled)
+    if batch_size and batch_size > 1 and len(lab) and len(cand) and length > 0:
+        share = max(mix_ratio, len(lab) / (len(lab) + len(cand)))
+        per = int(min(batch_size - 1, max(1, round(share * batch_size))))
+        n = -(-length // batch_size)
+        lab_s, cand_s = _cycled(lab, n * per, rng), _cycled(cand, n * (batch_size - per), rng)
+        batches = [rng.permutation(np.concatenate([lab_s[i * per:(i + 1) * per],
+                                                   cand_s[i * (batch_size - per):
+                                                          (i + 1) * (batch_size - per)]]))
+                   for i in range(n)]
+        return np.concatenate(batches)[:length]
     order = np.concatenate([np.tile(lab, mixed_repeats(len(lab), len(cand), mix_ratio)), cand])
     if len(order) == 0 or length <= 0:
         return order[:0]
     copies = int(np.ceil(length / len(order)))
     return np.concatenate([rng.permutation(order) for _ in range(copies)])[:length]
+
+
+def _cycled(positions: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` positions: fresh permutations of `positions`, one after another."""
+    copies = -(-count // len(positions))
+    return np.concatenate([rng.permutation(positions) for _ in range(copies)])[:count]
 
 
 def mixed_repeats(n_labeled: int, n_candidates: int, mix_ratio: float) -> int:
@@ -115,7 +135,8 @@ def train(model: models.Classifier, images: np.ndarray, train_set: TrainSet,
     for epoch in range(start, settings.epochs):
         rng = np.random.default_rng([settings.seed, epoch])
         gen = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
-        order = epoch_order(train_set.labeled, settings.mix_ratio, settings.epoch_samples, rng)
+        order = epoch_order(train_set.labeled, settings.mix_ratio, settings.epoch_samples, rng,
+                            bs)
         batches = ((images[train_set.index[o]], train_set.label[o], weights[o])
                    for o in (order[i:i + bs] for i in range(0, len(order), bs)))
         stats = loops.train_epoch(model, batches, opt, aug, gen, device)

@@ -60,6 +60,25 @@ def test_epoch_order_mixes_and_has_a_fixed_length():
     assert finetuning.epoch_length(sets, 0.25) == 24
 
 
+def test_balanced_batches_hold_the_same_labeled_share_every_step():
+    labeled = np.array([True] * 5 + [False] * 95)
+    order = finetuning.epoch_order(labeled, 0.25, 100, np.random.default_rng(1), batch_size=8)
+    assert len(order) == 100
+    per_batch = [int(labeled[order[i:i + 8]].sum()) for i in range(0, 96, 8)]
+    assert per_batch == [2] * 12  # a quarter of each batch of 8
+    # each stream cycles through whole permutations: the 95 candidates all come before any
+    # comes twice (here 72 candidate slots in 12 full batches, no repeats)
+    cand = order[~labeled[order]]
+    assert len(set(cand[:72].tolist())) == 72
+    # labeled above the mix ratio already: their natural share, still at least one per batch
+    many = np.array([True] * 60 + [False] * 40)
+    o = finetuning.epoch_order(many, 0.25, 40, np.random.default_rng(2), batch_size=10)
+    assert [int(many[o[i:i + 10]].sum()) for i in range(0, 40, 10)] == [6] * 4
+    # nothing to mix: one stream, as without batch_size
+    only = finetuning.epoch_order(np.ones(3, bool), 0.25, 30, np.random.default_rng(0), 8)
+    assert np.bincount(only).tolist() == [10, 10, 10]
+
+
 def test_train_epoch_learns_a_separable_problem():
     torch.manual_seed(0)
     images = np.zeros((64, 8, 8, 3), np.uint8)

@@ -1,6 +1,6 @@
 """The pipeline on a dataset that is not the demo: other class names, JPEG files in nested
 folders (source packed into local shards, target read as folders from S3), the run itself on
-S3, and a torchvision backbone (resnet18) started from a locally saved checkpoint.
+S3, and a torchvision backbone (shufflenet_v2_x0_5) started from a locally saved checkpoint.
 
 The run (`other_run`, conftest) is also the suite's S3 run: `test_s3.py` checks its bucket."""
 
@@ -17,10 +17,12 @@ def test_local_weights_are_what_pretraining_starts_from(other_run):
     cfg, _, _ = other_run
     model = builders.classifier(cfg.model, 2)
     ref = torch.load(cfg.model.weights, weights_only=True)
-    torch.testing.assert_close(model.backbone.conv1.weight, ref["conv1.weight"])
+    torch.testing.assert_close(model.backbone.conv1[0].weight, ref["conv1.0.weight"])
+    torch.testing.assert_close(model.backbone.stage3[0].branch1[0].weight,
+                               ref["stage3.0.branch1.0.weight"])
 
 
-def test_resnet18_on_the_packed_jpeg_dataset(other_run):
+def test_a_torchvision_backbone_on_jpeg_folders_packed_and_on_s3(other_run):
     cfg, folders, doc = other_run
     assert doc["data"]["classes"] == ["apple", "leaf", "sky"] == folders.classes
     assert doc["data"]["target_classes"] == ["apple", "leaf"]
@@ -29,7 +31,7 @@ def test_resnet18_on_the_packed_jpeg_dataset(other_run):
     # every image of the local folders, read from the shards and the bucket, with the
     # folders' labels and ids
     assert doc["score"]["rows_in"] == doc["score"]["rows_out"] == n
-    scores = data.read_parquet_df(f"{cfg.storage}/r18/score/scores")
+    scores = data.read_parquet_df(f"{cfg.storage}/other/score/scores")
     joined = folders.table[["sample_id", "label"]].merge(
         scores[["sample_id", "label"]], on="sample_id", suffixes=("", "_packed"))
     assert len(joined) == n and (joined["label"] == joined["label_packed"]).all()

@@ -16,7 +16,9 @@ def test_every_stage_has_a_result_type_and_a_run():
 def test_results_round_trip_and_optional_parts_are_left_out():
     d = results.DiscriminateResult(
         mode="standard", heldout_accuracy=0.9, heldout_balanced_accuracy=0.8, heldout_auc=0.95,
-        proxy_a_distance=1.2, layer="x", n_source=10, n_target=5, heldout=3, seconds=1.0)
+        proxy_a_distance=1.2, layer="x", n_source=10, n_target=5, heldout=3, folds=2,
+        out_of_fold_auc=0.9, heldout_calibration_error_raw=0.2, heldout_calibration_error=0.05,
+        platt=[[0.5, 0.1], [0.6, 0.0]], near_perfect=False, seconds=1.0)
     summary = results.to_summary(d)
     assert "adversarial" not in summary and summary["proxy_a_distance"] == 1.2
     assert results.read("discriminate", summary) == d

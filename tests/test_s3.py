@@ -17,7 +17,7 @@ from dtl_ray import cli, data
 
 pytestmark = pytest.mark.slow
 BUCKET = OTHER_BUCKET
-RUN = "runs/r18/"
+RUN = "runs/other/"
 
 
 def _keys(prefix):

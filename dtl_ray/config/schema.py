@@ -165,8 +165,9 @@ class SelectConfig:
 class FinetuneConfig:
     epochs: int = 15
     """Most epochs a trial runs (ASHA's max_t)."""
-    grace_period: int = 5
-    """Epochs before ASHA may stop a trial."""
+    grace_period: int = 8
+    """Epochs before ASHA may stop a trial (about half of `epochs`: a trial's val accuracy in
+    its first epochs says little about where it ends, least of all with candidates mixed in)."""
     num_samples: int = 1
     """Random draws of (lr, layers, weights) per (strategy, fraction) cell."""
     source_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
@@ -190,7 +191,8 @@ class FinetuneConfig:
     """Label-free model choice (reported beside the target-val choice): the trial and epoch
     with the lowest DEV (You et al. 2019) or IWCV risk on weighted source val."""
     mix_ratio: float = 0.25
-    """Labeled target is oversampled to at least this share of every epoch."""
+    """Labeled target is oversampled to at least this share of every epoch, and every batch
+    holds that share (balanced batches: no step of candidates alone)."""
     batch_size: int = 64
     """Fine-tuning batch size."""
     max_concurrent_trials: int = 0
