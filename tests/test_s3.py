@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import boto3
-import numpy as np
 import pytest
 from conftest import OTHER_BUCKET, SECRET, free_port
 
-from dtl_ray import cli, data
+from dtl_ray import cli, data, storage
 
 pytestmark = pytest.mark.slow
 BUCKET = OTHER_BUCKET
@@ -60,24 +59,22 @@ def test_no_secret_is_written(other_run):
             assert SECRET.encode() not in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read(), key
 
 
-def test_demo_data_written_to_the_bucket_reads_back_like_local_files(tiny_demo, s3_server):
-    """`demo-data` straight to S3 (seed 3, scale 0.1: the tiny pair) gives the same rows,
-    labels and bytes as the local copy, read through S3 listing."""
+def test_demo_data_written_to_the_bucket_reads_back_like_local_files(s3_server, tmp_path):
+    """`demo-data` straight to S3 gives the same rows, labels and bytes as the same pair
+    written locally, read through S3 listing."""
     boto3.client("s3").create_bucket(Bucket="dtl-demo")
-    assert cli.main(["demo-data", "s3://dtl-demo/data", "--seed", "3", "--scale", "0.1"]) == 0
+    args = ["--seed", "3", "--scale", "0.03"]
+    assert cli.main(["demo-data", "s3://dtl-demo/data", *args]) == 0
+    assert cli.main(["demo-data", str(tmp_path), *args]) == 0
     remote = data.build_manifest("s3://dtl-demo/data/source", "s3://dtl-demo/data/target",
                                  [".png"])
-    local = data.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    local = data.build_manifest(str(tmp_path / "source"), str(tmp_path / "target"), [".png"])
     a = local.table.sort_values("sample_id").reset_index(drop=True)
     b = remote.table.sort_values("sample_id").reset_index(drop=True)
-    assert len(a) == 322 and list(a["sample_id"]) == list(b["sample_id"])
+    assert len(a) > 50 and list(a["sample_id"]) == list(b["sample_id"])
     assert list(a["label"]) == list(b["label"]) and local.classes == remote.classes
-    def images(rows):
-        got = data.collect(data.to_dataset(rows.head(40), 32).select_columns(
-            ["sample_id", "image"]))
-        return got["image"][np.argsort(got["sample_id"])]
-
-    np.testing.assert_array_equal(images(a), images(b))
+    for i in range(0, len(a), 7):  # the same bytes (the pipeline's S3 reads: `other_run`)
+        assert storage.read_bytes(b["path"][i]) == storage.read_bytes(a["path"][i]), a["path"][i]
 
 
 def _cli(args, env_extra):
