@@ -29,7 +29,7 @@ def _stage_runs() -> dict:
                                           adapted=c.discriminate.mode == "adversarial"),
         "select": lambda c, lay: select.run(lay, c.select),
         "finetune": lambda c, lay: finetune.run(lay, c.finetune, c.select, c.model, c.pretrain,
-                                                c.score, c.scaling, c.seed),
+                                                c.scaling, c.seed),
         "evaluate": lambda c, lay: evaluate.run(lay, c.scaling, c.model.image_size,
                                                 c.score.batch_size),
     }

@@ -11,6 +11,7 @@ from conftest import cli_args, copy_run, tiny_overrides
 from dtl_ray import checkpoints, cli, config, data, pipeline, search, storage
 from dtl_ray.calibration import heldout_mask
 from dtl_ray.layout import RunLayout
+from dtl_ray.scoring import Scorer
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +97,22 @@ def test_finetune_stage_covers_every_cell(tiny_run):
     for arm in search.ARMS + ["chosen"]:
         _, meta = checkpoints.read_classifier(RunLayout(run).model(arm))
         assert meta["num_classes"] == 6
+
+
+def test_the_teachers_pseudo_labels_are_its_predictions(tiny_run):
+    """The teacher labels the unlabeled pool in its own task from the decoded pool; the same
+    model applied by the scoring callable to the files gives the same labels."""
+    _, run, s = tiny_run
+    layout = RunLayout(run)
+    manifest = data.load_manifest(layout)
+    pseudo = data.read_parquet_df(layout.pseudo_labels).sort_values("sample_id")
+    unlabeled = manifest.rows("target", "unlabeled").sort_values("sample_id")
+    assert list(pseudo["sample_id"]) == list(unlabeled["sample_id"])
+    assert len(pseudo) == s["finetune"]["pseudo_labeled"] == 36
+    batch = data.decode_batch({c: unlabeled[c].to_numpy() for c in unlabeled.columns}, 32)
+    ref = Scorer(layout.teacher, manifest.target_classes)(batch)
+    assert (pseudo["pred"].to_numpy() == ref["pred"]).all()
+    np.testing.assert_allclose(pseudo["confidence"], ref["confidence"], atol=1e-4)
 
 
 def test_evaluate_and_report(tiny_run):

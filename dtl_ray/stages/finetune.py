@@ -1,7 +1,8 @@
 """Stage 5: fine-tune target models, searching the settings with Ray Tune (ASHA).
 
 1. A *teacher* is fitted on labeled target train + the selected source candidates.
-2. The unlabeled target pool is pseudo-labeled by the teacher with the same distributed map.
+2. The unlabeled target pool is pseudo-labeled by the teacher, in the teacher's own task, from
+   the images the pool already holds decoded.
 3. One Tune search over cells (strategy x source fraction x target fraction) times the same
    `num_samples` settings (lr, layers, candidate weight) per cell, so every baseline gets the
    method's budget. Cells: `target_only` (0, 0), `all_source` (1, 0), `method`
@@ -20,13 +21,12 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from dtl_ray import builders, checkpoints, data, finetuning, raytune, scoring, search, storage
+from dtl_ray import builders, checkpoints, data, finetuning, raytune, search, storage
 from dtl_ray.config import (
     FinetuneConfig,
     ModelConfig,
     PretrainConfig,
     ScalingConfig,
-    ScoreConfig,
     SelectConfig,
 )
 from dtl_ray.layout import RunLayout
@@ -95,9 +95,14 @@ def _pool(image_size: int, manifest: data.Manifest,
 
 
 def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Settings,
-             aug, scaling: ScalingConfig, pretrain_model: str, num_classes: int) -> dict:
-    """Fits one model to the end (used for the teacher, in a Ray task); returns the best."""
+             aug, scaling: ScalingConfig, pretrain_model: str, num_classes: int,
+             label_rows: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Fits one model to the end (the teacher, in a Ray task); returns its best state and, with
+    it, the prediction (target-local class) and confidence for the pool rows `label_rows`
+    (already decoded in the pool: nothing is read twice)."""
     import torch
+
+    from dtl_ray import loops
 
     torch.set_num_threads(max(1, scaling.cpus_per_worker))
     device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
@@ -107,7 +112,12 @@ def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Se
                                            pool["val_images"], pool["val_labels"], settings,
                                            aug, device):
         pass
-    return last["best"]
+    best = last["best"]
+    model.load_state_dict(best["model"])
+    probs = torch.softmax(loops.predict(loops.for_device(model, device),
+                                        pool["images"][label_rows], device=device), dim=1)
+    conf, pred = probs.max(1) if len(label_rows) else (torch.zeros(0), torch.zeros(0))
+    return best, pred.numpy().astype(np.int64), conf.numpy().astype(np.float64)
 
 
 def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: dict,
@@ -181,10 +191,9 @@ def _best(table: pd.DataFrame) -> pd.Series:
 
 
 def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: ModelConfig,
-        pretrain: PretrainConfig, score: ScoreConfig, scaling: ScalingConfig,
-        seed: int) -> FinetuneResult:
+        pretrain: PretrainConfig, scaling: ScalingConfig, seed: int) -> FinetuneResult:
     """Teacher, pseudo-labels, the search, and each arm's chosen model. `pretrain` gives the
-    augmentation, `score` how the teacher pseudo-labels, `select` the target pool's defaults."""
+    augmentation, `select` the target pool's defaults."""
     import ray
 
     t0 = time.time()
@@ -214,22 +223,22 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
         lr=f.lr[0], train_layers="all", epochs=f.epochs, batch_size=f.batch_size,
         mix_ratio=f.mix_ratio, seed=seed,
         epoch_samples=finetuning.epoch_length([teacher_set, budget], f.mix_ratio))
+    unl_rows = manifest.rows("target", "unlabeled")
+    unl_rows = unl_rows[unl_rows[SAMPLE_ID].isin(pos)]
     remote = ray.remote(num_cpus=scaling.cpus_per_worker,
                         num_gpus=1 if scaling.use_gpu else 0)(_fit_one)
-    best = ray.get(remote.remote(pool_ref, teacher_set, teacher_settings, aug, scaling,
-                                 pretrain_model, len(classes)))
+    best, pred, conf = ray.get(remote.remote(
+        pool_ref, teacher_set, teacher_settings, aug, scaling, pretrain_model, len(classes),
+        np.array([pos[s] for s in unl_rows[SAMPLE_ID]], dtype=np.int64)))
     teacher_uri = layout.teacher
     checkpoints.save_classifier(teacher_uri, best["model"], model.backbone, classes,
                                 arm="teacher", val_accuracy=best["val_accuracy"])
     print(f"[finetune] teacher: val acc {best['val_accuracy']:.3f} (epoch {best['epoch'] + 1}, "
           f"{len(src_cand)} source candidates)", flush=True)
-    unl_rows = manifest.rows("target", "unlabeled")
-    unl_rows = unl_rows[unl_rows[SAMPLE_ID].isin(pos)]
-    unlabeled = pd.DataFrame(columns=[SAMPLE_ID, "pred", "confidence"])
-    if len(unl_rows):
-        unlabeled = scoring.score_dataset(unl_rows, teacher_uri, classes, score, scaling,
-                                          model.image_size).select_columns(
-            [SAMPLE_ID, "pred", "confidence"]).to_pandas()
+    # the teacher's pseudo-labels (global class ids) for every decodable unlabeled image
+    unlabeled = pd.DataFrame({SAMPLE_ID: unl_rows[SAMPLE_ID].to_numpy(),
+                              "pred": np.asarray(classes, dtype=np.int64)[pred],
+                              "confidence": conf})
     unlabeled = unlabeled.merge(scores[[SAMPLE_ID, "p_target", "label"]], on=SAMPLE_ID)
     data.write_parquet_df(unlabeled, layout.pseudo_labels)
 
