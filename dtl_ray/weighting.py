@@ -173,8 +173,12 @@ def select_target(unlabeled: pd.DataFrame, strategy: str, n: int, confidence_flo
     """Target candidates from the unlabeled pool, pseudo-labeled by column `pred`.
 
     Strategies:
-        discriminator: confident (>= floor) samples that look most source-like, ranked by
-            confidence * (1 - p_target);
+        discriminator: confident (>= floor) samples that look most source-like, ranked by the
+            mean of their percentile ranks in confidence and in 1 - p_target. (Not the product
+            confidence * (1 - p_target): for target images p_target spans orders of magnitude
+            where confidence spans a few points, so the product ranks by p alone, and on the
+            digits pair its picks carried 93% correct pseudo-labels against 99% for the most
+            confident; the rank mean kept 99%.)
         confidence: the most confident samples (self-training; no discriminator);
         random: uniform draw (the random control).
     """
@@ -186,7 +190,8 @@ def select_target(unlabeled: pd.DataFrame, strategy: str, n: int, confidence_flo
         return pool.iloc[np.sort(idx)]
     confident = pool[pool["confidence"] >= confidence_floor]
     if strategy == "discriminator":
-        rank = confident["confidence"] * (1 - confident["p_target"])
+        rank = (confident["confidence"].rank(pct=True)
+                + (1 - confident["p_target"]).rank(pct=True))
     elif strategy == "confidence":
         rank = confident["confidence"]
     else:

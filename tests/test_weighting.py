@@ -93,11 +93,30 @@ def _unlabeled():
 
 def test_select_target_strategies():
     u = _unlabeled()
-    # floor 0.6 drops u3; rank conf*(1-p): u0 .099, u1 .72, u2 .42
-    assert list(weighting.select_target(u, "discriminator", 2, 0.6)["sample_id"]) == ["u1", "u2"]
+    # floor 0.6 drops u3; percentile ranks (confidence + source-likeness 1 - p):
+    # u0 1 + 1/3, u1 2/3 + 1, u2 1/3 + 2/3
+    assert list(weighting.select_target(u, "discriminator", 2, 0.6)["sample_id"]) == ["u1", "u0"]
     assert list(weighting.select_target(u, "confidence", 2, 0.6)["sample_id"]) == ["u0", "u1"]
     assert len(weighting.select_target(u, "random", 3, 0.6, seed=0)) == 3
     assert weighting.select_target(u, "discriminator", 0, 0.6).empty
+
+
+def test_the_discriminators_target_pick_does_not_trade_confidence_for_tiny_p_gaps():
+    """Target images all look like the target: p_target spans orders of magnitude near 1
+    where confidence spans a few points. The product conf * (1 - p) then ranks by p alone and
+    picks the least confident; the rank mean keeps both criteria."""
+    rng = np.random.default_rng(0)
+    n = 200
+    u = pd.DataFrame({"sample_id": [f"u{i:03d}" for i in range(n)],
+                      "confidence": np.linspace(0.7, 0.9999, n),
+                      "p_target": 1 - 10.0 ** rng.uniform(-4, -1, n), "pred": 0})
+    u.loc[:20, "p_target"] = 0.5  # the 21 least confident look the most source-like
+    pick = weighting.select_target(u, "discriminator", 50, 0.6)
+    product = u.assign(r=u["confidence"] * (1 - u["p_target"])).nlargest(50, "r")
+    assert product.index.isin(range(21)).sum() == 21  # every one of the least confident
+    assert pick.index.isin(range(21)).sum() == 0
+    assert pick["confidence"].mean() > product["confidence"].mean() + 0.05
+    assert (pick["p_target"] < u["p_target"].median()).mean() > 0.6  # still source-like
 
 
 def test_candidates_manifest_columns():
