@@ -69,8 +69,8 @@ def test_members_give_random_and_confidence_cells_the_methods_sizes():
     assert list(method[0]["sample_id"]) == [f"source/train/s{i:02d}" for i in (0, 1, 3, 4)]
     assert len(rand[0]) == len(method[0]) and set(rand[0]["label"]) <= {0, 1}
     assert conf[0].empty
-    # 5 of 10 unlabeled wanted, but only 7 clear the 0.6 floor; the method ranks by
-    # confidence x (1 - p_target)
+    # 5 of 10 unlabeled wanted, but only 7 clear the 0.6 floor; the method ranks by the mean
+    # of the percentile ranks in confidence and in 1 - p_target
     assert len(method[1]) == 5 and (method[1]["confidence"] >= 0.6).all()
     assert len(rand[1]) == len(conf[1]) == len(method[1])
     assert list(conf[1]["confidence"]) == sorted(unl["confidence"], reverse=True)[:5]
