@@ -145,8 +145,7 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors end in one line on stderr and exit code 2."""
+def _user_errors() -> tuple[type, ...]:
     from dtl_ray.checkpoints import CheckpointError
     from dtl_ray.config import ConfigError
     from dtl_ray.data import DataError
@@ -154,12 +153,55 @@ def main(argv: list[str] | None = None) -> int:
     from dtl_ray.models import ModelError
     from dtl_ray.storage import StorageError
 
+    return (ConfigError, DataError, ModelError, CheckpointError, StorageError, LeaseError,
+            FileNotFoundError)
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The user error (bad data, config, storage) behind `e`, if any: also one raised inside
+    a Ray task, a Ray Data map or a Train worker, found through the causes Ray keeps
+    (`cause`, `worker_failures`, `controller_failure`, `__cause__`, `__context__`)."""
+    kinds, seen, todo = _user_errors(), set(), [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, kinds):  # (a RayTaskError is also an instance of its cause's class)
+            cause = getattr(x, "cause", None)
+            return cause if isinstance(cause, kinds) else x
+        todo += [getattr(x, "cause", None), getattr(x, "controller_failure", None),
+                 x.__cause__, x.__context__, *(getattr(x, "worker_failures", None) or {}).values()]
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    """A user error's message as one line, without the Ray wrapper's traceback."""
+    import re
+
+    import ray.exceptions
+
+    if not isinstance(e, ray.exceptions.RayError):
+        return str(e)
+    text = str(e.args[0]) if getattr(e, "args", None) else str(e)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    # the last line of a traceback Ray kept as text: "package.module.DataError: message"
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors end in one line on stderr and exit code 2 (also when they
+    were raised inside Ray tasks or Train workers)."""
     args = _parser().parse_args(argv)
     try:
         return _main(args)
-    except (ConfigError, DataError, ModelError, CheckpointError, StorageError, LeaseError,
-            FileNotFoundError) as e:
-        print(f"dtl-ray: error: {e}", file=sys.stderr)
+    except Exception as e:
+        inner = user_error(e)
+        if inner is None:
+            raise
+        print(f"dtl-ray: error: {_one_line(inner)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dtl-ray: interrupted; run the same command again to resume", file=sys.stderr)

@@ -17,6 +17,7 @@ from dtl_ray import packing, storage
 from dtl_ray.layout import RunLayout
 from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for readers of data)
     COLUMNS,
+    DEFAULT_MAX_PIXELS,
     DOMAIN,
     ERROR,
     IMAGE,
@@ -26,6 +27,7 @@ from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for re
     SAMPLE_ID,
     SPLIT,
     SPLITS,
+    TASK_RETRIES,
     UNLABELED,
     DataError,
     decode_batch,
@@ -35,9 +37,47 @@ from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for re
     sample_id,
 )
 
-__all__ = ["Manifest", "build_manifest", "decode_batch", "to_dataset", "dataset_parts",
-           "collect", "permuted", "training_dataset", "epoch_batches", "save_manifest",
-           "load_manifest", "read_parquet_df", "write_parquet_df"]
+__all__ = ["Manifest", "Reading", "reading", "build_manifest", "decode_batch", "to_dataset",
+           "dataset_parts", "good_rows", "collect", "permuted", "training_dataset",
+           "epoch_batches", "save_manifest", "load_manifest", "read_parquet_df",
+           "write_parquet_df", "configure_context"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a pass reads images: the pixel limit, and the ids the run's earlier passes
+    rejected (None: this pass makes that list, so nothing is checked against it)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    rejected: frozenset | None = None
+
+
+def reading(layout: RunLayout, max_pixels: int) -> Reading:
+    """The Reading of a pass after the inspect pass: rows it rejected may be dropped, any
+    other row that fails stops the pass (`drop_rejected`)."""
+    ids = (read_parquet_df(layout.rejected, [SAMPLE_ID])[SAMPLE_ID]
+           if storage.exists(layout.rejected) else [])
+    return Reading(max_pixels, frozenset(ids))
+
+
+RETRIED_IO_ERRORS = ["HTTP status 500", "HTTP status 502", "HTTP status 503",
+                     "HTTP status 504", "HTTP status 429", "Connection reset", "timed out"]
+
+
+def configure_context() -> None:
+    """The run's Ray Data settings: its own reads (packed shards) retry the transient errors
+    `storage` retries, not only its default few; actor tasks retry `TransientReadError` (map
+    tasks that read images get `TASK_RETRIES` where they are made); map errors are raised as
+    themselves. Call it in the driver before building datasets."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *RETRIED_IO_ERRORS]))
+    # actors that read images (the scorers) retry a task that raised a transient fault
+    ctx.actor_task_retry_on_errors = list(TASK_RETRIES["retry_exceptions"])
+    # a user error in a map (bad data) reaches the driver as itself, not as Ray's
+    # UserCodeException, so the CLI can print its one line (`cli.user_error`)
+    ctx.raise_original_map_exception = True
 
 @dataclass(frozen=True)
 class Manifest:
@@ -129,7 +169,8 @@ def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> M
 
 
 def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
-                  decode_files: bool = True) -> list[tuple[str, object]]:
+                  decode_files: bool = True,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> list[tuple[str, object]]:
     """(kind, Ray Dataset) pairs for manifest `rows`: ('files', ...) for rows from image
     folders (read file by file), ('packed', ...) per filesystem for rows from packed datasets
     (read shard by shard, decoded).
@@ -147,31 +188,45 @@ def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512
                   for i in range(0, max(len(files), 1), rows_per_block)]
         ds = ray.data.from_pandas([c.reset_index(drop=True) for c in chunks])
         if decode_files:
-            ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": image_size},
-                                batch_format="numpy", batch_size=None)
+            ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": image_size,
+                                                         "max_pixels": max_pixels},
+                                batch_format="numpy", batch_size=None, **TASK_RETRIES)
         parts.append(("files", ds))
     if len(packed):  # one read per filesystem (a domain may be local, the other on S3)
         scheme = packed["shard"].str.startswith("s3://")
-        parts += [("packed", packing.packed_dataset(packed[m], image_size))
+        parts += [("packed", packing.packed_dataset(packed[m], image_size, max_pixels))
                   for m in (scheme, ~scheme) if m.any()]
     return parts
 
 
-def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512):
+def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
+               max_pixels: int = DEFAULT_MAX_PIXELS):
     """A Ray Dataset of decoded images for manifest `rows` (rejected rows kept, with `error`).
 
     Rows from image folders are read file by file; rows from packed datasets shard by shard.
     """
-    parts = [ds for _, ds in dataset_parts(rows, image_size, rows_per_block)]
+    parts = [ds for _, ds in dataset_parts(rows, image_size, rows_per_block,
+                                           max_pixels=max_pixels)]
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
-def find_rejected(rows: pd.DataFrame, image_size: int) -> pd.DataFrame:
+def good_rows(rows: pd.DataFrame, image_size: int, reading: Reading, columns: list[str]):
+    """The decoded rows of `rows` with `columns`, rejected ones dropped (see `drop_rejected`
+    for rows that fail now but did not before)."""
+    return (to_dataset(rows, image_size, max_pixels=reading.max_pixels)
+            .map_batches(drop_rejected, fn_kwargs={"known": reading.rejected},
+                         batch_format="numpy", batch_size=None)
+            .select_columns(columns))
+
+
+def find_rejected(rows: pd.DataFrame, image_size: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     """Decodes every row once (distributed); returns the undecodable ones with their reason."""
     from ray.data.expressions import col
 
     cols = [SAMPLE_ID, DOMAIN, SPLIT, PATH, ERROR]
-    bad = to_dataset(rows, image_size).select_columns(cols).filter(expr=col(ERROR) != "")
+    bad = (to_dataset(rows, image_size, max_pixels=max_pixels).select_columns(cols)
+           .filter(expr=col(ERROR) != ""))
     return bad.to_pandas().reindex(columns=cols)  # an empty result has no columns
 
 
@@ -210,7 +265,7 @@ def epoch_seed(seed: int):
 
 
 def training_dataset(rows: pd.DataFrame, image_size: int, cache: str, columns: list[str],
-                     seed: int | None):
+                     seed: int | None, reading: Reading = Reading()):
     """Decoded, good rows with `columns` in a seeded random order, cached in the object store
     when they fit.
 
@@ -221,12 +276,12 @@ def training_dataset(rows: pd.DataFrame, image_size: int, cache: str, columns: l
     shuffle buffer on top. seed=None keeps the manifest's order (for evaluation sets).
 
     cache: 'always', 'never', or 'auto' (when decoded bytes < 1/4 of the object store).
+    reading: the pixel limit, and the rows earlier passes rejected (any other row that
+    fails stops the run instead of being dropped).
     """
     import ray
 
-    ds = to_dataset(rows if seed is None else permuted(rows, seed), image_size)
-    ds = ds.map_batches(drop_rejected, batch_format="numpy", batch_size=None)
-    ds = ds.select_columns(columns)
+    ds = good_rows(rows if seed is None else permuted(rows, seed), image_size, reading, columns)
     nbytes = len(rows) * image_size * image_size * 3
     store = ray.cluster_resources().get("object_store_memory", 0)
     cached = cache == "always" or (cache == "auto" and nbytes < store / 4)

@@ -15,7 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dtl_ray import storage
-from dtl_ray.samples import ERROR, IMAGE, DataError, decode_image, rejected_image, sample_id
+from dtl_ray.samples import (
+    DEFAULT_MAX_PIXELS,
+    ERROR,
+    IMAGE,
+    TASK_RETRIES,
+    DataError,
+    decode_image,
+    reject_reason,
+    rejected_image,
+    sample_id,
+)
 
 __all__ = ["MANIFEST", "FORMAT", "is_packed", "pack", "read_index", "decode_packed",
            "packed_dataset"]
@@ -101,7 +111,8 @@ def _open(uri: str):
     return fs.open_input_file(path)
 
 
-def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict) -> dict:
+def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Keeps the packed rows in `wanted` ((shard path, split, rel) -> manifest row), decoded.
 
     Returns the manifest rows' columns plus `image` and `error`, as `decode_batch` does.
@@ -116,11 +127,11 @@ def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict) -
         try:
             if not blob:
                 raise ValueError("empty file")
-            images.append(decode_image(blob, image_size))
+            images.append(decode_image(blob, image_size, max_pixels))
             errors.append("")
         except Exception as e:  # a bad image becomes a rejected row, not a crash
+            errors.append(reject_reason(e, f"{shard}:{rel}"))  # (memory: raises, retried)
             images.append(rejected_image(image_size))
-            errors.append(f"{type(e).__name__}: {e}"[:300])
     template = next(iter(wanted.values()))
     frame = pd.DataFrame(records) if records else pd.DataFrame([template]).iloc[:0]
     out = {k: frame[k].to_numpy() for k in template}
@@ -130,7 +141,7 @@ def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict) -
     return out
 
 
-def packed_dataset(rows: pd.DataFrame, image_size: int):
+def packed_dataset(rows: pd.DataFrame, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Decoded packed rows, read shard by shard (no object listing)."""
     import ray.data
 
@@ -143,5 +154,6 @@ def packed_dataset(rows: pd.DataFrame, image_size: int):
                                columns=["split", "rel_path", "image_bytes"])
     # whole blocks (a Parquet row group each): with a batch size, Ray 2.58 fuses this map into
     # the file listing when an all-to-all op (random_shuffle) follows, and it gets no columns
-    return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "wanted": keyed},
-                          batch_format="numpy", batch_size=None)
+    return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "wanted": keyed,
+                                                    "max_pixels": max_pixels},
+                          batch_format="numpy", batch_size=None, **TASK_RETRIES)

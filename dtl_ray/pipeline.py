@@ -26,12 +26,13 @@ def _stage_runs() -> dict:
         "discriminate": lambda c, lay: discriminate.run(lay, c.discriminate, c.model, c.data,
                                                         c.pretrain, c.scaling, c.seed),
         "score": lambda c, lay: score.run(lay, c.score, c.scaling, c.model.image_size,
+                                          c.data.max_image_pixels, c.data.max_rejected_fraction,
                                           adapted=c.discriminate.mode == "adversarial"),
         "select": lambda c, lay: select.run(lay, c.select),
         "finetune": lambda c, lay: finetune.run(lay, c.finetune, c.select, c.model, c.pretrain,
-                                                c.scaling, c.seed),
+                                                c.scaling, c.data.max_image_pixels, c.seed),
         "evaluate": lambda c, lay: evaluate.run(lay, c.scaling, c.model.image_size,
-                                                c.score.batch_size),
+                                                c.data.max_image_pixels, c.score.batch_size),
     }
 
 
@@ -128,7 +129,8 @@ def inspect_images(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manife
     if layout.is_done("inspect"):
         return layout.summary("inspect")
     t0 = time.time()
-    rejected = data.find_rejected(manifest.table, cfg.model.image_size)
+    rejected = data.find_rejected(manifest.table, cfg.model.image_size,
+                                  cfg.data.max_image_pixels)
     data.write_parquet_df(rejected, layout.rejected)
     n, total = len(rejected), len(manifest.table)
     if n > cfg.data.max_rejected_fraction * total:
@@ -211,6 +213,7 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     data.save_manifest(manifest, layout)
     _write_config(cfg, layout)
     ensure_ray(env)
+    data.configure_context()
     inspected = inspect_images(cfg, layout, manifest)
     summaries: dict[str, dict] = {}
     stage_runs = _stage_runs()

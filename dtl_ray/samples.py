@@ -14,7 +14,8 @@ from dtl_ray import storage
 
 __all__ = ["SAMPLE_ID", "IMAGE", "LABEL", "DOMAIN", "SPLIT", "PATH", "ERROR", "P_TARGET",
            "WEIGHT", "COLUMNS", "SPLITS", "REQUIRED", "UNLABELED", "DataError", "sample_id",
-           "decode_image", "rejected_image", "decode_batch", "drop_rejected"]
+           "decode_image", "rejected_image", "decode_batch", "drop_rejected", "TransientReadError",
+           "RETRYABLE", "TASK_RETRIES", "reject_reason", "DEFAULT_MAX_PIXELS"]
 
 # the one column vocabulary
 SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR = (
@@ -31,16 +32,40 @@ class DataError(ValueError):
     """A problem with the input data that the user can fix."""
 
 
+class TransientReadError(RuntimeError):
+    """A read that still failed with a transient storage error (or ran out of memory) after
+    its own retries: the Ray task raising it is retried; the row is never rejected for it."""
+
+
+class TooManyPixels(ValueError):
+    """An image over `data.max_image_pixels` (a decompression bomb, or just too large)."""
+
+
+RETRYABLE = [TransientReadError, MemoryError]
+TASK_RETRIES = {"max_retries": 5, "retry_exceptions": RETRYABLE}
+"""`map_batches` arguments for tasks that read images: Ray Data retries only system errors
+unless told, so a transient read error would fail the run instead of being tried again."""
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""`data.max_image_pixels`' default: 8000 x 8000. PIL only refuses images over twice its own
+limit (about 179 M pixels); a 13000 x 13000 RGBA PNG decodes (2.7 GB, with copies) below it."""
+
+
 def sample_id(domain: str, split: str, rel_path: str) -> str:
     """The stable id of a sample: its domain, split and path below the split folder."""
     return f"{domain}/{split}/{rel_path}"
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Encoded image bytes -> (size, size, 3) uint8 RGB; raises for a file that is not one."""
+def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> (size, size, 3) uint8 RGB; raises for a file that is not one,
+    and `TooManyPixels` (before decoding) for one over `max_pixels`."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data)) as im:  # reads the header only
+        w, h = im.size
+        if w * h > max_pixels:
+            raise TooManyPixels(f"{w}x{h} = {w * h:,} pixels, over data.max_image_pixels="
+                                f"{max_pixels:,}")
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 8 bits
             arr = np.asarray(im, dtype=np.float32)
@@ -88,34 +113,58 @@ def _read_all(paths: list[str]) -> list[bytes | Exception]:
     return [read(p) for p in paths]
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
-    """Reads and decodes the files of a manifest batch; never raises for a bad file (only for
-    a transient storage error that outlasted its retries).
+def reject_reason(e: Exception, path: str) -> str:
+    """Why a row is rejected; raises `TransientReadError` instead for a fault that is not the
+    file's (a transient storage error that outlasted its retries, or memory), so that Ray
+    retries the task and the row is never lost to it."""
+    if isinstance(e, MemoryError) or storage.is_transient(e):
+        raise TransientReadError(f"{path}: {type(e).__name__}: {e}"[:500]) from e
+    if isinstance(e, TooManyPixels):
+        return f"too many pixels: {e}"
+    if type(e).__name__ == "DecompressionBombError":  # PIL's own, over twice its limit
+        return f"too many pixels: {e}"[:300]
+    return f"{type(e).__name__}: {e}"[:300]
+
+
+def decode_batch(batch: dict[str, np.ndarray], image_size: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
+    """Reads and decodes the files of a manifest batch; never raises for a bad file (only
+    `TransientReadError`, for a storage or memory fault that outlasted its retries).
 
     Returns the batch (numpy columns) with `image` (uint8, image_size x image_size x 3; zeros
     when rejected) and `error` ('' when decoded, else the reason).
     """
     images, errors = [], []
-    for raw in _read_all(list(batch[PATH])):
+    paths = list(batch[PATH])
+    for path, raw in zip(paths, _read_all(paths)):
         try:
             if isinstance(raw, Exception):
                 raise raw
             if not raw:
                 raise ValueError("empty file")
-            images.append(decode_image(raw, image_size))
+            images.append(decode_image(raw, image_size, max_pixels))
             errors.append("")
         except Exception as e:  # a bad file becomes a rejected row, not a crash
-            if isinstance(e, MemoryError) or storage.is_transient(e):
-                raise  # the task fails and Ray retries it; never a wrongly rejected row
+            errors.append(reject_reason(e, path))  # (a transient fault raises here)
             images.append(rejected_image(image_size))
-            errors.append(f"{type(e).__name__}: {e}"[:300])
     out = dict(batch)
     out[IMAGE] = np.stack(images)  # (B, H, W, 3) uint8
     out[ERROR] = np.array(errors, dtype=object)
     return out
 
 
-def drop_rejected(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keeps decoded rows only (the score stage accounts for the rejected ones)."""
+def drop_rejected(batch: dict[str, np.ndarray],
+                  known: frozenset | None = None) -> dict[str, np.ndarray]:
+    """Keeps decoded rows only. With `known` (the ids the run's earlier passes rejected and
+    listed), a row that fails now but was read before raises `DataError`: a pass never
+    drops a row that nobody counted (the file changed or vanished during the run)."""
     ok = batch[ERROR] == ""
+    if known is not None and not ok.all():
+        new = [(p, e) for i, p, e in zip(batch[SAMPLE_ID], batch[PATH], batch[ERROR])
+               if e and i not in known]
+        if new:
+            path, error = new[0]
+            raise DataError(f"{len(new)} image(s) read well before cannot be read now, e.g. "
+                            f"{path} ({error}): did the data change during the run? Fix it "
+                            "and run with --restart-from pretrain")
     return {k: v[ok] for k, v in batch.items()}

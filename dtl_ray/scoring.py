@@ -37,9 +37,10 @@ class Scorer:
     def __init__(self, model_uri: str, classes: list[int], disc_uri: str | None = None,
                  n_source: int = 1, n_target: int = 1, clip: float = 0.01, cap: float = 20.0,
                  use_gpu: bool = False, image_size: int | None = None,
-                 weighting: str = "density_ratio") -> None:
+                 weighting: str = "density_ratio",
+                 max_pixels: int = data.DEFAULT_MAX_PIXELS) -> None:
         self.device = _device(use_gpu)
-        self.image_size = image_size
+        self.image_size, self.max_pixels = image_size, max_pixels
         self.weighting = weighting
         self.model, meta = builders.load_classifier(model_uri)
         self.model = loops.for_device(self.model, self.device)
@@ -60,7 +61,7 @@ class Scorer:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "image" not in batch:
-            batch = data.decode_batch(batch, self.image_size)
+            batch = data.decode_batch(batch, self.image_size, self.max_pixels)
         ok = batch["error"] == ""
         n = len(ok)
         out = {k: v for k, v in batch.items() if k != "image"}
@@ -157,7 +158,8 @@ def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool,
 
 
 def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
-                  scaling: ScalingConfig, image_size: int, disc_uri: str | None = None):
+                  scaling: ScalingConfig, image_size: int, disc_uri: str | None = None,
+                  max_pixels: int = data.DEFAULT_MAX_PIXELS):
     """The lazy Ray Dataset of `rows` decoded and scored by an actor pool of `Scorer`s.
 
     On CPU, the actors read and decode image-folder rows themselves: no image bytes go
@@ -181,7 +183,8 @@ def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
     # blocks small enough that every actor gets several (balance), at most 512 rows
     block = int(min(512, max(score.batch_size, -(-len(rows) // (4 * size)))))
     parts = [ds for _, ds in data.dataset_parts(rows, image_size, block,
-                                                 decode_files=not in_actor)]
+                                                 decode_files=not in_actor,
+                                                 max_pixels=max_pixels)]
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     # a fixed pool when asked for; else it grows to what the cluster allows
     compute = (ray.data.ActorPoolStrategy(size=size) if score.actors > 0 else
@@ -192,10 +195,14 @@ def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
                                "disc_uri": disc_uri, "n_source": n_source,
                                "n_target": n_target, "clip": score.clip,
                                "cap": score.max_weight, "use_gpu": use_gpu,
-                               "image_size": image_size, "weighting": score.weighting},
+                               "image_size": image_size, "weighting": score.weighting,
+                               "max_pixels": max_pixels},
         compute=compute,
         batch_size=score.batch_size,
         batch_format="numpy",
         num_cpus=scaling.cpus_per_worker,
         num_gpus=1 if use_gpu else 0,
+        # a task that raised a transient read fault (`data.configure_context`) or lost its
+        # actor is tried again, a bounded number of times
+        max_task_retries=data.TASK_RETRIES["max_retries"],
     )

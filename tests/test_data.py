@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dtl_ray import data, demo
+from dtl_ray import data, demo, samples
 
 
 def _png(mode, size=(10, 12), value=100):
@@ -89,17 +89,51 @@ def test_decode_converts_modes_and_rejects_bad_files(tmp_path):
 
 def test_a_memory_fault_is_not_a_rejected_image(tmp_path, monkeypatch):
     """Running out of memory says nothing about the file: the task must fail (and be
-    retried by Ray), not drop the row as undecodable."""
+    retried by Ray: `TransientReadError` is in its retry list), not drop the row."""
     from dtl_ray import samples
 
     (tmp_path / "ok.png").write_bytes(_png("RGB"))
 
-    def no_memory(raw, size):
+    def no_memory(raw, size, max_pixels):
         raise MemoryError()
 
     monkeypatch.setattr(samples, "decode_image", no_memory)
-    with pytest.raises(MemoryError):
+    with pytest.raises(samples.TransientReadError, match="ok.png: MemoryError"):
         data.decode_batch({"path": np.array([str(tmp_path / "ok.png")], dtype=object)}, 8)
+    assert samples.TransientReadError in samples.TASK_RETRIES["retry_exceptions"]
+
+
+def test_images_over_the_pixel_limit_are_rejected_before_decoding(tmp_path):
+    """`data.max_image_pixels`: an image over it is a rejected row with its own reason, found
+    from the header (a decompression bomb is never decoded); PIL's own bomb error, for images
+    over twice PIL's limit, gets the same reason."""
+    from PIL import Image
+
+    big = io.BytesIO()
+    Image.new("RGB", (2000, 1500)).save(big, format="PNG")  # 3 M pixels, a 9 kB file
+    (tmp_path / "big.png").write_bytes(big.getvalue())
+    (tmp_path / "ok.png").write_bytes(_png("RGB"))
+    batch = {"path": np.array([str(tmp_path / n) for n in ("big.png", "ok.png")], dtype=object)}
+    out = data.decode_batch(batch, 8, max_pixels=1_000_000)
+    assert out["error"][0].startswith("too many pixels: 2000x1500 = 3,000,000 pixels")
+    assert "data.max_image_pixels" in out["error"][0] and out["error"][1] == ""
+    assert (data.decode_batch(batch, 8)["error"] == "").all()  # the default takes it
+    bomb = Image.DecompressionBombError("Image size (200000000 pixels) exceeds limit")
+    assert samples.reject_reason(bomb, "x.png").startswith("too many pixels: ")
+
+
+def test_a_pass_never_drops_a_row_that_was_read_before():
+    """Rows the inspect pass rejected (`known`) are dropped; any other rejected row stops
+    the pass with the path and the reason, instead of training on one row fewer."""
+    batch = {"sample_id": np.array(["a", "b", "c"], dtype=object),
+             "path": np.array(["/d/a.png", "/d/b.png", "/d/c.png"], dtype=object),
+             "error": np.array(["", "OSError: truncated", ""], dtype=object),
+             "image": np.zeros((3, 2, 2, 3), np.uint8)}
+    assert list(data.drop_rejected(batch)["sample_id"]) == ["a", "c"]
+    assert list(data.drop_rejected(batch, frozenset({"b"}))["sample_id"]) == ["a", "c"]
+    with pytest.raises(data.DataError, match=r"1 image\(s\) read well before .* /d/b.png "
+                                             r"\(OSError: truncated\)"):
+        data.drop_rejected(batch, frozenset())
 
 
 def _first_batches(ds, batch_size, epoch, seed, n_batches):

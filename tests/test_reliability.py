@@ -169,3 +169,93 @@ def test_no_secret_in_run_outputs_logs_or_console(tiny_run, capsys):
                 checked += 1
     assert checked > 20
     assert SECRET not in capsys.readouterr().out
+
+
+def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
+    """Ray Data retries only system errors unless told: a read that raised after its own
+    retries would fail the run. The retry settings the readers use make Ray try the task (a
+    map task) and the actor task (the scorers) again, and every row comes out."""
+    import ray.data
+
+    from dtl_ray import samples
+
+    # (classes and functions defined here are pickled by value: workers cannot import tests)
+    class _FailsOnce:
+        """A read that fails with a transient fault on its first attempt (a marker file tells
+        the attempts apart, across Ray's retry in a new process)."""
+
+        def __init__(self, marker):
+            self.marker = str(marker)
+
+        def __call__(self, batch):
+            from dtl_ray import samples
+
+            with open(self.marker, "a") as f:
+                f.write("x")
+            with open(self.marker) as f:
+                if len(f.read()) == 1:
+                    raise samples.TransientReadError("s3://b/k.png: OSError: HTTP status 503")
+            return batch
+
+    data.configure_context()
+    rows = [{"i": i} for i in range(6)]
+
+    task = _FailsOnce(tmp_path / "task")
+    out = ray.data.from_items(rows, override_num_blocks=1).map_batches(
+        lambda b: task(b), batch_size=None, **samples.TASK_RETRIES).take_all()
+    assert sorted(r["i"] for r in out) == list(range(6))
+    assert (tmp_path / "task").read_text() == "xx"  # failed once, retried once
+
+    marker = tmp_path / "actor"
+    out = ray.data.from_items(rows, override_num_blocks=1).map_batches(
+        _FailsOnce, fn_constructor_kwargs={"marker": marker}, batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        max_task_retries=samples.TASK_RETRIES["max_retries"]).take_all()
+    assert sorted(r["i"] for r in out) == list(range(6))
+    assert marker.read_text() == "xx"
+
+
+def test_user_errors_raised_inside_ray_are_found(ray_session):
+    """A user error raised in a Ray Data map (or a Train worker) reaches the driver wrapped in
+    Ray's exceptions; the CLI finds it and prints its own line."""
+    import ray.data
+
+    def _raises_data_error(batch):
+        raise data.DataError("3 image(s) read well before cannot be read now, e.g. /d/x.png")
+
+    data.configure_context()
+    with pytest.raises(Exception) as info:
+        ray.data.range(4).map_batches(_raises_data_error).materialize()
+    inner = cli.user_error(info.value)
+    assert isinstance(inner, data.DataError)
+    assert cli._one_line(inner) == ("3 image(s) read well before cannot be read now, e.g. "
+                                    "/d/x.png")
+    assert cli.user_error(RuntimeError("a bug")) is None
+
+
+def test_an_image_that_breaks_after_the_inspect_pass_stops_the_run(ray_session, tiny_demo,
+                                                                    tmp_path, capsys):
+    """The reject limit holds in every pass: an image the inspect pass decoded but that
+    cannot be read in pretraining (changed during the run) stops the run with one line
+    naming it, instead of pretraining silently on one image fewer."""
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(tiny_demo, root)
+    f = tmp_path / "c.yaml"
+    f.write_text("# Run: dtl-ray run c.yaml\n")
+    overrides = tiny_overrides(root / "source", root / "target", tmp_path / "out", "changed") + [
+        "scaling.max_failures=0"]
+    # the inspect pass runs, then the run stops: discriminate needs pretrain first
+    assert cli.main(cli_args(f, overrides, "--stages", "discriminate")) == 2
+    layout = RunLayout(str(tmp_path / "out" / "changed"))
+    assert layout.is_done("inspect") and not layout.is_done("pretrain")
+    victim = sorted((root / "source" / "train").rglob("*.png"))[5]
+    victim.write_bytes(victim.read_bytes()[:60])  # truncated after the inspect pass
+    capsys.readouterr()
+    assert cli.main(cli_args(f, overrides, "--stages", "pretrain")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("dtl-ray: error: 1 image(s) read well before cannot be read now")
+    assert victim.name in err[-1] and "--restart-from pretrain" in err[-1]
+    assert not layout.is_done("pretrain")

@@ -152,6 +152,7 @@ RANGES = {
     "data.batch_size": _at_least(1),
     "data.shuffle_buffer": _at_least(0),
     "data.max_rejected_fraction": _within(0, 1),
+    "data.max_image_pixels": _at_least(1),
     "pretrain.epochs": _at_least(1),
     "pretrain.lr": _above(0),
     "pretrain.weight_decay": _at_least(0),

@@ -62,7 +62,12 @@ class DataConfig:
     also permuted with the run's seed before blocks are cut, and the block order is re-drawn
     every epoch, so no batch sees the manifest's class-sorted order."""
     max_rejected_fraction: float = 0.01
-    """The run stops before training when more images than this cannot be decoded."""
+    """A run stops when more images than this cannot be decoded: checked before training
+    (every image is decoded once) and again by the score stage; a training or fine-tuning
+    pass stops at any image that fails although an earlier pass read it."""
+    max_image_pixels: int = 64_000_000
+    """Images with more pixels (width x height) are rejected before they are decoded, with
+    the reason "too many pixels" (decompression bombs: a small file that decodes to GBs)."""
     extensions: list[str] = field(
         default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"])
     """File name endings treated as images."""

@@ -207,10 +207,12 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
     """The DANN run; saves the adapted classifier, returns its epoch history."""
     pretrain_model = layout.pretrain_model
     size, cache, seed = s.model.image_size, s.data.cache, s.seed
+    reading = data.reading(layout, s.data.max_image_pixels)
     src = manifest.rows("source", "train")
-    datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed),
+    datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed,
+                                                reading),
                 "target": data.training_dataset(rows[rows["is_target"] == 1], size, cache,
-                                                ["image"], seed)}
+                                                ["image"], seed, reading)}
     steps = math.ceil(len(src) / s.scaling.num_workers / s.data.batch_size)
     result = raytrain.fit(dann.dann_fn, s.scaling, *layout.train_run(STAGE, "dann"), datasets, {
         "discriminate": s.discriminate, "pretrain": s.pretrain, "data": s.data, "seed": seed,
@@ -230,14 +232,15 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
 
 
 def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
-                   rows: pd.DataFrame, held: np.ndarray) -> tuple[dict, dict]:
+                   rows: pd.DataFrame, held: np.ndarray,
+                   reading: data.Reading) -> tuple[dict, dict]:
     """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
     cols = ["image", "is_target", "fold"]
     size, cache, seed = s.model.image_size, s.data.cache, s.seed
     rows = rows.assign(fold=calibration.fold_of(rows["sample_id"], ~held,
                                                 s.discriminate.folds))
-    datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed),
-                "heldout": data.training_dataset(rows[held], size, cache, cols, None)}
+    datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed, reading),
+                "heldout": data.training_dataset(rows[held], size, cache, cols, None, reading)}
     result = raytrain.fit(train_fn, s.scaling, *train_run, datasets, {
         "discriminate": s.discriminate, "batch_size": s.data.batch_size, "seed": seed,
         "cpus": s.scaling.cpus_per_worker, "pretrain_model": model_uri,
@@ -271,12 +274,13 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     n_source = int((rows["is_target"] == 0).sum())
     n_target = int((rows["is_target"] == 1).sum())
     # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
-    state, meta = _discriminator(s, layout.train_run(STAGE), pretrain_model, rows, held)
+    reading = data.reading(layout, data_cfg.max_image_pixels)
+    state, meta = _discriminator(s, layout.train_run(STAGE), pretrain_model, rows, held, reading)
     scoring_model, adversarial = pretrain_model, {}
     if d.adapts:
         dann_uri, history = layout.dann_model, _adapt(s, layout, manifest, rows)
         state_a, meta_a = _discriminator(s, layout.train_run(STAGE, "adapted"), dann_uri, rows,
-                                          held)
+                                          held, reading)
         adversarial = {"before": _gap(meta["metrics"]), "after": _gap(meta_a["metrics"]),
                        "dann_curve": history, "dann_model": dann_uri}
         if d.mode == "adversarial":  # score with D on the adapted features

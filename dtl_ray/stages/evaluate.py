@@ -38,7 +38,7 @@ def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[s
             "per_class_accuracy": per_class, "confusion": confusion.tolist()}
 
 
-def run(layout: RunLayout, scaling: ScalingConfig, image_size: int,
+def run(layout: RunLayout, scaling: ScalingConfig, image_size: int, max_pixels: int,
         batch_size: int) -> EvaluateResult:
     """Evaluates every model on target test (in batches of `batch_size`); returns method,
     baselines and the verdict."""
@@ -57,7 +57,7 @@ def run(layout: RunLayout, scaling: ScalingConfig, image_size: int,
     for c in ft.by_cell:
         uris[c["model"]] = layout.model(c["model"])
     test = manifest.rows("target", "test")
-    df = data.to_dataset(test, image_size).map_batches(
+    df = data.to_dataset(test, image_size, max_pixels=max_pixels).map_batches(
         scoring.MultiEvaluator,
         fn_constructor_kwargs={"model_uris": uris, "classes": classes,
                                "use_gpu": scaling.use_gpu},

@@ -64,7 +64,7 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
-def _pool(image_size: int, manifest: data.Manifest,
+def _pool(image_size: int, reading: data.Reading, manifest: data.Manifest,
           scores: pd.DataFrame) -> tuple[dict, dict, pd.DataFrame]:
     """Decoded images every trial may need, held in Ray's object store; `source_val` holds
     source val in the target's classes with its importance weights (label-free choice).
@@ -74,17 +74,13 @@ def _pool(image_size: int, manifest: data.Manifest,
     classes = manifest.target_classes
     rows = pd.concat([manifest.rows("target", ["train", "unlabeled"]),
                       manifest.rows("source", "train").query("label in @classes")])
-    arrays = data.collect(data.to_dataset(rows, image_size).map_batches(
-        data.drop_rejected, batch_format="numpy", batch_size=None).select_columns(
-        [SAMPLE_ID, "image"]))
-    val = data.collect(data.to_dataset(manifest.rows("target", "val"), image_size)
-                       .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
-                       .select_columns(["image", "label"]))
+    arrays = data.collect(data.good_rows(rows, image_size, reading, [SAMPLE_ID, "image"]))
+    val = data.collect(data.good_rows(manifest.rows("target", "val"), image_size, reading,
+                                      ["image", "label"]))
     local = {c: i for i, c in enumerate(classes)}
     src_val = manifest.rows("source", "val").query("label in @classes")
-    sv = data.collect(data.to_dataset(src_val, image_size)
-                      .map_batches(data.drop_rejected, batch_format="numpy", batch_size=None)
-                      .select_columns([SAMPLE_ID, "image", "label"]))
+    sv = data.collect(data.good_rows(src_val, image_size, reading,
+                                     [SAMPLE_ID, "image", "label"]))
     w = scores.set_index(SAMPLE_ID)["weight"].reindex(sv[SAMPLE_ID]).to_numpy(float)
     pool = {"images": arrays["image"], "val_images": val["image"],
             "val_labels": np.array([local[int(v)] for v in val["label"]], dtype=np.int64),
@@ -191,9 +187,10 @@ def _best(table: pd.DataFrame) -> pd.Series:
 
 
 def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: ModelConfig,
-        pretrain: PretrainConfig, scaling: ScalingConfig, seed: int) -> FinetuneResult:
+        pretrain: PretrainConfig, scaling: ScalingConfig, max_pixels: int,
+        seed: int) -> FinetuneResult:
     """Teacher, pseudo-labels, the search, and each arm's chosen model. `pretrain` gives the
-    augmentation, `select` the target pool's defaults."""
+    augmentation, `select` the target pool's defaults, `max_pixels` the pixel limit."""
     import ray
 
     t0 = time.time()
@@ -202,7 +199,8 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     local = {c: i for i, c in enumerate(classes)}
     scores = data.read_parquet_df(layout.scores)
     pretrain_model = layout.backbone_model(adapted=f.init == "adapted")
-    pool, pos, rows = _pool(model.image_size, manifest, scores)
+    pool, pos, rows = _pool(model.image_size, data.reading(layout, max_pixels), manifest,
+                            scores)
     labeled = rows[(rows["domain"] == "target") & (rows["split"] == "train")]
     print(f"[finetune] pool: {len(pos)} decoded images, {len(labeled)} labeled target",
           flush=True)

@@ -108,9 +108,12 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
     manifest = data.load_manifest(layout)
     cols = ["image", "label"]
     size, cache = model.image_size, data_cfg.cache
+    reading = data.reading(layout, data_cfg.max_image_pixels)
     datasets = {
-        "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed),
-        "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols, None),
+        "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed,
+                                       reading),
+        "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols, None,
+                                     reading),
     }
     result = raytrain.fit(train_fn, scaling, *layout.train_run(STAGE), datasets, loop_config(
         model, data_cfg, pretrain, scaling, seed, len(manifest.classes)))

@@ -32,7 +32,7 @@ ROWS_PER_FILE = 200_000  # a file is built in memory (about 30 MB), then written
 
 
 def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_size: int,
-        adapted: bool) -> ScoreResult:
+        max_pixels: int, max_rejected_fraction: float, adapted: bool) -> ScoreResult:
     """Scores all samples with the pretrained backbone (the DANN-adapted one when `adapted`);
     returns row counts, capped weights and timing.
 
@@ -46,7 +46,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     manifest = data.load_manifest(layout)
     model_uri = layout.backbone_model(adapted=adapted)
     scored = scoring.score_dataset(manifest.table, model_uri, manifest.target_classes, score,
-                                   scaling, image_size, layout.discriminator)
+                                   scaling, image_size, layout.discriminator, max_pixels)
     out_uri = layout.scores
     fs, path = storage.resolve(out_uri)
     storage.retry(lambda: fs.create_dir(path, recursive=True))
@@ -116,7 +116,15 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         mean_weight = {k: v / scale for k, v in mean_weight.items()}
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
+    known = data.reading(layout, max_pixels).rejected
     data.write_parquet_df(rejected, layout.rejected)
+    if len(rejected) > max_rejected_fraction * total:  # the limit holds in this pass too
+        new = rejected[~rejected[data.SAMPLE_ID].isin(known)]
+        raise data.DataError(
+            f"{len(rejected)} of {total} images cannot be decoded now ({len(new)} more than "
+            f"before training), over data.max_rejected_fraction={max_rejected_fraction}; e.g. "
+            f"{', '.join((new if len(new) else rejected)['path'].head(3))} (all listed in "
+            f"{layout.rejected})")
     return ScoreResult(
         rows_in=int(total), rows_out=int(n_out), rows_rejected=int(len(rejected)),
         rejected_examples=rejected.head(5)[["path", "error"]].to_dict("records"),

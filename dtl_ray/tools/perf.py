@@ -111,7 +111,7 @@ def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
     cfg = replace(cfg, score=replace(cfg.score, actors=actors))
     t0 = time.time()
     result = score.run(RunLayout(run_uri), cfg.score, cfg.scaling, cfg.model.image_size,
-                       adapted=False)
+                       cfg.data.max_image_pixels, cfg.data.max_rejected_fraction, adapted=False)
     seconds = time.time() - t0
     n = result.rows_out + result.rows_rejected
     steady = max(seconds - result.startup_seconds, 1e-9)
