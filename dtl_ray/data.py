@@ -87,6 +87,9 @@ class Manifest:
     """Columns: sample_id, domain, split, path, label (-1 when unlabeled)."""
     classes: list[str]
     """Class names; a label is an index into this list (sorted union of both domains)."""
+    unreadable_names: pd.DataFrame | None = None
+    """Files whose names are not UTF-8 (rows of the rejected table: they cannot be ids or
+    Parquet strings); kept out of `table`. Only a freshly listed manifest has them."""
 
     def rows(self, domain: str, split: str | list[str]) -> pd.DataFrame:
         splits = [split] if isinstance(split, str) else split
@@ -102,10 +105,16 @@ class Manifest:
         return {d: {s: int(len(self.rows(d, s))) for s in SPLITS[d]} for d in SPLITS}
 
 
-def _list_domain(domain: str, uri: str, extensions: list[str]) -> list[tuple[str, str, str, str]]:
+REJECTED = [SAMPLE_ID, DOMAIN, SPLIT, PATH, ERROR]
+
+
+def _list_domain(domain: str, uri: str, extensions: list[str],
+                 bad_names: list | None = None) -> list[tuple[str, str, str, str]]:
     """(split, class folder, path below the split, shard) for every image of a domain.
 
     `shard` is '' for a file in an image folder, else the Parquet shard of a packed dataset.
+    macOS metadata files (`._name.jpg`) are not images and are skipped; files whose names are
+    not UTF-8 go to `bad_names` as rejected rows.
     """
     if not storage.exists(uri):
         raise DataError(f"{domain} folder not found: {uri}")
@@ -118,7 +127,14 @@ def _list_domain(domain: str, uri: str, extensions: list[str]) -> list[tuple[str
     out = []
     for split in SPLITS[domain]:
         for rel, _size in storage.list_files(storage.join(uri, split)):
-            if not rel.lower().endswith(exts):
+            if not rel.lower().endswith(exts) or rel.rsplit("/", 1)[-1].startswith("._"):
+                continue
+            if not storage.is_utf8(rel):
+                shown = storage.printable(rel)
+                if bad_names is not None:
+                    bad_names.append((sample_id(domain, split, shown), domain, split,
+                                      storage.printable(storage.join(uri, split, rel)),
+                                      "file name is not valid UTF-8: rename it"))
                 continue
             parts = rel.split("/")
             if len(parts) < 2:
@@ -134,8 +150,9 @@ def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> M
     Raises:
         DataError: a missing folder, an empty required split, or a class that cannot be used.
     """
-    listed = {"source": _list_domain("source", source_uri, extensions),
-              "target": _list_domain("target", target_uri, extensions)}
+    bad: list = []
+    listed = {"source": _list_domain("source", source_uri, extensions, bad),
+              "target": _list_domain("target", target_uri, extensions, bad)}
     for domain, split in sorted(REQUIRED):
         if not any(s == split for s, _, _, _ in listed[domain]):
             uri = source_uri if domain == "source" else target_uri
@@ -165,7 +182,8 @@ def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> M
             rows.append((sample_id(domain, split, rel), domain, split,
                          storage.join(uri, split, rel), label, shard, rel))
     table = pd.DataFrame(rows, columns=[SAMPLE_ID, DOMAIN, SPLIT, PATH, LABEL, "shard", "rel"])
-    return Manifest(table=table, classes=classes)
+    return Manifest(table=table, classes=classes,
+                    unreadable_names=pd.DataFrame(bad, columns=REJECTED))
 
 
 def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,

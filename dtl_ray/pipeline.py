@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+import pandas as pd
 import yaml
 
 from dtl_ray import data, fingerprints, lease, report, results, storage
@@ -131,8 +132,12 @@ def inspect_images(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manife
     t0 = time.time()
     rejected = data.find_rejected(manifest.table, cfg.model.image_size,
                                   cfg.data.max_image_pixels)
+    names = manifest.unreadable_names
+    if names is not None and len(names):
+        rejected = pd.concat([names, rejected], ignore_index=True)
     data.write_parquet_df(rejected, layout.rejected)
-    n, total = len(rejected), len(manifest.table)
+    n = len(rejected)
+    total = len(manifest.table) + (len(names) if names is not None else 0)
     if n > cfg.data.max_rejected_fraction * total:
         examples = ", ".join(rejected["path"].head(3))
         raise data.DataError(f"{n} of {total} images ({n / total:.1%}) cannot be decoded, over "
@@ -203,6 +208,10 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
 def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str | None,
               env: dict, t0: float) -> dict:
     """`run` once the run's lease is held."""
+    left = storage.remove_temp_files(layout.root)
+    if left:
+        print(f"[dtl-ray] removed {left} partly written file(s) a killed run left behind",
+              flush=True)
     if restart_from:
         restart(layout, restart_from)
     check_settings(cfg, layout)

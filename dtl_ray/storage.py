@@ -48,6 +48,14 @@ def _reason(e: Exception) -> str:
     return text[:240]
 
 
+def _local_reason(e: OSError) -> str:
+    import errno
+
+    named = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+             errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
+    return named.get(e.errno, f"{type(e).__name__}: {e}"[:240])
+
+
 def check_access(uri: str, write: bool = False) -> None:
     """Fails early, with one clear line, when `uri` cannot be read (or written).
 
@@ -55,6 +63,20 @@ def check_access(uri: str, write: bool = False) -> None:
         StorageError: unreachable endpoint, refused credentials, missing bucket.
     """
     if not uri.startswith("s3://"):
+        if write:  # a read-only folder, no permission, a full disk: told now, in one line
+            probe = os.path.join(path_of(uri), f".dtl-ray-probe-{uuid.uuid4().hex[:8]}")
+            try:
+                os.makedirs(path_of(uri), exist_ok=True)
+                try:
+                    with open(probe, "wb") as f:
+                        f.write(b"ok" * 4096)  # a page: a full disk refuses it
+                        f.flush()
+                        os.fsync(f.fileno())
+                finally:
+                    if os.path.exists(probe):
+                        os.remove(probe)
+            except OSError as e:
+                raise StorageError(f"cannot write {uri}: {_local_reason(e)}") from None
         return
     # a wrong endpoint or bucket is told in seconds: a few attempts, a short connect timeout
     # (the run's own reads and writes keep S3_MAX_ATTEMPTS for transient errors)
@@ -106,9 +128,14 @@ TRANSIENT = ("HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP stat
              "Connection reset", "timed out")
 
 
+class ShortWrite(OSError):
+    """An object that does not hold what was just written to it (tried again)."""
+
+
 def is_transient(e: BaseException) -> bool:
     """Whether a storage error is worth another try (see TRANSIENT)."""
-    return isinstance(e, OSError) and any(t in str(e) for t in TRANSIENT)
+    return isinstance(e, ShortWrite) or (isinstance(e, OSError)
+                                         and any(t in str(e) for t in TRANSIENT))
 
 
 def retry(fn, *args, attempts: int = 6, base_s: float = 0.2):
@@ -173,6 +200,20 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a listed name is valid UTF-8 (S3 keys always are; local names may not be)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(name: str) -> str:
+    """A listed name that is not UTF-8, with its bad bytes as \\x escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
     return retry(fs.get_file_info, path).type != pafs.FileType.NotFound
@@ -196,17 +237,60 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Writes atomically: a reader sees the old file or the whole new one, never a part."""
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        os.replace(tmp, path)
+        folder = path.rsplit("/", 1)[0]
+        tmp = f"{path}{TEMP}{uuid.uuid4().hex[:8]}"
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            os.replace(tmp, path)
+            _fsync_dir(folder)  # and so is the name (a marker survives a power cut)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)  # a full disk leaves no partial file behind
+            raise StorageError(f"cannot write {uri}: {_local_reason(e)}") from None
     else:  # an S3 PUT is atomic per object; S3 has no folders to create
         def put() -> None:
             with fs.open_output_stream(path) as f:
                 f.write(data)
+            # read back what S3 now holds: a PUT that a proxy or a retry garbled is caught
+            # here, not when a later stage reads the file
+            size = fs.get_file_info(path).size
+            if size != len(data):
+                raise ShortWrite(f"{uri} holds {size} bytes after writing {len(data)}")
 
         retry(put)
+
+
+TEMP = ".tmp-"
+"""What `write_bytes` puts between a local file's name and its random suffix while writing."""
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(uri: str) -> int:
+    """Deletes what `write_bytes` left behind below a local folder when its process was
+    killed mid-write (`name.tmp-xxxxxxxx`); returns how many. Nothing to do on S3."""
+    import re
+
+    if uri.startswith("s3://"):
+        return 0
+    root, n = path_of(uri), 0
+    pattern = re.compile(re.escape(TEMP) + r"[0-9a-f]{8}$")
+    for d, _, names in os.walk(root):
+        for name in names:
+            if pattern.search(name):
+                os.remove(os.path.join(d, name))
+                n += 1
+    return n
 
 
 def read_json(uri: str) -> Any:
@@ -218,7 +302,24 @@ def write_json(uri: str, obj: Any) -> None:
 
 
 def list_files(uri: str) -> list[tuple[str, int]]:
-    """All files below `uri` as (path relative to uri, size), sorted; [] if it is missing."""
+    """All files below `uri` as (path relative to uri, size), sorted; [] if it is missing.
+
+    A local name that is not UTF-8 comes back as Python decodes it (with surrogate escapes:
+    see `is_utf8`): pyarrow's listing fails on the whole folder for one such name."""
+    if not uri.startswith("s3://"):
+        root = path_of(uri)
+        if not os.path.isdir(root):
+            return []
+        out = []
+        for d, _, names in os.walk(root, followlinks=True):
+            for n in names:
+                p = os.path.join(d, n)
+                try:
+                    size = os.path.getsize(p)
+                except OSError:  # a broken link: listed, and rejected when it is read
+                    size = 0
+                out.append((os.path.relpath(p, root).replace(os.sep, "/"), size))
+        return sorted(out)
     fs, root = resolve(uri)
     if retry(fs.get_file_info, root).type != pafs.FileType.Directory:
         return []

@@ -152,18 +152,25 @@ def variant_run(ray_session, tmp_path_factory):
 
     Returns a dict: cfg, run (dir), doc (report), bad and odd (image names), killed (the
     victim's `pid` or the killer's `error`)."""
-    from faults import add_bad_images, kill_a_train_worker_after_first_checkpoint
+    from faults import (
+        BOMB_PIXELS,
+        add_a_bomb_and_a_bad_name,
+        add_bad_images,
+        kill_a_train_worker_after_first_checkpoint,
+    )
 
     from dtl_ray import config, demo, pipeline
 
     root = tmp_path_factory.mktemp("variants")
     demo.write_demo(str(root / "data"), seed=2, scale=0.2, pair="partial")
     bad, odd = add_bad_images(root / "data", 4)
+    bad = sorted(bad + add_a_bomb_and_a_bad_name(root / "data"))
     cfg = config.load_config(overrides=tiny_overrides(
         root / "data" / "source", root / "data" / "target", root / "runs", "variants") + [
         "score.weighting=iwan", "pretrain.epochs=8", "discriminate.epochs=15",
         "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted",
-        "scaling.max_failures=2", "data.max_rejected_fraction=0.05", *SMALL_SEARCH])
+        "scaling.max_failures=2", "data.max_rejected_fraction=0.05",
+        f"data.max_image_pixels={BOMB_PIXELS - 1}", *SMALL_SEARCH])
     run = root / "runs" / "variants"
     thread, killed = kill_a_train_worker_after_first_checkpoint(run / "pretrain")
     doc = pipeline.run(cfg)

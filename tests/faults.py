@@ -59,6 +59,23 @@ def add_bad_images(root, n_bad):
     return sorted(list(bad)[:n_bad]), sorted(odd)
 
 
+BOMB_PIXELS = 5000 * 4000
+
+
+def add_a_bomb_and_a_bad_name(root):
+    """In source train/circle: a PNG of BOMB_PIXELS pixels in a small file (rejected under a
+    lower `data.max_image_pixels`), a file whose name is not UTF-8, and a macOS metadata file
+    (`._x.png`, not an image: not listed at all).
+
+    Returns the rejected names as the rejected table shows them."""
+    folder = root / "source" / "train" / "circle"
+    Image.new("RGB", (5000, 4000)).save(folder / "bomb.png")
+    with open(bytes(folder) + b"/caf\xe9.png", "wb") as f:
+        f.write(_png(np.full((32, 32, 3), 90, np.uint8)))
+    (folder / "._gray.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    return ["bomb.png", "caf\\xe9.png"]
+
+
 def kill_a_train_worker_after_first_checkpoint(stage_dir):
     """Starts a thread that, once the stage's Train run (the pipeline's first) has a
     checkpoint, SIGKILLs one of its `RayTrainWorker`s in this session's Ray.

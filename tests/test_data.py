@@ -204,3 +204,24 @@ def test_train_workers_get_a_new_mixed_order_each_epoch(ray_session, tiny_demo, 
         assert 0.5 * np.abs(seen - freq).sum() < 0.3, (seen, freq)
     # re-drawn each epoch: the orders differ in most places, not only in the buffer
     assert (epochs[0] != epochs[1]).mean() > 0.5
+
+
+def test_names_that_are_not_utf8_become_rejected_rows(tmp_path):
+    """A local file name that is not UTF-8 used to stop the listing of its whole folder
+    (pyarrow raises UnicodeDecodeError); now it is a rejected row with the reason, the other
+    files are listed, and macOS metadata files (`._x.png`) are not images at all."""
+    _layout(tmp_path, ["s/" + r[2:] for r in FULL if r.startswith("s/")] +
+            ["t/" + r[2:] for r in FULL if r.startswith("t/")])
+    (tmp_path / "s" / "train" / "a").joinpath("2.png").write_bytes(_png("RGB"))
+    bad = bytes(tmp_path / "s" / "train" / "a") + b"/caf\xe9.png"
+    with open(bad, "wb") as f:
+        f.write(_png("RGB"))
+    (tmp_path / "s" / "train" / "a" / "._2.png").write_bytes(b"\x00\x05\x16\x07")
+    m = data.build_manifest(str(tmp_path / "s"), str(tmp_path / "t"), [".png"])
+    assert sorted(m.table[m.table["domain"] == "source"]["sample_id"]) == [
+        "source/train/a/1.png", "source/train/a/2.png", "source/val/a/1.png"]
+    names = m.unreadable_names
+    assert list(names["sample_id"]) == ["source/train/a/caf\\xe9.png"]
+    assert names["path"].iloc[0].endswith("/s/train/a/caf\\xe9.png")
+    assert names["error"].iloc[0] == "file name is not valid UTF-8: rename it"
+    data.write_parquet_df(names, str(tmp_path / "rejected.parquet"))  # Parquet takes it

@@ -41,11 +41,14 @@ def test_killed_train_worker_resumes_from_its_checkpoint(faulty_run):
 def test_bad_images_are_rejected_row_by_row(faulty_run):
     doc, run, bad, odd, _ = faulty_run
     rejected = data.read_parquet_df(str(run / "rejected.parquet"))
-    assert sorted(os.path.basename(p) for p in rejected["path"]) == bad
+    assert sorted(os.path.basename(p) for p in rejected["path"]) == bad  # no `._gray.png`
     assert (rejected["error"] != "").all()
-    assert doc["data"]["rejected"] == 4
+    reason = dict(zip(rejected["path"].map(os.path.basename), rejected["error"]))
+    assert reason["bomb.png"].startswith("too many pixels: 5000x4000")
+    assert reason["caf\\xe9.png"] == "file name is not valid UTF-8: rename it"
+    assert doc["data"]["rejected"] == len(bad) == 6
     sc = doc["score"]
-    assert sc["rows_rejected"] == 4 and sc["rows_in"] == sc["rows_out"] + 4
+    assert sc["rows_rejected"] == 6 and sc["rows_in"] == sc["rows_out"] + 6
     scores = data.read_parquet_df(str(run / "score" / "scores"))
     names = {os.path.basename(p) for p in scores["path"]}
     assert set(odd) <= names and not set(bad) & names  # converted ones are scored

@@ -117,6 +117,13 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
     known = data.reading(layout, max_pixels).rejected
+    if storage.exists(layout.rejected):  # files the listing rejected (names) stay listed
+        old = data.read_parquet_df(layout.rejected)
+        unlisted = old[~old[data.SAMPLE_ID].isin(manifest.table[data.SAMPLE_ID])]
+        if len(unlisted):  # inputs too: rows_in == rows_out + rows_rejected still holds
+            rejected = pd.concat([unlisted.reindex(columns=REJECTED_COLUMNS), rejected],
+                                 ignore_index=True)
+            total += len(unlisted)
     data.write_parquet_df(rejected, layout.rejected)
     if len(rejected) > max_rejected_fraction * total:  # the limit holds in this pass too
         new = rejected[~rejected[data.SAMPLE_ID].isin(known)]
