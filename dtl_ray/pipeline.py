@@ -79,6 +79,33 @@ def check_uris(cfg: PipelineConfig) -> None:
         storage.check_access(cfg.model.weights)
 
 
+def check_gpus(cfg: PipelineConfig) -> None:
+    """With scaling.use_gpu, the cluster has (or its autoscaler can add) a GPU for each Train
+    worker; otherwise one line now instead of a run that waits for GPUs forever.
+
+    Raises:
+        ConfigError: too few GPUs now and in the autoscaler's node types.
+    """
+    if not cfg.scaling.use_gpu:
+        return
+    import ray
+
+    need = cfg.scaling.num_workers
+    have = int(ray.cluster_resources().get("GPU", 0))
+    can = 0
+    try:  # the node types' maximum (Ray's own private view; absent without an autoscaler)
+        from ray._private.state import state
+
+        can = int((state.get_max_resources_from_cluster_config() or {}).get("GPU", 0))
+    except Exception:  # noqa: BLE001 (an older or newer Ray: only `have` counts)
+        can = 0
+    if max(have, can) < need:
+        grow = f", and its autoscaler can add up to {can}" if can else " and no autoscaler adds any"
+        raise ConfigError(f"scaling.use_gpu=true needs {need} GPU(s) (one per Train worker, "
+                          f"scaling.num_workers={need}); the cluster has {have}{grow}: set "
+                          "scaling.use_gpu=false or give the cluster GPU nodes")
+
+
 def _write_config(cfg: PipelineConfig, layout: RunLayout) -> None:
     """Keeps the config of the first run; warns when a re-run's config differs."""
     path = layout.config
@@ -222,6 +249,7 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     data.save_manifest(manifest, layout)
     _write_config(cfg, layout)
     ensure_ray(env)
+    check_gpus(cfg)
     data.configure_context()
     inspected = inspect_images(cfg, layout, manifest)
     summaries: dict[str, dict] = {}

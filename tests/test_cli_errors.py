@@ -63,3 +63,21 @@ def test_console_script_bad_override(tmp_path, override, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_gpus_asked_for_on_a_cluster_without_any(ray_session, tiny_demo, tmp_path, capsys):
+    """scaling.use_gpu on a cluster with no GPUs (and no autoscaler to add them) stops at
+    once with one line, instead of Train waiting for GPUs that never come."""
+    f = tmp_path / "c.yaml"
+    f.write_text(f"source: {{uri: {tiny_demo}/source}}\ntarget: {{uri: {tiny_demo}/target}}\n"
+                 f"storage: {tmp_path}/out\nscaling: {{use_gpu: true, num_workers: 2}}\n")
+    code, err = _run(["run", str(f)], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0] == ("dtl-ray: error: scaling.use_gpu=true needs 2 GPU(s) (one per Train "
+                      "worker, scaling.num_workers=2); the cluster has 0 and no autoscaler "
+                      "adds any: set scaling.use_gpu=false or give the cluster GPU nodes")
+    from dtl_ray.layout import RunLayout
+
+    layout = RunLayout(str(tmp_path / "out" / "run"))
+    assert os.path.exists(layout.manifest)  # (the run's folder is where this looks)
+    assert not layout.is_done("inspect")  # stopped before any Ray work
