@@ -121,7 +121,12 @@ def load_weights(uri: str) -> tuple[str, dict]:
     """
     if not storage.exists(uri):
         raise CheckpointError(f"model.weights file not found: {uri}")
-    obj = _from_bytes(storage.read_bytes(uri), f"model.weights {uri}")
+    try:
+        raw = storage.read_bytes(uri)
+    except OSError as e:  # a folder, no permission (transient errors were retried inside)
+        raise CheckpointError(f"model.weights {uri} cannot be read: "
+                              f"{str(e).splitlines()[0][:160]}") from None
+    obj = _from_bytes(raw, f"model.weights {uri}")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return "ours", obj["state"]
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a config key (dotted), repeatable")
     r.add_argument("--stages", help="comma-separated stages to run (default: all)")
+    r.add_argument("--check", action="store_true",
+                   help="check the config, the URIs, the model and the data folders, then stop "
+                   "(nothing is kept, Ray is not started)")
     r.add_argument("--restart-from", metavar="STAGE", default=None,
                    help="delete this stage and every later one of the run first, so they are "
                    "made again (needed after changing settings a finished stage depends on)")
@@ -140,6 +143,10 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     cfg = config.load_config(args.config, args.overrides)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    if args.check:
+        found = pipeline.check(cfg, stages, args.restart_from)
+        print(f"dtl-ray: config, storage, model and data are usable: {found}")
+        return 0
     doc = pipeline.run(cfg, stages, restart_from=args.restart_from)
     print(doc.get("verdict", ""))
     return 0
@@ -191,6 +198,15 @@ def _one_line(e: BaseException) -> str:
     return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip())
 
 
+def _single_line(text: str) -> str:
+    """`text` with every character that ends a line (or does not print) escaped, so that an
+    error naming a user's input is one line whatever the input holds."""
+    import unicodedata
+
+    return "".join(c if c == " " or unicodedata.category(c)[0] not in "CZ"
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors end in one line on stderr and exit code 2 (also when they
     were raised inside Ray tasks or Train workers)."""
@@ -201,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         inner = user_error(e)
         if inner is None:
             raise
-        print(f"dtl-ray: error: {_one_line(inner)}", file=sys.stderr)
+        print(f"dtl-ray: error: {_single_line(_one_line(inner))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dtl-ray: interrupted; run the same command again to resume", file=sys.stderr)

@@ -207,6 +207,32 @@ def restart(layout: RunLayout, stage: str) -> None:
     print(f"[dtl-ray] restarting from {stage}: removed {', '.join(later)}", flush=True)
 
 
+def _check_stages(stages: list[str] | None, restart_from: str | None) -> list[str]:
+    wanted = stages or STAGES
+    unknown = [s for s in [*wanted, *([restart_from] if restart_from else [])]
+               if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}: choose from {STAGES}")
+    return wanted
+
+
+def check(cfg: PipelineConfig, stages: list[str] | None = None,
+          restart_from: str | None = None) -> dict:
+    """Everything `run` checks before it writes or starts Ray (stages, URIs, storage, the
+    model on the driver, the data folders' layout); returns the image counts.
+
+    Raises: what `run` raises for those (ConfigError, DataError, ModelError, StorageError).
+    """
+    _check_stages(stages, restart_from)
+    cfg = absolute(cfg)
+    storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
+    check_uris(cfg)
+    preflight(cfg)
+    manifest = data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
+    names = manifest.unreadable_names
+    return {**manifest.counts(), "unreadable_names": 0 if names is None else len(names)}
+
+
 def run(cfg: PipelineConfig, stages: list[str] | None = None,
         restart_from: str | None = None) -> dict:
     """Runs the pipeline (or `stages` of it) and writes report.json and report.html.
@@ -217,11 +243,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
             stage made with other settings.
         data.DataError: problems with the input folders.
     """
-    wanted = stages or STAGES
-    unknown = [s for s in [*wanted, *([restart_from] if restart_from else [])]
-               if s not in STAGES]
-    if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown}: choose from {STAGES}")
+    wanted = _check_stages(stages, restart_from)
     t0 = time.time()
     cfg = absolute(cfg)
     env = storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
