@@ -7,25 +7,64 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 from conftest import copy_run, free_port, tiny_overrides
 
-import dtl_ray
-from dtl_ray import config
-
 pytestmark = pytest.mark.slow
 BIN = os.path.dirname(sys.executable)
 
 
+def client_env(token: str | None) -> dict:
+    """The environment of a client process of the test's head: with `token`, Ray's token
+    authentication (as cluster/README.md tells users to set it), else none."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    if token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    return env
+
+
+SUBMIT = """
+import json, sys
+import dtl_ray
+from dtl_ray import config
+try:
+    cfg = config.load_config(overrides=json.loads(sys.argv[2]))
+    r = dtl_ray.submit(cfg, address=sys.argv[1], wait=True, timeout_s=900)
+    print(json.dumps({"status": r.status, "id": r.submission_id, "report": r.report,
+                      "logs": r.logs}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+"""
+
+
+def submit_from(address: str, overrides: list[str], token: str | None) -> dict:
+    """`dtl_ray.submit(..., wait=True)` from a fresh client process (token authentication
+    is set up once per process, so the test session's own Ray never sees it)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", SUBMIT, address, json.dumps(overrides)],
+                          capture_output=True, text=True, timeout=1200, env=client_env(token))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def ray_head():
-    """A head node on 127.0.0.1 in its own process group, stopped even when the test fails."""
+    """A head node on 127.0.0.1 in its own process group with Ray's token authentication on
+    (as every cluster config here has it), stopped even when the test fails.
+
+    Returns (dashboard address, token)."""
+    import secrets
+
     port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths are limited
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    token = secrets.token_hex(32)
+    env = client_env(token)
     head = subprocess.Popen(
         [os.path.join(BIN, "ray"), "start", "--head", "--block", f"--port={port}",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
@@ -44,11 +83,13 @@ def ray_head():
             try:
                 urllib.request.urlopen(f"{address}/api/version", timeout=2)
                 break
+            except urllib.error.HTTPError:  # it answers (401: it wants the token): it is up
+                break
             except OSError:
                 if time.time() > deadline or head.poll() is not None:
                     raise RuntimeError("the Ray head did not come up") from None
                 time.sleep(1)
-        yield address
+        yield address, token
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -64,21 +105,29 @@ def ray_head():
 
 
 def test_pipeline_job_on_a_real_head(ray_head, tiny_run, tiny_demo, tmp_path):
+    address, token = ray_head
     # the session's run up to the search; the job runs the last stage as a Ray job's driver
     copy_run(tiny_run[1], tmp_path / "out" / "job", ["pretrain", "discriminate", "score",
                                                      "select", "finetune"])
-    cfg = config.load_config(overrides=tiny_overrides(
-        tiny_demo / "source", tiny_demo / "target", tmp_path / "out", "job"))
-    result = dtl_ray.submit(cfg, address=ray_head, wait=True, timeout_s=900)
-    assert result.status == "SUCCEEDED", result.logs
-    assert result.submission_id.startswith("dtl-ray-job-")
-    assert result.report["name"] == "job"
-    assert result.report["score"]["rows_in"] == result.report["score"]["rows_out"]
+    overrides = [str(o) for o in tiny_overrides(
+        tiny_demo / "source", tiny_demo / "target", tmp_path / "out", "job")]
+    # the head wants its token: a client without it, or with another, is refused
+    for wrong in (None, "0" * 64):
+        refused = submit_from(address, overrides, wrong)
+        assert refused["error"] == "AuthenticationError", refused
+        assert "token" in refused["message"]
+    assert not (tmp_path / "out" / "job" / "report.html").exists()
+    result = submit_from(address, overrides, token)
+    assert result["status"] == "SUCCEEDED", result["logs"]
+    assert result["id"].startswith("dtl-ray-job-")
+    assert result["report"]["name"] == "job"
+    assert result["report"]["score"]["rows_in"] == result["report"]["score"]["rows_out"]
     assert (tmp_path / "out" / "job" / "report.html").exists()
     # submitting again is safe: every stage is skipped
-    again = dtl_ray.submit(cfg, address=ray_head, wait=True, timeout_s=300)
-    assert again.status == "SUCCEEDED"
-    from ray.job_submission import JobSubmissionClient
-
-    logs = JobSubmissionClient(ray_head).get_job_logs(again.submission_id)
-    assert logs.count("already done, skipped") == 6
+    again = submit_from(address, overrides, token)
+    assert again["status"] == "SUCCEEDED"
+    logs = subprocess.run(
+        [sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient;"
+         "print(JobSubmissionClient(sys.argv[1]).get_job_logs(sys.argv[2]))", address,
+         again["id"]], capture_output=True, text=True, timeout=120, env=client_env(token))
+    assert logs.stdout.count("already done, skipped") == 6, logs.stderr[-2000:]
