@@ -11,7 +11,8 @@ not a run-time failure in a later stage an hour into a run.
   discriminate/ discriminator.pt  dann_model.pt  train/ adapted/ dann/ (Ray Train runs)
   score/        scores/part-*.parquet
   select/       candidates.parquet
-  finetune/     teacher.pt  pseudo_labels.parquet  trials.parquet  models/<arm>.pt  search/
+  finetune/     teacher.pt  pseudo_labels.parquet  trials.parquet  models/<arm>.pt
+                progress/<trial>.pt (each trial's latest state)  search/ (Tune's, never read)
   evaluate/     predictions.parquet
 ```
 """
@@ -159,6 +160,12 @@ class RunLayout:
     def search(self) -> str:
         """The Tune experiment's folder."""
         return storage.join(self.stage("finetune"), "search")
+
+    @property
+    def progress(self) -> str:
+        """Each fine-tuning trial's latest state and metrics, `<cell>-<setting>.pt`: what an
+        interrupted search resumes from (Tune's own experiment state is never read back)."""
+        return storage.join(self.stage("finetune"), "progress")
 
     def model(self, arm: str) -> str:
         """A fine-tuned model: an arm (`method`, a baseline), `cell-<i>` or `label_free`."""

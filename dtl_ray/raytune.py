@@ -21,7 +21,7 @@ def concurrency(max_concurrent_trials: int, scaling: ScalingConfig) -> int:
     return max(1, int(res.get("CPU", 1)) // scaling.cpus_per_worker)
 
 
-def trial_lines(total: int):
+def trial_lines(total: int, settings: list[dict]):
     import ray.tune
 
     class TrialLines(ray.tune.Callback):
@@ -34,7 +34,8 @@ def trial_lines(total: int):
             self.done += 1
             r, c = trial.last_result or {}, trial.config
             print(f"[finetune] trial {self.done}/{total} {trial.trial_id}: cell {c['cell']} "
-                  f"setting {c['setting']}  best val acc {r.get('best_val_accuracy', 0):.3f} "
+                  f"setting {settings[c['setting']]}  "
+                  f"best val acc {r.get('best_val_accuracy', 0):.3f} "
                   f"(epoch {r.get('best_epoch')}, {r.get('epoch')} run)", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):

@@ -1,6 +1,8 @@
 """Faults: a killed Train worker, a killed driver, bad images, crafted checkpoints, secrets."""
 
 import os
+import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +74,16 @@ def test_too_many_bad_images_stop_before_training(ray_session, tiny_demo, tmp_pa
     assert not (tmp_path / "out" / "many" / "pretrain").exists()
 
 
+class _Touch:
+    """A pickle that creates a file when it is loaded (code run by unpickling)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_run, tiny_demo,
                                                              tmp_path):
     # start from the finished early stages of the session's run: the search is what is tested;
@@ -91,9 +103,8 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
         if first.poll() is not None:  # the victim must still be running when it is killed
             raise AssertionError(f"the first driver ended (exit {first.returncode}) before "
                                  "the search wrote a trial checkpoint")
-        return (run / "finetune" / "search").is_dir() and any(
-            "checkpoint_" in d for _, dirs, _ in os.walk(run / "finetune" / "search")
-            for d in dirs)
+        progress = run / "finetune" / "progress"
+        return progress.is_dir() and any(n.endswith(".pt") for n in os.listdir(progress))
 
     try:
         wait_for(trial_checkpoint, timeout=600, every=0.5)
@@ -104,11 +115,20 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
         first.wait(timeout=60)
     assert not RunLayout(str(run)).is_done("finetune")
     assert RunLayout(str(run)).is_done("score")
+    # whoever can write to the run's storage must not run code in the next driver: Tune's
+    # own resume (`Tuner.restore`) would unpickle this file
+    opened = tmp_path / "unpickled"
+    crafted = pickle.dumps(_Touch(str(opened)))
+    (run / "finetune" / "search").mkdir(parents=True, exist_ok=True)
+    for name in ("tuner.pkl", "trainable.pkl"):
+        (run / "finetune" / "search" / name).write_bytes(crafted)
     second = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert not opened.exists(), "a pickle from the run folder was loaded"
     for stage in ("pretrain", "discriminate", "score", "select"):
         assert f"[dtl-ray] {stage}: already done, skipped" in second.stdout
-    assert "[finetune] resuming the search" in second.stdout
+    resumed = re.search(r"\[finetune\] resuming the search: (\d+) of (\d+) trials", second.stdout)
+    assert resumed and int(resumed.group(1)) >= 1, second.stdout[-3000:]
     manifest = data.load_manifest(RunLayout(str(run)))
     scores = data.read_parquet_df(str(run / "score" / "scores"))
     assert scores["sample_id"].is_unique and len(scores) == len(manifest.table)

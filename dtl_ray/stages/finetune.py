@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tempfile
 import time
 from dataclasses import asdict
 
@@ -38,30 +37,45 @@ __all__ = ["run", "trial_fn"]
 STAGE = "finetune"
 
 
+def trial_key(cell: int, setting: int) -> str:
+    """A trial's name in `RunLayout.progress`: its cell and its setting (indices)."""
+    return f"cell{cell:03d}-setting{setting:03d}"
+
+
 def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
-    """A Tune trial: fine-tune one cell with one setting, report each epoch, resume if retried."""
+    """A Tune trial: fine-tune one cell with one setting, report each epoch.
+
+    After each epoch the trial's state (weights, optimiser, best-so-far) and its metrics so far
+    are saved in `RunLayout.progress` (a weights-only checkpoint). A trial that finds its file
+    (Tune retried it, or the driver was killed and the search runs again) first reports the
+    epochs it already ran, so ASHA sees them again, then continues after the last one.
+    """
     import ray.tune
     import torch
 
     f, scaling = setup["finetune"], setup["scaling"]
     torch.set_num_threads(max(1, scaling.cpus_per_worker))
     device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
-    settings = finetuning.Settings(**config["setting"], epochs=f.epochs,
+    cell, index = config["cell"], config["setting"]
+    settings = finetuning.Settings(**setup["settings"][index], epochs=f.epochs,
                                    batch_size=f.batch_size, mix_ratio=f.mix_ratio,
                                    epoch_samples=setup["epoch_samples"], seed=setup["seed"])
     model = finetuning.target_model(setup["pretrain_model"], len(setup["classes"]))
-    resume = None
-    ckpt = ray.tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume, _ = checkpoints.load_dir(d)
+    key = trial_key(cell, index)
+    uri = storage.join(setup["progress"], f"{key}.pt")
+    resume, history = None, []
+    if storage.exists(uri):
+        resume, meta = checkpoints.load(uri)
+        history = list(meta["history"])
+    for metrics in history:
+        ray.tune.report({**metrics, "key": key})
     for metrics, state in finetuning.train(
-            model, pool["images"], sets[config["cell"]], pool["val_images"], pool["val_labels"],
+            model, pool["images"], sets[cell], pool["val_images"], pool["val_labels"],
             settings, setup["augment"], device, resume, pool.get("source_val"),
             f.label_free):
-        with tempfile.TemporaryDirectory() as d:
-            checkpoints.save_dir(d, state, {"cell": config["cell"]})
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
+        history.append(metrics)
+        checkpoints.save(uri, state, {"cell": cell, "setting": index, "history": history})
+        ray.tune.report({**metrics, "key": key})
 
 
 def _pool(image_size: int, reading: data.Reading, manifest: data.Manifest,
@@ -118,7 +132,13 @@ def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Se
 
 def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: dict,
             sets: list, setup: dict, settings: list[dict]):
-    """Runs (or resumes) the Tune experiment; returns its ResultGrid."""
+    """Runs the Tune experiment; returns its ResultGrid.
+
+    An interrupted search is not restored with `Tuner.restore`: that unpickles Tune's files
+    from the run folder (`tuner.pkl`, the experiment state's pickled trials), so anyone who
+    can write to the storage prefix would run code in the driver. The old experiment folder
+    is deleted unread and a new search starts; each trial resumes from its own weights-only
+    file in `RunLayout.progress` (see `trial_fn`)."""
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -128,50 +148,48 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: 
         {"cpu": scaling.cpus_per_worker, "gpu": 1 if scaling.use_gpu else 0})
     root, fs = storage.train_storage(layout.stage(STAGE))
     name = posixpath.basename(layout.search)
-    path = f"{root}/{name}"
     total = len(sets) * len(settings)
-    if ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
-        print(f"[finetune] resuming the search in {path}", flush=True)
-        tuner = ray.tune.Tuner.restore(path, trainable, resume_errored=True,
-                                       storage_filesystem=fs)
-    else:
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space={"cell": ray.tune.grid_search(list(range(len(sets)))),
-                         "setting": ray.tune.grid_search(settings)},
-            tune_config=ray.tune.TuneConfig(
-                metric="val_accuracy", mode="max",
-                scheduler=ASHAScheduler(max_t=f.epochs,
-                                        grace_period=min(f.grace_period, f.epochs),
-                                        reduction_factor=3),
-                max_concurrent_trials=raytune.concurrency(f.max_concurrent_trials, scaling),
-                # a trial's process (torch imported, the pool fetched) serves the next trial
-                reuse_actors=True),
-            run_config=ray.tune.RunConfig(
-                name=name, storage_path=root, storage_filesystem=fs, verbose=0,
-                failure_config=ray.tune.FailureConfig(max_failures=scaling.max_failures),
-                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[raytune.trial_lines(total)]),
-        )
+    if storage.exists(layout.search):  # an interrupted search: its trials' files remain
+        storage.delete_tree(layout.search)
+        saved = [n for n, _ in storage.list_files(layout.progress) if n.endswith(".pt")]
+        print(f"[finetune] resuming the search: {len(saved)} of {total} trials have saved "
+              f"progress in {layout.progress}", flush=True)
+    tuner = ray.tune.Tuner(
+        trainable,
+        param_space={"cell": ray.tune.grid_search(list(range(len(sets)))),
+                     "setting": ray.tune.grid_search(list(range(len(settings))))},
+        tune_config=ray.tune.TuneConfig(
+            metric="val_accuracy", mode="max",
+            scheduler=ASHAScheduler(max_t=f.epochs, time_attr="epoch",
+                                    grace_period=min(f.grace_period, f.epochs),
+                                    reduction_factor=3),
+            max_concurrent_trials=raytune.concurrency(f.max_concurrent_trials, scaling),
+            # a trial's process (torch imported, the pool fetched) serves the next trial
+            reuse_actors=True),
+        run_config=ray.tune.RunConfig(
+            name=name, storage_path=root, storage_filesystem=fs, verbose=0,
+            failure_config=ray.tune.FailureConfig(max_failures=scaling.max_failures),
+            callbacks=[raytune.trial_lines(total, settings)]),
+    )
     return tuner.fit()
 
 
-def _trial_table(grid, cells: list[search.Cell]) -> tuple[pd.DataFrame, dict, dict]:
+def _trial_table(grid, cells: list[search.Cell], settings: list[dict],
+                 layout: RunLayout) -> tuple[pd.DataFrame, dict, dict]:
     """One row per trial (cell, settings, best val, best label-free risk), each trial's best
     weights on target val, and its weights with the lowest label-free risk."""
     rows, states, free_states = [], {}, {}
     for r in grid:
-        if r.error is not None or r.checkpoint is None:
+        if r.error is not None or not r.metrics or "key" not in r.metrics:
             continue
         cell = cells[r.config["cell"]]
         m = r.metrics
-        with r.checkpoint.as_directory() as d:
-            state, _ = checkpoints.load_dir(d)
+        state, _ = checkpoints.load(storage.join(layout.progress, f"{m['key']}.pt"))
         tid = m.get("trial_id") or os.path.basename(r.path)
         states[tid] = state["best"]["model"]
         if state.get("best_free", {}).get("model") is not None:
             free_states[tid] = state["best_free"]["model"]
-        rows.append({"trial_id": tid, **asdict(cell), **r.config["setting"],
+        rows.append({"trial_id": tid, **asdict(cell), **settings[r.config["setting"]],
                      "best_val_accuracy": m["best_val_accuracy"],
                      "best_val_loss": m["best_val_loss"], "best_epoch": m["best_epoch"],
                      "epochs_run": m["epoch"], "samples_per_epoch": m["samples"],
@@ -250,12 +268,13 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     settings = search.settings_grid(f, seed)
     epoch_samples = finetuning.epoch_length(sets, f.mix_ratio)
     setup = {"finetune": f, "scaling": scaling, "augment": aug, "seed": seed,
-             "pretrain_model": pretrain_model, "classes": classes, "epoch_samples": epoch_samples}
+             "pretrain_model": pretrain_model, "classes": classes, "epoch_samples": epoch_samples,
+             "settings": settings, "progress": layout.progress}
     print(f"[finetune] search: {len(cells)} cells x {len(settings)} settings = "
           f"{len(cells) * len(settings)} trials, {epoch_samples} samples per epoch each",
           flush=True)
     grid = _search(f, scaling, layout, pool, sets, setup, settings)
-    table, states, free_states = _trial_table(grid, cells)
+    table, states, free_states = _trial_table(grid, cells, settings, layout)
     if table.empty:
         raise RuntimeError(f"every fine-tuning trial failed: see {layout.search}")
     table["n_candidates"] = [int((~sets[cells.index(search.Cell(
