@@ -119,6 +119,9 @@ class FinetuneResult:
     teacher_val_accuracy: float
     pseudo_labeled: int
     seconds: float
+    trials_resumed: dict = field(default_factory=dict)
+    """Trials that continued from their progress file (a retried trial, or a search run again
+    after the driver died): trial key -> the epochs it resumed after."""
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,9 @@ def variant_run(ray_session, tmp_path_factory):
         BOMB_PIXELS,
         add_a_bomb_and_a_bad_name,
         add_bad_images,
+        kill_a_scoring_actor,
         kill_a_train_worker_after_first_checkpoint,
+        kill_a_trial_after_its_first_epoch,
     )
 
     from dtl_ray import config, demo, pipeline
@@ -173,9 +175,13 @@ def variant_run(ray_session, tmp_path_factory):
         f"data.max_image_pixels={BOMB_PIXELS - 1}", *SMALL_SEARCH])
     run = root / "runs" / "variants"
     thread, killed = kill_a_train_worker_after_first_checkpoint(run / "pretrain")
+    scorer, scorers_killed = kill_a_scoring_actor(run / "score", run)
+    trial, trials_killed = kill_a_trial_after_its_first_epoch(run / "finetune")
     doc = pipeline.run(cfg)
-    thread.join(timeout=30)
-    return {"cfg": cfg, "run": run, "doc": doc, "bad": bad, "odd": odd, "killed": killed}
+    for t in (thread, scorer, trial):
+        t.join(timeout=30)
+    return {"cfg": cfg, "run": run, "doc": doc, "bad": bad, "odd": odd, "killed": killed,
+            "scorers_killed": scorers_killed, "trials_killed": trials_killed}
 
 
 # the other dataset's images per (domain, split) and class (`other_run`)

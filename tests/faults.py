@@ -110,3 +110,49 @@ def kill_a_train_worker_after_first_checkpoint(stage_dir):
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     return t, killed
+
+
+def _kill_an_actor_when(class_name, ready, stage_dir):
+    """Starts a thread that SIGKILLs every ALIVE actor of `class_name` in this session's Ray
+    once `ready()` is true. Returns (thread, result dict: `pids` of the victims and
+    `stage_done_at_kill`, or `error`)."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address  # this session's cluster, by address
+    killed = {}
+
+    def alive():
+        return list_actors(address=address, filters=[
+            ("class_name", "=", class_name), ("state", "=", "ALIVE")])
+
+    def killer():
+        try:
+            wait_for(ready, timeout=900, every=0.05)
+            actors = wait_for(alive, timeout=60, every=0.05)
+            killed["pids"] = [a.pid for a in actors]
+            for a in actors:
+                os.kill(a.pid, signal.SIGKILL)
+            killed["stage_done_at_kill"] = os.path.exists(os.path.join(stage_dir, "_DONE.json"))
+        except Exception as e:
+            killed["error"] = e
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    return t, killed
+
+
+def kill_a_trial_after_its_first_epoch(stage_dir):
+    """SIGKILLs the fine-tuning trials' processes (Tune's `ImplicitFunc` actors running
+    `trial_fn`) once a trial has saved its first epoch's progress."""
+    progress = os.path.join(stage_dir, "progress")
+    return _kill_an_actor_when("ImplicitFunc", lambda: os.path.isdir(progress) and any(
+        n.endswith(".pt") for n in os.listdir(progress)), stage_dir)
+
+
+def kill_a_scoring_actor(stage_dir, run_dir):
+    """SIGKILLs the scoring actors (Ray Data's actor-pool workers running `Scorer`) once the
+    score stage has started (the discriminate stage is done)."""
+    return _kill_an_actor_when(
+        "MapWorker(MapBatches(Scorer))",
+        lambda: os.path.exists(os.path.join(run_dir, "discriminate", "_DONE.json")), stage_dir)

@@ -40,6 +40,35 @@ def test_killed_train_worker_resumes_from_its_checkpoint(faulty_run):
     assert state
 
 
+def test_killed_scoring_actors_lose_no_row(variant_run):
+    """Ray Data restarts a scoring actor that dies (SIGKILL) and retries its batches
+    (`max_task_retries`): every row is scored once."""
+    killed, doc, run = variant_run["scorers_killed"], variant_run["doc"], variant_run["run"]
+    assert "error" not in killed, f"the killer failed: {killed.get('error')!r}"
+    assert killed.get("pids") and not killed["stage_done_at_kill"]
+    sc = doc["score"]
+    assert sc["rows_in"] == sc["rows_out"] + sc["rows_rejected"]
+    scores = data.read_parquet_df(str(run / "score" / "scores"))
+    manifest = data.load_manifest(RunLayout(str(run)))
+    assert scores["sample_id"].is_unique and len(scores) == sc["rows_out"]
+    assert sc["rows_in"] == len(manifest.table) + 1  # (1: the file with a non-UTF-8 name)
+
+
+def test_killed_trials_resume_from_their_progress(variant_run):
+    """Tune retries a trial whose process died (SIGKILL after a trial saved its first epoch);
+    the trial continues from its progress file: no trial is lost, none repeats an epoch."""
+    killed, doc, run = variant_run["trials_killed"], variant_run["doc"], variant_run["run"]
+    assert "error" not in killed, f"the killer failed: {killed.get('error')!r}"
+    assert killed.get("pids") and not killed["stage_done_at_kill"]
+    ft = doc["finetune"]
+    assert ft["trials_failed"] == 0 and ft["trials"] == ft["cells"]
+    assert ft["trials_resumed"], "no trial continued from its progress file"
+    for key, after in ft["trials_resumed"].items():
+        _, meta = checkpoints.load(str(run / "finetune" / "progress" / f"{key}.pt"))
+        epochs = [m["epoch"] for m in meta["history"]]
+        assert epochs == list(range(1, len(epochs) + 1)) and after == meta["resumed"]
+
+
 def test_bad_images_are_rejected_row_by_row(faulty_run):
     doc, run, bad, odd, _ = faulty_run
     rejected = data.read_parquet_df(str(run / "rejected.parquet"))

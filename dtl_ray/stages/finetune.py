@@ -63,10 +63,10 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
     model = finetuning.target_model(setup["pretrain_model"], len(setup["classes"]))
     key = trial_key(cell, index)
     uri = storage.join(setup["progress"], f"{key}.pt")
-    resume, history = None, []
+    resume, history, resumed = None, [], []
     if storage.exists(uri):
         resume, meta = checkpoints.load(uri)
-        history = list(meta["history"])
+        history, resumed = list(meta["history"]), [*meta.get("resumed", []), len(meta["history"])]
     for metrics in history:
         ray.tune.report({**metrics, "key": key})
     for metrics, state in finetuning.train(
@@ -74,7 +74,8 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
             settings, setup["augment"], device, resume, pool.get("source_val"),
             f.label_free):
         history.append(metrics)
-        checkpoints.save(uri, state, {"cell": cell, "setting": index, "history": history})
+        checkpoints.save(uri, state, {"cell": cell, "setting": index, "history": history,
+                                      "resumed": resumed})
         ray.tune.report({**metrics, "key": key})
 
 
@@ -184,7 +185,7 @@ def _trial_table(grid, cells: list[search.Cell], settings: list[dict],
             continue
         cell = cells[r.config["cell"]]
         m = r.metrics
-        state, _ = checkpoints.load(storage.join(layout.progress, f"{m['key']}.pt"))
+        state, meta = checkpoints.load(storage.join(layout.progress, f"{m['key']}.pt"))
         tid = m.get("trial_id") or os.path.basename(r.path)
         states[tid] = state["best"]["model"]
         if state.get("best_free", {}).get("model") is not None:
@@ -194,7 +195,9 @@ def _trial_table(grid, cells: list[search.Cell], settings: list[dict],
                      "best_val_loss": m["best_val_loss"], "best_epoch": m["best_epoch"],
                      "epochs_run": m["epoch"], "samples_per_epoch": m["samples"],
                      "best_free_risk": m.get("best_free_risk", float("nan")),
-                     "best_free_epoch": m.get("best_free_epoch", -1)})
+                     "best_free_epoch": m.get("best_free_epoch", -1), "key": m["key"],
+                     # epochs it continued after (a retry or a new search), e.g. "1,3"
+                     "resumed_after": ",".join(str(e) for e in meta.get("resumed", []))})
     return pd.DataFrame(rows), states, free_states
 
 
@@ -324,4 +327,6 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
         trials_failed=int(len(cells) * len(settings) - len(table)), cells=len(cells),
         samples_per_epoch=int(epoch_samples), settings=settings, best=chosen["chosen"],
         arms=chosen, teacher_val_accuracy=float(best["val_accuracy"]),
-        pseudo_labeled=int(len(unlabeled)), seconds=round(time.time() - t0, 2))
+        pseudo_labeled=int(len(unlabeled)), seconds=round(time.time() - t0, 2),
+        trials_resumed={r.key: [int(e) for e in r.resumed_after.split(",")]
+                        for r in table.itertuples() if r.resumed_after})
