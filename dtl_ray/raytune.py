@@ -3,9 +3,11 @@ and keeping credentials out of Ray's logs."""
 
 from __future__ import annotations
 
+import contextlib
+
 from dtl_ray.config import ScalingConfig
 
-__all__ = ["concurrency", "trial_lines", "keep_credentials_out_of_ray_logs"]
+__all__ = ["concurrency", "trial_lines", "credentials_kept_out_of_ray_logs"]
 
 
 def concurrency(max_concurrent_trials: int, scaling: ScalingConfig) -> int:
@@ -46,13 +48,30 @@ def trial_lines(total: int, settings: list[dict]):
     return TrialLines()
 
 
-def keep_credentials_out_of_ray_logs() -> None:
-    """Ray Tune copies AWS credentials from the driver's environment into every trial's
-    runtime_env, and Ray's runtime-env agent logs runtime envs verbatim (INFO), so the secret
-    key would land in `<ray session>/logs/runtime_env_agent.log`. Trials get credentials from
-    their node instead: the local raylet's environment, or the instance role on a cluster."""
-    from ray.tune.execution import class_cache
+SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+           "AWS_SECURITY_TOKEN"}
 
-    secrets = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-               "AWS_SECURITY_TOKEN"}
-    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secrets
+
+@contextlib.contextmanager
+def credentials_kept_out_of_ray_logs():
+    """While the search runs: Ray Tune copies AWS credentials from the driver's environment
+    into every trial's runtime_env, and Ray's runtime-env agent logs runtime envs verbatim
+    (INFO), so the secret key would land in `<ray session>/logs/runtime_env_agent.log`.
+    Trials get credentials from their node instead: the local raylet's environment, or the
+    instance role on a cluster. Ray's list is restored afterwards (other Tune users in this
+    process are not changed); a Ray without that list gets a warning, not a crash."""
+    try:
+        from ray.tune.execution import class_cache
+
+        before = class_cache.ENV_VARS_TO_PROPAGATE
+    except (ImportError, AttributeError):
+        print("[dtl-ray] warning: this Ray's Tune has no ENV_VARS_TO_PROPAGATE: AWS "
+              "credentials in the driver's environment may reach Ray's runtime-env logs",
+              flush=True)
+        yield
+        return
+    class_cache.ENV_VARS_TO_PROPAGATE = set(before) - SECRETS
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = before

@@ -311,3 +311,17 @@ def test_an_image_that_breaks_after_the_inspect_pass_stops_the_run(ray_session, 
     assert err[-1].startswith("dtl-ray: error: 1 image(s) read well before cannot be read now")
     assert victim.name in err[-1] and "--restart-from pretrain" in err[-1]
     assert not layout.is_done("pretrain")
+
+
+def test_the_credentials_patch_holds_only_during_the_search():
+    """Tune's list of variables copied into trials loses the AWS secrets while the search runs
+    and gets them back after (the patch is not process-wide any more)."""
+    from ray.tune.execution import class_cache
+
+    from dtl_ray import raytune
+
+    before = set(class_cache.ENV_VARS_TO_PROPAGATE)
+    assert "AWS_SECRET_ACCESS_KEY" in before  # Ray copies it: there is something to keep out
+    with raytune.credentials_kept_out_of_ray_logs():
+        assert not raytune.SECRETS & set(class_cache.ENV_VARS_TO_PROPAGATE)
+    assert set(class_cache.ENV_VARS_TO_PROPAGATE) == before

@@ -143,7 +143,6 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: 
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
-    raytune.keep_credentials_out_of_ray_logs()
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
         {"cpu": scaling.cpus_per_worker, "gpu": 1 if scaling.use_gpu else 0})
@@ -172,7 +171,8 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: 
             failure_config=ray.tune.FailureConfig(max_failures=scaling.max_failures),
             callbacks=[raytune.trial_lines(total, settings)]),
     )
-    return tuner.fit()
+    with raytune.credentials_kept_out_of_ray_logs():
+        return tuner.fit()
 
 
 def _trial_table(grid, cells: list[search.Cell], settings: list[dict],
