@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import SECRET, SMALL_SEARCH, cli_args, copy_run, tiny_overrides
@@ -115,35 +116,64 @@ class _Touch:
 
 def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_run, tiny_demo,
                                                              tmp_path):
-    # start from the finished early stages of the session's run: the search is what is tested;
-    # both drivers attach to the session's Ray, as drivers on a long-lived cluster do
-    run = copy_run(tiny_run[1], tmp_path / "crash", ["pretrain", "discriminate", "score",
-                                                     "select"])
+    """The driver (`dtl-ray run`) SIGKILLed twice: in the score stage once its scoring actors
+    are up, then in the search once a trial saved an epoch. Each time the same command runs
+    again; the scores come out the same as the uninterrupted session run's (same rows, same
+    values: the same models scored them), the search resumes from the trials' files."""
+    from ray.util.state import list_actors
+
+    # start from the session run's pretrained model and discriminator: the score stage and
+    # the search are what is tested; every driver attaches to the session's Ray, as drivers
+    # on a long-lived cluster do
+    run = copy_run(tiny_run[1], tmp_path / "crash", ["pretrain", "discriminate"])
     f = tmp_path / "c.yaml"
     f.write_text("# Run: dtl-ray run c.yaml\n")
     args = [sys.executable, "-m", "dtl_ray", *cli_args(f, tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path, "crash") + [
             "finetune.epochs=3", "finetune.grace_period=3", *SMALL_SEARCH])]
-    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
-    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
+    address = ray_session.get_runtime_context().gcs_address
+    env = dict(os.environ, RAY_ADDRESS=address)
 
-    def trial_checkpoint():
-        if first.poll() is not None:  # the victim must still be running when it is killed
-            raise AssertionError(f"the first driver ended (exit {first.returncode}) before "
-                                 "the search wrote a trial checkpoint")
+    def kill_when(ready, what):
+        victim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True, env=env)
+
+        def alive_and_ready():
+            if victim.poll() is not None:  # the victim must still be running when killed
+                raise AssertionError(f"the driver ended (exit {victim.returncode}) before "
+                                     f"{what}")
+            return ready()
+
+        try:
+            wait_for(alive_and_ready, timeout=600, every=0.2)
+            os.killpg(victim.pid, signal.SIGKILL)
+        finally:
+            if victim.poll() is None:
+                os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=60)
+
+    def scoring():
+        return list_actors(address=address, filters=[
+            ("class_name", "=", "MapWorker(MapBatches(Scorer))"), ("state", "=", "ALIVE")])
+
+    kill_when(scoring, "its scoring actors were up")
+    layout = RunLayout(str(run))
+    assert layout.is_done("discriminate") and not layout.is_done("score")
+
+    def trial_progress():
         progress = run / "finetune" / "progress"
         return progress.is_dir() and any(n.endswith(".pt") for n in os.listdir(progress))
 
-    try:
-        wait_for(trial_checkpoint, timeout=600, every=0.5)
-        os.killpg(first.pid, signal.SIGKILL)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=60)
-    assert not RunLayout(str(run)).is_done("finetune")
-    assert RunLayout(str(run)).is_done("score")
+    kill_when(trial_progress, "the search saved a trial's epoch")
+    assert layout.is_done("score") and not layout.is_done("finetune")
+    # the killed score stage, run again: the rows and scores of the uninterrupted run
+    ref = data.read_parquet_df(os.path.join(tiny_run[1], "score", "scores")).sort_values(
+        "sample_id")
+    got = data.read_parquet_df(str(run / "score" / "scores")).sort_values("sample_id")
+    assert list(got["sample_id"]) == list(ref["sample_id"])
+    for col in ("p_target", "logit_target", "weight", "confidence"):
+        np.testing.assert_allclose(got[col], ref[col], rtol=1e-5, atol=1e-6)
+    assert (got["pred"].to_numpy() == ref["pred"].to_numpy()).all()
     # whoever can write to the run's storage must not run code in the next driver: Tune's
     # own resume (`Tuner.restore`) would unpickle this file
     opened = tmp_path / "unpickled"
