@@ -66,6 +66,21 @@ def _parser() -> argparse.ArgumentParser:
                    "config, else the config's data)")
     b.add_argument("--out", default="runs/bench")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pr = sub.add_parser("predict", help="label images with a finished run's model (Ray Data): "
+                        "path, class, confidence, p_target, error")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", help="a folder or s3:// prefix of images (any depth)")
+    pr.add_argument("out", help="output file (.csv, else Parquet; local or s3://)")
+    pr.add_argument("--model", default="chosen",
+                    help="which of the run's models: chosen (default), method, label_free or "
+                    "a baseline")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--gpu", action="store_true", help="score on GPUs")
+    ex = sub.add_parser("export", help="write a run's model as TorchScript that loads without "
+                        "dtl-ray (class names and preprocessing inside)")
+    ex.add_argument("run_dir")
+    ex.add_argument("out", help="output .pt file (local or s3://)")
+    ex.add_argument("--model", default="chosen")
     rep = sub.add_parser("report", help="re-render report.html from a run's report.json")
     rep.add_argument("run_dir")
     return p
@@ -96,6 +111,25 @@ def _main(args: argparse.Namespace) -> int:
         m = packing.pack(args.src, args.dst, args.rows_per_shard, args.domain)
         print(f"packed {m['rows']} images ({m['domain']}: {m['splits']}) into "
               f"{len(m['shards'])} shards at {args.dst}")
+        return 0
+    if args.command == "predict":
+        from dtl_ray import predict
+
+        if args.batch_size < 1:
+            raise config.ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+        storage.check_access(args.images)
+        counts = predict.predict(args.run_dir, args.images, args.out, args.model,
+                                 args.batch_size, args.gpu)
+        print(f"labelled {counts['predicted']} of {counts['images']} images with model "
+              f"'{args.model}' ({counts['rejected']} cannot be read: listed with their reason) "
+              f"-> {args.out}")
+        return 0
+    if args.command == "export":
+        from dtl_ray import predict
+
+        info = predict.export(args.run_dir, args.out, args.model)
+        print(f"exported model '{args.model}' ({info['backbone']}, {len(info['classes'])} "
+              f"classes, input {info['input']}) -> {args.out}")
         return 0
     if args.command == "report":
         layout = RunLayout(args.run_dir)
@@ -158,10 +192,11 @@ def _user_errors() -> tuple[type, ...]:
     from dtl_ray.data import DataError
     from dtl_ray.lease import LeaseError
     from dtl_ray.models import ModelError
+    from dtl_ray.predict import RunError
     from dtl_ray.storage import StorageError
 
     return (ConfigError, DataError, ModelError, CheckpointError, StorageError, LeaseError,
-            FileNotFoundError)
+            RunError, FileNotFoundError)
 
 
 def user_error(e: BaseException) -> BaseException | None:

@@ -56,6 +56,27 @@ def _local_reason(e: OSError) -> str:
     return named.get(e.errno, f"{type(e).__name__}: {e}"[:240])
 
 
+MIN_FREE_BYTES = 1 << 20
+
+
+def _local_unwritable(path: str) -> str | None:
+    """Why nothing can be written at a local `path` (judged on it, or on its nearest existing
+    parent when it does not exist yet; nothing is written), or None."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        return f"{p} is a file, not a folder"
+    st = os.statvfs(p)
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return "permission denied"
+    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        return "no space left on the device"
+    return None
+
+
 def check_access(uri: str, write: bool = False) -> None:
     """Fails early, with one clear line, when `uri` cannot be read (or written).
 
@@ -64,19 +85,9 @@ def check_access(uri: str, write: bool = False) -> None:
     """
     if not uri.startswith("s3://"):
         if write:  # a read-only folder, no permission, a full disk: told now, in one line
-            probe = os.path.join(path_of(uri), f".dtl-ray-probe-{uuid.uuid4().hex[:8]}")
-            try:
-                os.makedirs(path_of(uri), exist_ok=True)
-                try:
-                    with open(probe, "wb") as f:
-                        f.write(b"ok" * 4096)  # a page: a full disk refuses it
-                        f.flush()
-                        os.fsync(f.fileno())
-                finally:
-                    if os.path.exists(probe):
-                        os.remove(probe)
-            except OSError as e:
-                raise StorageError(f"cannot write {uri}: {_local_reason(e)}") from None
+            reason = _local_unwritable(path_of(uri))
+            if reason:
+                raise StorageError(f"cannot write {uri}: {reason}")
         return
     # a wrong endpoint or bucket is told in seconds: a few attempts, a short connect timeout
     # (the run's own reads and writes keep S3_MAX_ATTEMPTS for transient errors)

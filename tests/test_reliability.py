@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SECRET, SMALL_SEARCH, cli_args, copy_run, tiny_overrides
-from faults import add_bad_images, wait_for
+from faults import add_bad_images, registered_checkpoint, wait_for
 
 from dtl_ray import checkpoints, cli, data, storage
 from dtl_ray.layout import RunLayout
@@ -102,6 +102,49 @@ def test_too_many_bad_images_stop_before_training(ray_session, tiny_demo, tmp_pa
     assert last.startswith("dtl-ray: error: ") and "6 of" in last
     assert "data.max_rejected_fraction" in last and any(name in last for name in bad)
     assert not (tmp_path / "out" / "many" / "pretrain").exists()
+
+
+def test_driver_killed_in_pretraining_resumes_its_train_run(ray_session, tiny_run, tiny_demo,
+                                                            tmp_path):
+    """The driver (`dtl-ray run`) SIGKILLed inside a Train stage, once pretraining's Train run
+    registered its first checkpoint: the same command again resumes that Train run (fixed
+    run name, checkpoint in storage) instead of starting over; every epoch runs once and the
+    stage reads the same rows as the uninterrupted session run."""
+    run = copy_run(tiny_run[1], tmp_path / "pk", [])  # the manifest and the inspect pass
+    f = tmp_path / "c.yaml"
+    f.write_text("# Run: dtl-ray run c.yaml\n")
+    args = [sys.executable, "-m", "dtl_ray", *cli_args(f, tiny_overrides(
+        tiny_demo / "source", tiny_demo / "target", tmp_path, "pk")), "--stages", "pretrain"]
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    victim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True, env=env)
+
+    def checkpointed():
+        if victim.poll() is not None:
+            raise AssertionError(f"the driver ended (exit {victim.returncode}) before "
+                                 "pretraining's first checkpoint")
+        return registered_checkpoint(str(run / "pretrain"))
+
+    try:
+        wait_for(checkpointed, timeout=600, every=0.05)
+        os.killpg(victim.pid, signal.SIGKILL)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=60)
+    layout = RunLayout(str(run))
+    assert not layout.is_done("pretrain")
+    again = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    s, ref = layout.summary("pretrain"), tiny_run[2]["pretrain"]
+    assert s["resumed_from_epochs"] and min(s["resumed_from_epochs"]) > 0, s
+    assert [c["epoch"] for c in s["curve"]] == [c["epoch"] for c in ref["curve"]] == [0, 1]
+    # the same rows as the uninterrupted run (the weights differ: the resumed epoch draws
+    # another data order)
+    assert data.load_manifest(layout).table.equals(
+        data.load_manifest(RunLayout(tiny_run[1])).table)
+    state, _ = checkpoints.read_classifier(str(run / "pretrain" / "model.pt"))
+    assert state
 
 
 class _Touch:

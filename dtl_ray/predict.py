@@ -1,0 +1,206 @@
+"""Using a finished run's model outside the pipeline: `dtl-ray predict` labels new images
+through Ray Data, `dtl-ray export` writes a TorchScript file that needs only torch.
+
+Both read what the run wrote (its config, class names, fine-tuned models, discriminator), so
+they apply the run's own image size, pixel limit and normalisation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from dtl_ray import builders, checkpoints, data, loops, scoring, storage
+from dtl_ray.layout import RunLayout
+
+__all__ = ["predict", "export", "list_images", "Predictor", "EXPORT_META"]
+
+EXPORT_META = "dtl_ray.json"
+"""The name of the JSON an exported file carries (`torch.jit.load(..., _extra_files=...)`)."""
+
+COLUMNS = ["path", "class", "label", "confidence", "p_target", "error"]
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used for this (missing, or its stages not finished)."""
+
+
+def _run(run_dir: str, arm: str) -> tuple[RunLayout, dict, list[str], str]:
+    """(layout, the run's config as a dict, class names, the model's URI)."""
+    import yaml
+
+    layout = RunLayout(run_dir.rstrip("/"))
+    if not storage.exists(layout.config):
+        raise RunError(f"{run_dir} is not a dtl-ray run (no config.yaml)")
+    model_uri = layout.model(arm)
+    if not storage.exists(model_uri):
+        raise RunError(f"run {run_dir} has no model '{arm}' (has its finetune stage finished? "
+                       "models: method, chosen, label_free, and the baselines)")
+    cfg = yaml.safe_load(storage.read_bytes(layout.config)) or {}
+    return layout, cfg, list(storage.read_json(layout.classes)), model_uri
+
+
+def list_images(uri: str, extensions: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every image below `uri` (any depth) as rows for the readers, and the files that are
+    rejected from their names alone (not UTF-8), with the reason. `._name` files (macOS
+    metadata) are not images."""
+    if not storage.exists(uri):
+        raise data.DataError(f"images not found: {uri}")
+    exts = tuple(e.lower() for e in extensions)
+    good, bad = [], []
+    for rel, _ in storage.list_files(uri):
+        if not rel.lower().endswith(exts) or rel.rsplit("/", 1)[-1].startswith("._"):
+            continue
+        if storage.is_utf8(rel):
+            good.append((rel, "new", "predict", storage.join(uri, rel)))
+        else:
+            bad.append((storage.printable(storage.join(uri, rel)),
+                        "file name is not valid UTF-8: rename it"))
+    rows = pd.DataFrame(good, columns=[data.SAMPLE_ID, data.DOMAIN, data.SPLIT, data.PATH])
+    return rows, pd.DataFrame(bad, columns=["path", "error"])
+
+
+class Predictor:
+    """A Ray Data callable: reads and decodes a batch of files, then the run's model gives
+    each image its class and confidence, and the run's discriminator (on the backbone it was
+    trained on) the probability that the image is target-like (`p_target`: the mean of its
+    folds' calibrated outputs, no fold having seen the image)."""
+
+    def __init__(self, model_uri: str, classes: list[int], disc_uri: str | None,
+                 image_size: int, max_pixels: int, use_gpu: bool = False) -> None:
+        self.image_size, self.max_pixels = image_size, max_pixels
+        self.model = scoring.Scorer(model_uri, classes, use_gpu=use_gpu)
+        self.domain = None
+        if disc_uri is not None:
+            _, meta = checkpoints.read_discriminator(disc_uri)
+            self.domain = scoring.Scorer(meta["model"], classes, disc_uri, use_gpu=use_gpu)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = data.decode_batch(batch, self.image_size, self.max_pixels)  # once for both
+        out = self.model(batch)
+        p = self.domain(batch)["p_target"] if self.domain is not None else np.full(
+            len(out["pred"]), np.nan)
+        return {"path": out["path"], "label": out["pred"], "confidence": out["confidence"],
+                "p_target": p, "error": out["error"]}
+
+
+def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size: int = 64,
+            use_gpu: bool = False) -> dict:
+    """Labels every image below `images` with the run's `arm` model; writes `out` (CSV when
+    it ends with .csv, else Parquet): path, class, label, confidence, p_target, error (rows
+    that cannot be read keep their reason, as in the pipeline). Returns the counts.
+
+    Raises:
+        RunError: not a run, or its model is missing.
+        data.DataError: no images there.
+    """
+    import ray
+    import ray.data
+
+    from dtl_ray import pipeline
+
+    t0 = time.time()
+    layout, cfg, names, model_uri = _run(run_dir, arm)
+    dcfg, mcfg = cfg.get("data", {}), cfg.get("model", {})
+    rows, bad = list_images(images, dcfg.get("extensions", [".png", ".jpg", ".jpeg"]))
+    if rows.empty and bad.empty:
+        raise data.DataError(f"no images below {images}")
+    _, meta = checkpoints.read_classifier(model_uri)
+    classes = list(meta["classes"])
+    disc = layout.discriminator if storage.exists(layout.discriminator) else None
+    pipeline.ensure_ray()
+    data.configure_context()
+    parts = []
+    if len(rows):
+        chunks = [rows.iloc[i:i + 256].reset_index(drop=True) for i in range(0, len(rows), 256)]
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        ds = ray.data.from_pandas(chunks).map_batches(
+            Predictor, fn_constructor_kwargs={
+                "model_uri": model_uri, "classes": classes, "disc_uri": disc,
+                "image_size": int(mcfg.get("image_size", 32)),
+                "max_pixels": int(dcfg.get("max_image_pixels", data.DEFAULT_MAX_PIXELS)),
+                "use_gpu": use_gpu},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)),
+            batch_size=batch_size, batch_format="numpy", num_gpus=1 if use_gpu else 0,
+            max_task_retries=data.TASK_RETRIES["max_retries"])
+        parts.append(ds.to_pandas())  # one row of scalars per image: O(rows), no pixels
+    if len(bad):
+        parts.append(bad.assign(label=-1, confidence=np.nan, p_target=np.nan))
+    df = pd.concat(parts, ignore_index=True)
+    ok = df["error"] == ""
+    df["label"] = df["label"].astype(np.int64)
+    df["class"] = [names[i] if good else "" for i, good in zip(df["label"], ok)]
+    df = df.reindex(columns=COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
+    if out.lower().endswith(".csv"):
+        storage.write_bytes(out, df.to_csv(index=False).encode())
+    else:
+        data.write_parquet_df(df, out)
+    counts = {"images": int(len(df)), "predicted": int(ok.sum()), "rejected": int((~ok).sum()),
+              "model": arm, "seconds": round(time.time() - t0, 2)}
+    return counts
+
+
+class _Exported:
+    """Builds the exported module (a class so torch is imported only when exporting)."""
+
+    @staticmethod
+    def module(model, mean, std):
+        import torch
+
+        class Exported(torch.nn.Module):
+            """uint8 RGB images (N, H, W, 3) at the run's image size -> class probabilities
+            (N, K) over the classes in the file's metadata, in that order."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+                self.register_buffer("mean", mean.clone())
+                self.register_buffer("std", std.clone())
+
+            def forward(self, images: torch.Tensor) -> torch.Tensor:
+                x = images.permute(0, 3, 1, 2).float() / 255.0
+                x = (x - self.mean) / self.std
+                return torch.softmax(self.model(x), dim=1)
+
+        return Exported().eval()
+
+
+def export(run_dir: str, out: str, arm: str = "chosen") -> dict:
+    """Writes the run's `arm` model as TorchScript to `out`: it loads with `torch.jit.load`
+    alone (no dtl-ray), takes uint8 RGB images (N, S, S, 3) resized to the run's image size S,
+    and returns class probabilities; its `dtl_ray.json` extra file holds the class names, the
+    image size, how to resize, and the normalisation it applies. Returns that metadata.
+
+    Raises:
+        RunError: not a run, or its model is missing.
+    """
+    import torch
+
+    _, cfg, names, model_uri = _run(run_dir, arm)
+    model, meta = builders.load_classifier(model_uri)
+    classes = list(meta["classes"])
+    if meta["num_classes"] != len(classes):
+        raise RunError(f"model '{arm}' has {meta['num_classes']} outputs for {len(classes)} "
+                       "classes: only fine-tuned models (one output per target class) export")
+    size = int(cfg.get("model", {}).get("image_size", 32))
+    module = _Exported.module(model, loops.MEAN, loops.STD)
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example)
+    info = {"classes": [names[c] for c in classes], "image_size": size,
+            "input": f"uint8 RGB tensor (N, {size}, {size}, 3)",
+            "resize": "to image_size x image_size with PIL's bilinear filter, after converting "
+                      "to RGB (transparency onto black)",
+            "output": "class probabilities (N, K), K = len(classes)",
+            "mean": loops.MEAN.flatten().tolist(), "std": loops.STD.flatten().tolist(),
+            "arm": arm, "backbone": meta["backbone"], "run": os.path.abspath(run_dir)
+            if "://" not in run_dir else run_dir}
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf, _extra_files={EXPORT_META: json.dumps(info)})
+    storage.write_bytes(out, buf.getvalue())
+    return info
