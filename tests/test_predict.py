@@ -67,7 +67,8 @@ def test_predict_labels_new_images_and_lists_the_unreadable(tiny_run, new_images
     out = tmp_path / "pred.csv"
     assert cli.main(["predict", tiny_run[1], str(new_images), str(out)]) == 0
     assert "labelled" in capsys.readouterr().out
-    df = pd.read_csv(out, keep_default_na=False)
+    df = pd.read_csv(out)
+    df["error"] = df["error"].fillna("")
     pngs = sorted(p for p in new_images.rglob("*.png") if not p.name.startswith("._"))
     assert sorted(df["path"]) == sorted(str(p) for p in pngs)  # `._x.png` is not an image
     bad = df[df["error"] != ""]
@@ -75,6 +76,7 @@ def test_predict_labels_new_images_and_lists_the_unreadable(tiny_run, new_images
     good = df[df["error"] == ""]
     names = json.load(open(os.path.join(tiny_run[1], "classes.json")))
     assert set(good["class"]) <= set(names) and (good["label"] >= 0).all()
+    assert bad["label"].tolist() == [-1] and bad["confidence"].isna().all()
     assert good["confidence"].between(0, 1).all() and good["p_target"].between(0, 1).all()
     # the demo's test images (named after their class here): the accuracy `evaluate`
     # reported for the chosen model (same model, same images)

@@ -33,9 +33,11 @@ def test_outputs_are_in_the_bucket(other_run):
                  "finetune/trials.parquet", "finetune/models/method.pt", "rejected.parquet"):
         assert RUN + name in keys, name
     assert any(k.startswith(RUN + "score/scores/") and k.endswith(".parquet") for k in keys)
-    # Ray Train and Tune checkpoints went to the bucket too
+    # Ray Train checkpoints, Tune's experiment and the trials' progress files went to the
+    # bucket too
     assert any(k.startswith(RUN + "pretrain/train/checkpoint_") for k in keys)
-    assert any(k.startswith(RUN + "finetune/search/") and "/checkpoint_" in k for k in keys)
+    assert any(k.startswith(RUN + "finetune/search/") for k in keys)
+    assert any(k.startswith(RUN + "finetune/progress/cell") and k.endswith(".pt") for k in keys)
     body = boto3.client("s3").get_object(Bucket=BUCKET, Key=RUN + "report.json")["Body"]
     assert json.loads(body.read())["score"]["rows_out"] == doc["score"]["rows_out"]
 
