@@ -81,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir")
     ex.add_argument("out", help="output .pt file (local or s3://)")
     ex.add_argument("--model", default="chosen")
+    sg = sub.add_parser("suggest-labels", help="the unlabeled target images to label next "
+                        "(uncertain, unlike anything labeled, target-like; diverse): a CSV and "
+                        "a contact sheet")
+    sg.add_argument("run_dir")
+    sg.add_argument("--budget", type=int, required=True, help="how many images to suggest")
+    sg.add_argument("--out", default=None,
+                    help="CSV to write (default RUN/suggested_labels.csv; the sheet beside it)")
+    sg.add_argument("--model", default="chosen")
     rep = sub.add_parser("report", help="re-render report.html from a run's report.json")
     rep.add_argument("run_dir")
     return p
@@ -123,6 +131,16 @@ def _main(args: argparse.Namespace) -> int:
         print(f"labelled {counts['predicted']} of {counts['images']} images with model "
               f"'{args.model}' ({counts['rejected']} cannot be read: listed with their reason) "
               f"-> {args.out}")
+        return 0
+    if args.command == "suggest-labels":
+        from dtl_ray import suggest
+
+        if args.budget < 1:
+            raise config.ConfigError(f"--budget must be at least 1, got {args.budget}")
+        out = args.out or storage.join(args.run_dir.rstrip("/"), "suggested_labels.csv")
+        r = suggest.suggest(args.run_dir, args.budget, out, args.model)
+        print(f"suggested {r['suggested']} of {r['unlabeled']} unlabeled target images -> "
+              f"{r['csv']} (contact sheet {r['sheet']})")
         return 0
     if args.command == "export":
         from dtl_ray import predict

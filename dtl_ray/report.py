@@ -61,6 +61,29 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def plot_confusion(confusion: list[list[int]], names: list[str]) -> bytes:
+    """A confusion matrix (rows: true class, columns: predicted) with its counts, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion)
+    side = max(3.5, 0.45 * len(names) + 1.5)
+    fig, ax = plt.subplots(figsize=(side + 0.5, side))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    top = cm.max() if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > top / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _png(fig)
+
+
 def _plot_histograms(scores) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -146,6 +169,11 @@ def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
     if storage.exists(layout.trials):
         made.append(("val_vs_fraction.png", "target val accuracy against fraction",
                      _plot_fractions(data.read_parquet_df(layout.trials), doc)))
+    method = (doc.get("evaluate") or {}).get("method") or {}
+    if method.get("confusion"):
+        made.append(("confusion_method.png", "the method's confusion matrix on target test "
+                     "(rows: true class, columns: predicted)",
+                     plot_confusion(method["confusion"], list(method["per_class_accuracy"]))))
     for name, _, png in made:
         storage.write_bytes(layout.plot(name), png)
     return [(name, caption) for name, caption, _ in made]
@@ -160,6 +188,31 @@ def _table(rows: list[list], head: list[str]) -> str:
 
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def per_class_rows(ev: dict) -> tuple[list[list], list[str]]:
+    """Rows (class, the method's accuracy, each baseline's) for the report's per-class table."""
+    models = {"method": ev["method"], **ev["baselines"]}
+    models = {k: v for k, v in models.items() if v.get("per_class_accuracy")}
+    if "method" not in models:
+        return [], []
+    names = list(models["method"]["per_class_accuracy"])
+    rows = [[n, *[models[m]["per_class_accuracy"].get(n, float("nan")) for m in models]]
+            for n in names]
+    return rows, ["class", *models]
+
+
+def best_sentence(best: dict) -> str:
+    """The search's chosen trial in words (it used to be shown as a raw dict)."""
+    target = best.get("target_fraction", 0.0)
+    return (f"The search chose a <b>{html.escape(str(best.get('arm')))}</b> trial: "
+            f"{html.escape(str(best.get('strategy')))} selection, source fraction "
+            f"{best.get('source_fraction')}, target fraction {target}; lr {best.get('lr')}, "
+            f"layers {html.escape(str(best.get('train_layers')))}, candidate weight "
+            f"{best.get('candidate_weight')}; best target val accuracy "
+            f"{_fmt(best.get('best_val_accuracy'))} at epoch {best.get('best_epoch')} of "
+            f"{best.get('epochs_run')} run (trial {html.escape(str(best.get('trial_id')))}, "
+            f"{best.get('n_candidates')} source candidates).")
 
 
 def discriminator_note(doc: dict) -> str | None:
@@ -201,6 +254,9 @@ def render(doc: dict, layout: RunLayout) -> str:
                      "points of val accuracy).</p>")
         parts.append(f"<p>The whole search's choice on target val was <b>{ev['chosen']['arm']}"
                      f"</b>, test accuracy {ev['chosen']['target_test_accuracy']:.3f}.</p>")
+        rows, head = per_class_rows(ev)
+        if rows:
+            parts.append("<h3>Accuracy per class (target test)</h3>" + _table(rows, head))
         free = ev.get("label_free")
         if free:
             parts.append(
@@ -218,9 +274,11 @@ def render(doc: dict, layout: RunLayout) -> str:
         if key == "discriminate" and discriminator_note(doc):
             parts.append(f"<p>{html.escape(discriminator_note(doc))}</p>")
         if key in doc:
-            flat = [[k, v] for k, v in doc[key].items()
-                    if not isinstance(v, (dict, list)) or k in ("best",)]
-            parts.append(f"<h2>{title}</h2>" + _table(flat, ["", ""]))
+            flat = [[k, v] for k, v in doc[key].items() if not isinstance(v, (dict, list))]
+            parts.append(f"<h2>{title}</h2>")
+            if key == "finetune" and isinstance(doc[key].get("best"), dict):
+                parts.append(f"<p>{best_sentence(doc[key]['best'])}</p>")
+            parts.append(_table(flat, ["", ""]))
     for name, caption in _plots(layout, doc):
         parts.append(f"<figure><img src='{name}'><figcaption>{caption}</figcaption></figure>")
     parts.append("<h2>Data</h2>" + _table([[k, v] for k, v in doc["data"].items()], ["", ""]))

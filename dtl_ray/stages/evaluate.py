@@ -66,7 +66,8 @@ def run(layout: RunLayout, scaling: ScalingConfig, image_size: int, max_pixels: 
         num_gpus=1 if scaling.use_gpu else 0).to_pandas()
     data.write_parquet_df(df, layout.predictions)
     results = {k: measure(df, k, classes, manifest.classes) for k in uris}
-    base = {k: {m: results[k][m] for m in ("target_test_accuracy", "transfer_loss")}
+    base = {k: {m: results[k][m] for m in ("target_test_accuracy", "transfer_loss",
+                                           "per_class_accuracy")}
             for k in BASELINES if k in results}
     method = dict(results.get("method", {}))
     target_only = results.get("target_only", {}).get("target_test_accuracy")

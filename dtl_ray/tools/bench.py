@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from dtl_ray import config, data, demo, pipeline, storage
+from dtl_ray import config, data, demo, pipeline, report, storage
 
 __all__ = ["run", "summarise"]
 
@@ -194,18 +194,8 @@ def _plots(seeds: list[dict], summary: dict) -> list[tuple[str, str]]:
     plots.append((_png(fig), f"p_target by domain/split (seed {seeds[0]['seed']})"))
     # 4. confusion matrix of the method's model (first seed)
     if seeds[0]["confusion"]:
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        cm = np.asarray(seeds[0]["confusion"])
-        ax.imshow(cm, cmap="Blues")
-        names = seeds[0]["classes"]
-        ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        for i in range(cm.shape[0]):
-            for j in range(cm.shape[1]):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        plots.append((_png(fig), f"Confusion matrix of the method on target test (seed "
+        plots.append((report.plot_confusion(seeds[0]["confusion"], seeds[0]["classes"]),
+                      f"Confusion matrix of the method on target test (seed "
                       f"{seeds[0]['seed']})"))
     # 5. per-class kept fraction of the source (selected, and the discriminator's own ranking)
     fig, ax = plt.subplots(figsize=(7, 3.5))
