@@ -15,7 +15,7 @@ from typing import Any
 from dtl_ray.config import PipelineConfig, to_dict
 from dtl_ray.layout import STAGES
 
-__all__ = ["DEPENDS", "settings", "changes"]
+__all__ = ["DEPENDS", "settings", "changes", "flat"]
 
 DEPENDS = {
     "pretrain": ["seed", "source.uri", "target.uri", "model", "data.extensions",
@@ -29,11 +29,12 @@ DEPENDS = {
 """Each stage's own keys (a section or a dotted key)."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -42,9 +43,9 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 def settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     """The dotted keys and values `stage`'s outputs depend on (its own and every earlier
     stage's)."""
-    flat = _flat(to_dict(cfg))
+    values = flat(to_dict(cfg))
     keys = [k for s in STAGES[:STAGES.index(stage) + 1] for k in DEPENDS[s]]
-    return {f: v for f, v in flat.items()
+    return {f: v for f, v in values.items()
             if any(f == k or f.startswith(k + ".") for k in keys)}
 
 

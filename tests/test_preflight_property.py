@@ -11,21 +11,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dtl_ray import checkpoints, cli, config
+from dtl_ray.fingerprints import flat
 
 EXAMPLES = int(os.environ.get("DTL_RAY_PROPERTY_EXAMPLES", "300"))
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-KEYS = sorted(_flat(config.to_dict(config.PipelineConfig())))
+KEYS = sorted(flat(config.to_dict(config.PipelineConfig())))
 # values people type, and values that broke parsers before: YAML syntax, numbers as strings,
 # paths, schemes, names that escape, huge and negative numbers, non-ASCII
 VALUES = st.one_of(
@@ -40,7 +31,7 @@ VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(max_size=12),
 )
-DEFAULTS = _flat(config.to_dict(config.PipelineConfig()))
+DEFAULTS = flat(config.to_dict(config.PipelineConfig()))
 
 
 def _yaml(v) -> str:

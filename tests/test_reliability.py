@@ -104,6 +104,26 @@ def test_too_many_bad_images_stop_before_training(ray_session, tiny_demo, tmp_pa
     assert not (tmp_path / "out" / "many" / "pretrain").exists()
 
 
+def kill_driver_when(args, env, ready, what, every=0.2):
+    """Starts `dtl-ray run` (`args`) in its own process group and SIGKILLs the group once
+    `ready()`; fails if the driver ended before that (the kill must hit a running driver)."""
+    victim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True, env=env)
+
+    def alive_and_ready():
+        if victim.poll() is not None:
+            raise AssertionError(f"the driver ended (exit {victim.returncode}) before {what}")
+        return ready()
+
+    try:
+        wait_for(alive_and_ready, timeout=600, every=every)
+        os.killpg(victim.pid, signal.SIGKILL)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=60)
+
+
 def test_driver_killed_in_pretraining_resumes_its_train_run(ray_session, tiny_run, tiny_demo,
                                                             tmp_path):
     """The driver (`dtl-ray run`) SIGKILLed inside a Train stage, once pretraining's Train run
@@ -116,22 +136,8 @@ def test_driver_killed_in_pretraining_resumes_its_train_run(ray_session, tiny_ru
     args = [sys.executable, "-m", "dtl_ray", *cli_args(f, tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path, "pk")), "--stages", "pretrain"]
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
-    victim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True, env=env)
-
-    def checkpointed():
-        if victim.poll() is not None:
-            raise AssertionError(f"the driver ended (exit {victim.returncode}) before "
-                                 "pretraining's first checkpoint")
-        return registered_checkpoint(str(run / "pretrain"))
-
-    try:
-        wait_for(checkpointed, timeout=600, every=0.05)
-        os.killpg(victim.pid, signal.SIGKILL)
-    finally:
-        if victim.poll() is None:
-            os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=60)
+    kill_driver_when(args, env, lambda: registered_checkpoint(str(run / "pretrain")),
+                     "pretraining's first checkpoint", every=0.05)
     layout = RunLayout(str(run))
     assert not layout.is_done("pretrain")
     again = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
@@ -177,29 +183,11 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
     address = ray_session.get_runtime_context().gcs_address
     env = dict(os.environ, RAY_ADDRESS=address)
 
-    def kill_when(ready, what):
-        victim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True, env=env)
-
-        def alive_and_ready():
-            if victim.poll() is not None:  # the victim must still be running when killed
-                raise AssertionError(f"the driver ended (exit {victim.returncode}) before "
-                                     f"{what}")
-            return ready()
-
-        try:
-            wait_for(alive_and_ready, timeout=600, every=0.2)
-            os.killpg(victim.pid, signal.SIGKILL)
-        finally:
-            if victim.poll() is None:
-                os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=60)
-
     def scoring():
         return list_actors(address=address, filters=[
             ("class_name", "=", "MapWorker(MapBatches(Scorer))"), ("state", "=", "ALIVE")])
 
-    kill_when(scoring, "its scoring actors were up")
+    kill_driver_when(args, env, scoring, "its scoring actors were up")
     layout = RunLayout(str(run))
     assert layout.is_done("discriminate") and not layout.is_done("score")
 
@@ -207,7 +195,7 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
         progress = run / "finetune" / "progress"
         return progress.is_dir() and any(n.endswith(".pt") for n in os.listdir(progress))
 
-    kill_when(trial_progress, "the search saved a trial's epoch")
+    kill_driver_when(args, env, trial_progress, "the search saved a trial's epoch")
     assert layout.is_done("score") and not layout.is_done("finetune")
     # the killed score stage, run again: the rows and scores of the uninterrupted run
     ref = data.read_parquet_df(os.path.join(tiny_run[1], "score", "scores")).sort_values(
