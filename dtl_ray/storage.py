@@ -162,8 +162,13 @@ def retry(fn, *args, attempts: int = 6, base_s: float = 0.2):
     raise AssertionError("unreachable")
 
 
-def _s3_filesystem(attempts: int = S3_MAX_ATTEMPTS,
+def _s3_filesystem(attempts: int | None = None,
                    connect_timeout: float | None = None) -> pafs.S3FileSystem:
+    """pyarrow's S3 client for the endpoint and region in the environment; `attempts`
+    defaults to `DTL_RAY_S3_ATTEMPTS` or S3_MAX_ATTEMPTS (each read and write is retried
+    again around it by `retry`)."""
+    if attempts is None:
+        attempts = int(os.environ.get("DTL_RAY_S3_ATTEMPTS", S3_MAX_ATTEMPTS))
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict[str, Any] = {}
     if endpoint:

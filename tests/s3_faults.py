@@ -10,13 +10,16 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 
 
 class FaultyProxy:
-    """Forwards to `upstream_port`; answers every `every`-th request with 503 SlowDown."""
+    """Forwards to `upstream_port`; answers every `every`-th request with 503 SlowDown, and
+    the next `n` requests whose path holds a given text with 503 too (`fail_next`)."""
 
     def __init__(self, upstream_port: int, every: int = 7) -> None:
         counter = itertools.count(1)
         lock = threading.Lock()
         self.failed = 0
         self.forwarded = 0
+        self.targeted: dict[str, int] = {}  # path text -> failures still to answer
+        self.targeted_failed: dict[str, int] = {}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +48,12 @@ class FaultyProxy:
                 body = self._body()
                 with lock:
                     n = next(counter)
-                if n % every == 0:
+                    hit = next((t for t, left in proxy.targeted.items()
+                                if left > 0 and t in self.path), None)
+                    if hit is not None:
+                        proxy.targeted[hit] -= 1
+                        proxy.targeted_failed[hit] = proxy.targeted_failed.get(hit, 0) + 1
+                if hit is not None or n % every == 0:
                     with lock:
                         proxy.failed += 1
                     self.send_response(503)
@@ -84,6 +92,11 @@ class FaultyProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def fail_next(self, path_text: str, n: int) -> None:
+        """The next `n` requests whose path holds `path_text` get 503 SlowDown."""
+        self.targeted[path_text] = n
+        self.targeted_failed[path_text] = 0
 
     def __enter__(self):
         self.thread.start()
