@@ -62,13 +62,18 @@ def new_images(tiny_demo, tmp_path_factory):
     return root
 
 
-def test_predict_labels_new_images_and_lists_the_unreadable(tiny_run, new_images, tmp_path,
-                                                            capsys):
-    out = tmp_path / "pred.csv"
+@pytest.fixture(scope="module")
+def predicted(tiny_run, new_images, tmp_path_factory):
+    """`dtl-ray predict` on the new images (CSV), once for the module."""
+    out = tmp_path_factory.mktemp("pred") / "pred.csv"
     assert cli.main(["predict", tiny_run[1], str(new_images), str(out)]) == 0
-    assert "labelled" in capsys.readouterr().out
     df = pd.read_csv(out)
     df["error"] = df["error"].fillna("")
+    return df
+
+
+def test_predict_labels_new_images_and_lists_the_unreadable(tiny_run, new_images, predicted):
+    df = predicted
     pngs = sorted(p for p in new_images.rglob("*.png") if not p.name.startswith("._"))
     assert sorted(df["path"]) == sorted(str(p) for p in pngs)  # `._x.png` is not an image
     bad = df[df["error"] != ""]
@@ -86,13 +91,10 @@ def test_predict_labels_new_images_and_lists_the_unreadable(tiny_run, new_images
     assert (truth == good["class"]).mean() == pytest.approx(reported, abs=1e-9)
 
 
-def test_an_export_loads_without_dtl_ray_and_predicts_the_same(tiny_run, new_images, tmp_path):
+def test_an_export_loads_without_dtl_ray_and_predicts_the_same(tiny_run, predicted, tmp_path):
     model_file = tmp_path / "model.pt"
     assert cli.main(["export", tiny_run[1], str(model_file)]) == 0
-    out = tmp_path / "pred.parquet"
-    assert cli.main(["predict", tiny_run[1], str(new_images), str(out)]) == 0
-    ref = pd.read_parquet(out)
-    ref = ref[ref["error"] == ""].sort_values("path")
+    ref = predicted[predicted["error"] == ""].sort_values("path")
     # a fresh process that never imports dtl_ray (an import of it would fail there)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-I", "-c", CONSUMER, str(model_file),
