@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dtl-ray demo
 
 test: $(STAMP)
-	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1 $(PY) -m pytest -q -p no:cacheprovider tests
+	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 # the inner loop: everything that starts no Ray pipeline (under a minute)
 test-fast: $(STAMP)
