@@ -40,6 +40,7 @@ class Embedder:
 
         torch.set_num_threads(1)
         self.model, self.meta = builders.load_classifier(model_uri)
+        self.dim = self.model.head.in_features
         self.image_size, self.max_pixels = image_size, max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -50,7 +51,7 @@ class Embedder:
         ok = batch["error"] == ""
         n, out = len(ok), {"sample_id": batch["sample_id"], "path": batch["path"],
                            "error": batch["error"]}
-        feats = None
+        feats = np.zeros((n, self.dim), dtype=np.float32)  # rejected rows: zeros
         for k in ("confidence", "entropy"):
             out[k] = np.full(n, np.nan)
         out["pred"] = np.full(n, -1, dtype=np.int64)
@@ -62,9 +63,8 @@ class Embedder:
             out["confidence"][ok] = conf.numpy()
             out["entropy"][ok] = loops.entropy(probs).numpy()
             out["pred"][ok] = np.asarray(self.meta["classes"])[idx.numpy()]
-            feats = np.zeros((n, f.shape[1]), dtype=np.float32)
             feats[ok] = F.normalize(f.float(), dim=1).numpy()
-        out["feature"] = feats if feats is not None else np.zeros((n, 1), dtype=np.float32)
+        out["feature"] = feats
         return out
 
 
@@ -172,9 +172,7 @@ def suggest(run_dir: str, budget: int, out: str, arm: str = "chosen") -> dict:
     for b in emb.iter_batches(batch_format="numpy", batch_size=None):
         for k in got:
             got[k].append(b[k] if k != "feature" else np.asarray(b[k], dtype=np.float32))
-    dims = max(f.shape[1] for f in got["feature"])
-    feats = np.concatenate([f if f.shape[1] == dims else np.zeros((len(f), dims), np.float32)
-                            for f in got["feature"]])
+    feats = np.concatenate(got["feature"])
     table = pd.DataFrame({k: np.concatenate(v) for k, v in got.items() if k != "feature"})
     ok = (table["error"] == "").to_numpy()
     is_lab = table["sample_id"].isin(set(lab[data.SAMPLE_ID])).to_numpy()

@@ -76,70 +76,73 @@ def add_a_bomb_and_a_bad_name(root):
     return ["bomb.png", "caf\\xe9.png"]
 
 
+def _alive(class_name):
+    """A function listing the ALIVE actors of `class_name` in this session's Ray (found by its
+    address: another Ray may run on the same machine)."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address
+    return lambda: list_actors(address=address, filters=[
+        ("class_name", "=", class_name), ("state", "=", "ALIVE")])
+
+
+def _stage_done(stage_dir):
+    return os.path.exists(os.path.join(stage_dir, "_DONE.json"))
+
+
+def _killer_thread(body):
+    """Runs body(killed) in a daemon thread. Returns (thread, killed): what the body recorded,
+    or `error`, which the caller re-raises (a thread would swallow it)."""
+    killed = {}
+
+    def run():
+        try:
+            body(killed)
+        except Exception as e:
+            killed["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, killed
+
+
 def kill_a_train_worker_after_first_checkpoint(stage_dir):
     """Starts a thread that, once the stage's Train run (the pipeline's first) has a
     checkpoint, SIGKILLs one of its `RayTrainWorker`s in this session's Ray.
 
-    Returns (thread, result dict: `pid` of the victim and `stage_done_at_kill`, or `error`,
-    which the caller re-raises: a thread would swallow it)."""
-    import ray
-    from ray.util.state import list_actors
+    Returns (thread, result dict: `pid` of the victim and `stage_done_at_kill`, or `error`)."""
+    alive_workers = _alive("RayTrainWorker")
 
-    # this session's cluster by its address: another Ray may run on the same machine
-    address = ray.get_runtime_context().gcs_address
-    killed = {}
+    def body(killed):
+        # this stage's workers: the first Train workers to come up (the stage's Train run is
+        # the pipeline's first); looked up before the race, so the kill follows the first
+        # checkpoint within a file-system poll, not a state-API call
+        actors = wait_for(alive_workers, every=0.05)
+        wait_for(lambda: registered_checkpoint(stage_dir), every=0.02)
+        killed["pid"] = actors[0].pid
+        os.kill(actors[0].pid, signal.SIGKILL)
+        # the victim must have been this stage's worker: the stage was still running
+        killed["stage_done_at_kill"] = _stage_done(stage_dir)
 
-    def alive_workers():
-        return list_actors(address=address, filters=[
-            ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-
-    def killer():
-        try:
-            # this stage's workers: the first Train workers to come up (the stage's Train run is
-            # the pipeline's first); looked up before the race, so the kill follows the first
-            # checkpoint within a file-system poll, not a state-API call
-            actors = wait_for(alive_workers, every=0.05)
-            wait_for(lambda: registered_checkpoint(stage_dir), every=0.02)
-            killed["pid"] = actors[0].pid
-            os.kill(actors[0].pid, signal.SIGKILL)
-            # the victim must have been this stage's worker: the stage was still running
-            killed["stage_done_at_kill"] = os.path.exists(os.path.join(stage_dir, "_DONE.json"))
-        except Exception as e:
-            killed["error"] = e
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    return t, killed
+    return _killer_thread(body)
 
 
 def _kill_an_actor_when(class_name, ready, stage_dir):
     """Starts a thread that SIGKILLs every ALIVE actor of `class_name` in this session's Ray
     once `ready()` is true. Returns (thread, result dict: `pids` of the victims and
     `stage_done_at_kill`, or `error`)."""
-    import ray
-    from ray.util.state import list_actors
+    alive = _alive(class_name)
 
-    address = ray.get_runtime_context().gcs_address  # this session's cluster, by address
-    killed = {}
+    def body(killed):
+        wait_for(ready, timeout=900, every=0.05)
+        actors = wait_for(alive, timeout=60, every=0.05)
+        killed["pids"] = [a.pid for a in actors]
+        for a in actors:
+            os.kill(a.pid, signal.SIGKILL)
+        killed["stage_done_at_kill"] = _stage_done(stage_dir)
 
-    def alive():
-        return list_actors(address=address, filters=[
-            ("class_name", "=", class_name), ("state", "=", "ALIVE")])
-
-    def killer():
-        try:
-            wait_for(ready, timeout=900, every=0.05)
-            actors = wait_for(alive, timeout=60, every=0.05)
-            killed["pids"] = [a.pid for a in actors]
-            for a in actors:
-                os.kill(a.pid, signal.SIGKILL)
-            killed["stage_done_at_kill"] = os.path.exists(os.path.join(stage_dir, "_DONE.json"))
-        except Exception as e:
-            killed["error"] = e
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    return t, killed
+    return _killer_thread(body)
 
 
 def kill_a_trial_after_its_first_epoch(stage_dir):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dtl_ray import cli, predict
+from dtl_ray import cli
 
 pytestmark = pytest.mark.slow
 
@@ -115,4 +115,3 @@ def test_predict_and_export_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert len(err) == 1 and "has no model 'nope'" in err[0]
     assert cli.main(["predict", tiny_run[1], str(tmp_path / "none"), str(tmp_path / "o.csv")]) == 2
     assert "images not found" in capsys.readouterr().err
-    assert predict.EXPORT_META == "dtl_ray.json"
