@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--repeats", type=int, default=2, help="runs of each scoring variant")
     pf.add_argument("--epochs", type=int, default=3, help="epochs of each training variant")
     pf.add_argument("--only", help="comma-separated figures: score,memory,train,demo")
+    sc = sub.add_parser("scale", help="the pipeline at 1x and 10x the demo's size with a small "
+                        "object store: driver memory, spilling, stage times (scale.json)")
+    sc.add_argument("--out", default="runs/scale")
+    sc.add_argument("--factors", type=float, nargs="+", default=[1.0, 10.0])
+    sc.add_argument("--store-mb", type=int, default=300, help="object store cap per run")
+    sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     b = sub.add_parser("bench", help="the method and every baseline over seeds "
                        "(bench.json, bench.html)")
     b.add_argument("config", nargs="?", default=None, help="YAML config (default: the demo's)")
@@ -170,6 +176,15 @@ def _main(args: argparse.Namespace) -> int:
             print(f"{'label-free':>14}  {free['mean']:.3f} ± {free['sd']:.3f}  (chosen on "
                   f"target val: {s['chosen']['mean']:.3f})")
         print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.html")
+        return 0
+    if args.command == "scale":
+        from dtl_ray.tools import scale
+
+        doc = scale.run(args.out, args.factors, args.store_mb, args.overrides)
+        for key, ok in doc.get("met", {}).items():
+            print(f"{key}: {doc[key]} (target {scale.TARGETS[key]}: "
+                  f"{'met' if ok else 'NOT met'})")
+        print(f"wrote {os.path.join(args.out, 'scale.json')}")
         return 0
     if args.command == "perf":
         from dtl_ray.tools import perf

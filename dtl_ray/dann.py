@@ -36,7 +36,8 @@ def dann_fn(config: dict) -> dict:
     rank, device, model = raytrain.classifier_worker(config)
     d, dcfg, seed = config["discriminate"], config["data"], config["seed"]
     net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
-    net = ray.train.torch.prepare_model(net)  # called as a whole: DDP syncs every gradient
+    # called as a whole: DDP syncs every gradient
+    net = ray.train.torch.prepare_model(net, move_to_device=device)
     inner = raytrain.unwrap(net)
     opt = torch.optim.AdamW(net.parameters(), lr=d.dann_lr, weight_decay=1e-4)
     start, history = 0, []

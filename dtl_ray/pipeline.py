@@ -79,31 +79,33 @@ def check_uris(cfg: PipelineConfig) -> None:
         storage.check_access(cfg.model.weights)
 
 
-def check_gpus(cfg: PipelineConfig) -> None:
-    """With scaling.use_gpu, the cluster has (or its autoscaler can add) a GPU for each Train
-    worker; otherwise one line now instead of a run that waits for GPUs forever.
+def check_resources(cfg: PipelineConfig) -> None:
+    """Every resource request of the run fits some node, now or once the autoscaler adds it
+    (a request no node can hold waits forever); with scaling.use_gpu, the cluster has (or can
+    get) a GPU for each Train worker. One line now instead of a run that waits.
 
     Raises:
-        ConfigError: too few GPUs now and in the autoscaler's node types.
+        ConfigError: naming the key to change.
     """
-    if not cfg.scaling.use_gpu:
-        return
-    import ray
+    from dtl_ray import capacity
 
-    need = cfg.scaling.num_workers
-    have = int(ray.cluster_resources().get("GPU", 0))
-    can = 0
-    try:  # the node types' maximum (Ray's own private view; absent without an autoscaler)
-        from ray._private.state import state
-
-        can = int((state.get_max_resources_from_cluster_config() or {}).get("GPU", 0))
-    except Exception:  # noqa: BLE001 (an older or newer Ray: only `have` counts)
-        can = 0
-    if max(have, can) < need:
-        grow = f", and its autoscaler can add up to {can}" if can else " and no autoscaler adds any"
-        raise ConfigError(f"scaling.use_gpu=true needs {need} GPU(s) (one per Train worker, "
-                          f"scaling.num_workers={need}); the cluster has {have}{grow}: set "
-                          "scaling.use_gpu=false or give the cluster GPU nodes")
+    s = cfg.scaling
+    request = {"CPU": s.cpus_per_worker, "GPU": 1 if s.use_gpu else 0}
+    if s.use_gpu:
+        need, most = s.num_workers, capacity.most("GPU")
+        if most is not None and most < need:
+            raise ConfigError(
+                f"scaling.use_gpu=true needs {need} GPU(s) (one per Train worker, "
+                f"scaling.num_workers={need}); the cluster can hold {most} (its nodes and what its "
+                f"autoscaler can add): set "
+                "scaling.use_gpu=false or give the cluster GPU nodes")
+    if not capacity.fits(request):
+        what = " and 1 GPU" if s.use_gpu else ""
+        raise ConfigError(
+            f"each Train worker, scoring actor and trial asks for {s.cpus_per_worker} CPU(s)"
+            f"{what} (scaling.cpus_per_worker={s.cpus_per_worker}) but no node of the cluster "
+            "(nor any node type its autoscaler can add) has that much: lower "
+            "scaling.cpus_per_worker or add larger nodes")
 
 
 def _write_config(cfg: PipelineConfig, layout: RunLayout) -> None:
@@ -271,7 +273,7 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     data.save_manifest(manifest, layout)
     _write_config(cfg, layout)
     ensure_ray(env)
-    check_gpus(cfg)
+    check_resources(cfg)
     data.configure_context()
     inspected = inspect_images(cfg, layout, manifest)
     summaries: dict[str, dict] = {}

@@ -4,6 +4,7 @@ checkpoints, and cross-worker sums.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -14,7 +15,8 @@ import torch
 from dtl_ray import builders, checkpoints, storage
 from dtl_ray.config import ScalingConfig
 
-__all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "say"]
+__all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "say", "device",
+           "backend"]
 
 
 def say(line: str) -> None:
@@ -37,7 +39,7 @@ def fit(train_fn: Callable, scaling: ScalingConfig, stage_uri: str, name: str,
     import ray.train
     from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as TrainScaling
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     path, fs = storage.train_storage(stage_uri)
     run_config = RunConfig(
@@ -50,6 +52,7 @@ def fit(train_fn: Callable, scaling: ScalingConfig, stage_uri: str, name: str,
     )
     trainer = TorchTrainer(
         train_fn,
+        torch_config=TorchConfig(backend=backend(scaling.use_gpu)),
         train_loop_config=loop_config,
         scaling_config=TrainScaling(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
@@ -60,6 +63,33 @@ def fit(train_fn: Callable, scaling: ScalingConfig, stage_uri: str, name: str,
         dataset_config=DataConfig(datasets_to_split="all"),
     )
     return trainer.fit()
+
+
+@functools.cache
+def gpus_have_cuda() -> bool:
+    """Whether a GPU of the cluster is a CUDA device (one 1-GPU task asks; on an autoscaling
+    cluster it waits for the first GPU node, as the stage would)."""
+    import ray
+
+    @ray.remote(num_cpus=0, num_gpus=1)
+    def probe() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    return bool(ray.get(probe.remote()))
+
+
+def backend(use_gpu: bool) -> str:
+    """The process group's backend: NCCL on CUDA GPUs; gloo on CPUs, and where GPUs are only
+    logical (a simulated cluster, a node without CUDA): training then runs on CPU tensors."""
+    if not use_gpu:
+        return "gloo"
+    if gpus_have_cuda():
+        return "nccl"
+    say("[dtl-ray] warning: scaling.use_gpu=true but the GPU nodes have no CUDA device: "
+        "training runs on their CPUs (gloo)")
+    return "gloo"
 
 
 def world() -> tuple[int, int]:
@@ -130,10 +160,16 @@ def classifier_worker(config: dict):
     """A Train worker's set-up for loops that start from a trained classifier
     (`config["pretrain_model"]`, threads `config["cpus"]`, seed `config["seed"]`):
     (rank, device, the classifier)."""
-    import ray.train.torch
-
     rank, _ = world()
     set_threads(config["cpus"])
     torch.manual_seed(config["seed"])
     model, _ = builders.load_classifier(config["pretrain_model"])
-    return rank, ray.train.torch.get_device(), model
+    return rank, device(), model
+
+
+def device() -> torch.device:
+    """This Train worker's device: its GPU, or the CPU where CUDA is absent although a GPU was
+    requested (a logical GPU: Ray's simulated clusters, a node without drivers)."""
+    import ray.train.torch
+
+    return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")

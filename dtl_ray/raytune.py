@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import contextlib
 
-from dtl_ray.config import ScalingConfig
-
 __all__ = ["concurrency", "trial_lines", "credentials_kept_out_of_ray_logs"]
 
 
-def concurrency(max_concurrent_trials: int, scaling: ScalingConfig) -> int:
-    """`max_concurrent_trials` if set (> 0), else as many trials as the cluster's CPUs (or
-    GPUs) hold now."""
-    import ray
-
-    if max_concurrent_trials > 0:
-        return max_concurrent_trials
-    res = ray.cluster_resources()
-    if scaling.use_gpu:
-        return max(1, int(res.get("GPU", 1)))
-    return max(1, int(res.get("CPU", 1)) // scaling.cpus_per_worker)
+def concurrency(max_concurrent_trials: int) -> int | None:
+    """`max_concurrent_trials` if set (> 0), else None: no cap. Tune then queues every trial
+    with its resource request, runs what fits, and on an autoscaling cluster the pending
+    requests are what makes the autoscaler add nodes (a cap read from the cluster's resources
+    now would hold a cluster that starts with no GPU workers at one trial)."""
+    return max_concurrent_trials if max_concurrent_trials > 0 else None
 
 
 def trial_lines(total: int, settings: list[dict]):

@@ -144,17 +144,21 @@ class MultiEvaluator:
 
 
 def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool,
-               spare_cpus: int = 0) -> int:
-    """Scoring actors: `requested`, or what the cluster's GPUs (CPUs, less `spare_cpus` kept
-    for upstream read and decode tasks) allow."""
+               spare_cpus: int = 0) -> int | None:
+    """Scoring actors: `requested`, or the most the cluster can hold (its nodes and what its
+    autoscaler can add): one per GPU, or its CPUs less `spare_cpus` kept for upstream read
+    and decode tasks; None when an autoscaler may add nodes without saying how many (the
+    pool then grows as far as Ray Data and the autoscaler take it)."""
     if requested > 0:
         return requested
-    import ray
+    from dtl_ray import capacity
 
-    res = ray.cluster_resources()
+    most = capacity.most("GPU" if use_gpu else "CPU")
+    if most is None:
+        return None
     if use_gpu:
-        return max(1, int(res.get("GPU", 1)))
-    return max(1, (int(res.get("CPU", 2)) - spare_cpus) // max(cpus_per_actor, 1))
+        return max(1, most)
+    return max(1, (most - spare_cpus) // max(cpus_per_actor, 1))
 
 
 def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
@@ -181,14 +185,15 @@ def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
     size = actor_pool(score.actors, scaling.cpus_per_worker, use_gpu,
                       spare_cpus=0 if in_actor else 1)
     # blocks small enough that every actor gets several (balance), at most 512 rows
-    block = int(min(512, max(score.batch_size, -(-len(rows) // (4 * size)))))
+    block = int(min(512, max(score.batch_size, -(-len(rows) // (4 * (size or 8))))))
     parts = [ds for _, ds in data.dataset_parts(rows, image_size, block,
                                                  decode_files=not in_actor,
                                                  max_pixels=max_pixels)]
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    # a fixed pool when asked for; else it grows to what the cluster allows
+    # a fixed pool when asked for; else a range: it grows while blocks wait (Ray Data asks the
+    # autoscaler for the actors' resources) up to what the cluster can hold
     compute = (ray.data.ActorPoolStrategy(size=size) if score.actors > 0 else
-               ray.data.ActorPoolStrategy(min_size=1, max_size=size))
+               ray.data.ActorPoolStrategy(min_size=1, max_size=size))  # size None: no cap
     return ds.map_batches(
         Scorer,
         fn_constructor_kwargs={"model_uri": model_uri, "classes": classes,

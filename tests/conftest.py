@@ -169,7 +169,7 @@ def variant_run(ray_session, tmp_path_factory):
     bad = sorted(bad + add_a_bomb_and_a_bad_name(root / "data"))
     cfg = config.load_config(overrides=tiny_overrides(
         root / "data" / "source", root / "data" / "target", root / "runs", "variants") + [
-        "score.weighting=iwan", "pretrain.epochs=8", "discriminate.epochs=15",
+        "score.weighting=iwan", "pretrain.epochs=4", "discriminate.epochs=4",
         "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted",
         "scaling.max_failures=2", "data.max_rejected_fraction=0.05",
         f"data.max_image_pixels={BOMB_PIXELS - 1}", *SMALL_SEARCH])

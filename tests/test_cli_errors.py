@@ -74,10 +74,23 @@ def test_gpus_asked_for_on_a_cluster_without_any(ray_session, tiny_demo, tmp_pat
     code, err = _run(["run", str(f)], capsys)
     assert code == 2 and len(err) == 1
     assert err[0] == ("dtl-ray: error: scaling.use_gpu=true needs 2 GPU(s) (one per Train "
-                      "worker, scaling.num_workers=2); the cluster has 0 and no autoscaler "
-                      "adds any: set scaling.use_gpu=false or give the cluster GPU nodes")
+                      "worker, scaling.num_workers=2); the cluster can hold 0 (its nodes and "
+                      "what its autoscaler can add): set scaling.use_gpu=false or give the "
+                      "cluster GPU nodes")
     from dtl_ray.layout import RunLayout
 
     layout = RunLayout(str(tmp_path / "out" / "run"))
     assert os.path.exists(layout.manifest)  # (the run's folder is where this looks)
     assert not layout.is_done("inspect")  # stopped before any Ray work
+
+
+def test_requests_no_node_can_hold(ray_session, tiny_demo, tmp_path, capsys):
+    """A worker, actor or trial asking for more CPUs than any node has (the session's one node
+    has 2) stops at once with one line naming the key, instead of waiting forever."""
+    f = tmp_path / "c.yaml"
+    f.write_text(f"source: {{uri: {tiny_demo}/source}}\ntarget: {{uri: {tiny_demo}/target}}\n"
+                 f"storage: {tmp_path}/out\nscaling: {{cpus_per_worker: 3}}\n")
+    code, err = _run(["run", str(f)], capsys)
+    assert code == 2 and len(err) == 1
+    assert "asks for 3 CPU(s) (scaling.cpus_per_worker=3)" in err[0]
+    assert "no node of the cluster" in err[0] and "lower scaling.cpus_per_worker" in err[0]

@@ -140,7 +140,8 @@ class ScoreConfig:
     batch_size: int = 256
     """Images per scoring batch."""
     actors: int = 0
-    """Scoring actors; 0 sizes the pool from the cluster's resources."""
+    """Scoring actors, a fixed pool; 0: a pool that starts at one actor and grows to the most
+    the cluster can hold (its nodes and the nodes its autoscaler can add)."""
     clip: float = 0.01
     """p_target is clipped to [clip, 1 - clip] before forming weights."""
     max_weight: float = 20.0
@@ -201,7 +202,9 @@ class FinetuneConfig:
     batch_size: int = 64
     """Fine-tuning batch size."""
     max_concurrent_trials: int = 0
-    """0 sizes concurrency from the cluster's resources."""
+    """A cap on trials running at once; 0: none. Tune queues every trial with its resource
+    request and runs what fits; on an autoscaling cluster the queued requests make it add
+    nodes."""
 
 
 @dataclass(frozen=True)

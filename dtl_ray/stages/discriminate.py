@@ -98,7 +98,8 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, d: DiscriminateConfig, bs: int, 
     epoch's mean loss. Every worker takes the same number of steps (DDP)."""
     import ray.train.torch
 
-    disc = ray.train.torch.prepare_model(models.Discriminator(x.shape[1], d.hidden))
+    disc = ray.train.torch.prepare_model(models.Discriminator(x.shape[1], d.hidden),
+                                         move_to_device=device)
     opt = torch.optim.Adam(disc.parameters(), lr=d.lr)
     steps = int(raytrain.allreduce_min(math.ceil(len(x) / bs), device))
     gen = torch.Generator().manual_seed(seed)

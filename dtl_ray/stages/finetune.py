@@ -50,9 +50,12 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
     (Tune retried it, or the driver was killed and the search runs again) first reports the
     epochs it already ran, so ASHA sees them again, then continues after the last one.
     """
+    import ray
     import ray.tune
     import torch
 
+    # where and when it ran, in every report (the trial table keeps the last)
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "started_at": time.time()}
     f, scaling = setup["finetune"], setup["scaling"]
     torch.set_num_threads(max(1, scaling.cpus_per_worker))
     device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
@@ -68,7 +71,7 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
         resume, meta = checkpoints.load(uri)
         history, resumed = list(meta["history"]), [*meta.get("resumed", []), len(meta["history"])]
     for metrics in history:
-        ray.tune.report({**metrics, "key": key})
+        ray.tune.report({**metrics, "key": key, **where, "reported_at": time.time()})
     for metrics, state in finetuning.train(
             model, pool["images"], sets[cell], pool["val_images"], pool["val_labels"],
             settings, setup["augment"], device, resume, pool.get("source_val"),
@@ -76,7 +79,7 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
         history.append(metrics)
         checkpoints.save(uri, state, {"cell": cell, "setting": index, "history": history,
                                       "resumed": resumed})
-        ray.tune.report({**metrics, "key": key})
+        ray.tune.report({**metrics, "key": key, **where, "reported_at": time.time()})
 
 
 def _pool(image_size: int, reading: data.Reading, manifest: data.Manifest,
@@ -163,7 +166,7 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: 
             scheduler=ASHAScheduler(max_t=f.epochs, time_attr="epoch",
                                     grace_period=min(f.grace_period, f.epochs),
                                     reduction_factor=3),
-            max_concurrent_trials=raytune.concurrency(f.max_concurrent_trials, scaling),
+            max_concurrent_trials=raytune.concurrency(f.max_concurrent_trials),
             # a trial's process (torch imported, the pool fetched) serves the next trial
             reuse_actors=True),
         run_config=ray.tune.RunConfig(
@@ -197,7 +200,11 @@ def _trial_table(grid, cells: list[search.Cell], settings: list[dict],
                      "best_free_risk": m.get("best_free_risk", float("nan")),
                      "best_free_epoch": m.get("best_free_epoch", -1), "key": m["key"],
                      # epochs it continued after (a retry or a new search), e.g. "1,3"
-                     "resumed_after": ",".join(str(e) for e in meta.get("resumed", []))})
+                     "resumed_after": ",".join(str(e) for e in meta.get("resumed", [])),
+                     # the node it (last) ran on and when: its last session's start, last report
+                     "node_id": m.get("node_id", ""),
+                     "started_at": m.get("started_at", float("nan")),
+                     "ended_at": m.get("reported_at", float("nan"))})
     return pd.DataFrame(rows), states, free_states
 
 

@@ -47,8 +47,8 @@ def train_fn(config: dict) -> dict:
     model = builders.classifier(config["model"], config["num_classes"])
     if config["use_gpu"]:  # faster convolutions under bf16 autocast
         model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
+    device = raytrain.device()
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=pre.lr, weight_decay=pre.weight_decay)
     start, best = 0, {"accuracy": -1.0, "epoch": -1, "state": None}
     resumed: list[int] = []

@@ -198,7 +198,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         run_uri = os.path.join(out, "score")
         model_uri, disc_uri = _stage_run_dir(run_uri, rows, names, backbone, size)
         plain, ray1, ray_auto, ray2 = [], [], [], []
-        auto = scoring.actor_pool(0, cfg.scaling.cpus_per_worker, cfg.scaling.use_gpu)
+        auto = scoring.actor_pool(0, cfg.scaling.cpus_per_worker, cfg.scaling.use_gpu) or 1
         for _ in range(repeats):  # interleaved, so drifts of a noisy machine hit both
             plain.append(score_plain(rows, model_uri, disc_uri, classes,
                                      os.path.join(out, "plain-scores"), size,
