@@ -38,7 +38,7 @@ from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for re
 )
 
 __all__ = ["Manifest", "Reading", "reading", "build_manifest", "decode_batch", "to_dataset",
-           "dataset_parts", "good_rows", "collect", "permuted", "training_dataset",
+           "dataset_parts", "good_rows", "decode_here", "collect", "permuted", "training_dataset",
            "epoch_batches", "save_manifest", "load_manifest", "read_parquet_df",
            "write_parquet_df", "configure_context"]
 
@@ -235,6 +235,40 @@ def good_rows(rows: pd.DataFrame, image_size: int, reading: Reading, columns: li
             .map_batches(drop_rejected, fn_kwargs={"known": reading.rejected},
                          batch_format="numpy", batch_size=None)
             .select_columns(columns))
+
+
+def decode_here(rows: pd.DataFrame, image_size: int, reading: Reading,
+                columns: list[str], chunk: int = 256) -> dict[str, np.ndarray]:
+    """`good_rows` for a small set, decoded in this process (a trial's labeled target, a
+    cell that fits in its memory): no Ray Data execution, so a Tune trial that holds its CPUs
+    never waits for CPUs of decode tasks. Rows from packed shards are read shard by shard."""
+    import pyarrow.parquet as pq
+
+    parts = []
+    packed = rows["shard"] != "" if "shard" in rows else np.zeros(len(rows), bool)
+    files = rows[~packed]
+    for i in range(0, len(files), chunk):
+        part = files.iloc[i:i + chunk]
+        batch = {c: part[c].to_numpy() for c in part.columns}
+        parts.append(drop_rejected(decode_batch(batch, image_size, reading.max_pixels),
+                                   reading.rejected))
+    for shard, group in rows[packed].groupby("shard"):
+        fs, path = storage.resolve(shard)
+        t = storage.retry(lambda fs=fs, path=path: pq.read_table(
+            path, filesystem=fs, columns=["split", "rel_path", "image_bytes"]))
+        wanted = {(storage.path_of(shard), r["split"], r["rel"]): r
+                  for r in group.to_dict("records")}
+        batch = {"path": np.array([storage.path_of(shard)] * t.num_rows, dtype=object),
+                 "split": t.column("split").to_numpy(zero_copy_only=False),
+                 "rel_path": t.column("rel_path").to_numpy(zero_copy_only=False),
+                 "image_bytes": t.column("image_bytes").to_numpy(zero_copy_only=False)}
+        parts.append(drop_rejected(packing.decode_packed(batch, image_size, wanted,
+                                                         reading.max_pixels), reading.rejected))
+    if not parts:
+        empty = {c: rows[c].to_numpy()[:0] for c in columns if c in rows}
+        empty[IMAGE] = np.zeros((0, image_size, image_size, 3), np.uint8)
+        return {c: empty[c] for c in columns}
+    return {c: np.concatenate([p[c] for p in parts]) for c in columns}
 
 
 def find_rejected(rows: pd.DataFrame, image_size: int,

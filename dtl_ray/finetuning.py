@@ -1,5 +1,8 @@
-"""Fine-tuning one target model on in-memory arrays (plain PyTorch: used by Tune trials and the
-teacher). The model starts from the pretrained source backbone with a fresh target head.
+"""Fine-tuning one target model (plain PyTorch: run by Tune trials, by Train workers inside
+them, and by the teacher). The model starts from the pretrained source backbone with a fresh
+target head. Batches come from a `batches(epoch, rng)` function: `memory_batches` samples a
+cell held in memory, `stream_batches` mixes labeled target held in memory with candidates
+streamed from Ray Data.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 from dtl_ray import checkpoints, loops, models, weighting
 
 __all__ = ["Settings", "TrainSet", "epoch_order", "epoch_length", "mixed_repeats",
-           "target_model", "train"]
+           "target_model", "memory_batches", "stream_batches", "train"]
 
 
 @dataclass(frozen=True)
@@ -103,21 +106,120 @@ def target_model(pretrain_uri: str, num_classes: int) -> models.Classifier:
     return model
 
 
-def train(model: models.Classifier, images: np.ndarray, train_set: TrainSet,
-          val_images: np.ndarray, val_labels: np.ndarray, settings: Settings,
-          aug: loops.Augment, device: str = "cpu", resume: dict | None = None,
-          source_val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-          label_free: str = "dev") -> Iterator[tuple[dict, dict]]:
-    """Trains epoch by epoch; yields (metrics, state) after each, state holding the latest and
-    the best (by val accuracy, then val loss) weights, the optimiser and the epoch.
+def memory_batches(images: np.ndarray, train_set: TrainSet, settings: Settings):
+    """`batches(epoch, rng)` for a cell held in memory (`images` indexed by `train_set`):
+    balanced batches of `epoch_order`, candidates' losses weighted `candidate_weight * w`."""
+    weights = np.where(train_set.labeled, 1.0, settings.candidate_weight * train_set.weight)
+    bs = settings.batch_size
+
+    def batches(epoch: int, rng: np.random.Generator):
+        order = epoch_order(train_set.labeled, settings.mix_ratio, settings.epoch_samples, rng,
+                            bs)
+        return ((images[train_set.index[o]], train_set.label[o], weights[o])
+                for o in (order[i:i + bs] for i in range(0, len(order), bs)))
+
+    return batches
+
+
+def stream_batches(lab_images: np.ndarray, lab_labels: np.ndarray, n_candidates: int,
+                   passes, settings: Settings):
+    """`batches(epoch, rng)` for a cell whose candidates are streamed: every batch holds the
+    labeled share (`mix_ratio`, or more when labeled rows are that many, at least one) drawn
+    from the labeled target in memory, cycling through fresh permutations, and the rest from
+    the candidate stream; `settings.epoch_samples` samples in all (as `memory_batches`).
+
+    passes(epoch, k): the k-th pass of the epoch over the cell's candidates, an iterable of
+    numpy batches with `image`, `y` (target-local label) and `w` (importance weight), in an
+    order of its own; a pass that ends before the epoch does is followed by the next.
+    """
+    bs, n_lab = settings.batch_size, len(lab_labels)
+    share = max(settings.mix_ratio, n_lab / max(n_lab + n_candidates, 1))
+    per = int(min(bs - 1, max(1, round(share * bs)))) if n_lab else 0
+    steps = -(-settings.epoch_samples // bs)
+
+    def batches(epoch: int, rng: np.random.Generator):
+        lab = _cycled(np.arange(n_lab), steps * per, rng) if n_lab else np.zeros(0, np.int64)
+        cand = _exactly(lambda k: passes(epoch, k), bs - per)
+        left = settings.epoch_samples
+        for i in range(steps):
+            c = next(cand)
+            li = lab[i * per:(i + 1) * per]
+            images = np.concatenate([lab_images[li], c["image"]])
+            labels = np.concatenate([lab_labels[li], c["y"]]).astype(np.int64)
+            weights = np.concatenate([np.ones(len(li)),
+                                      settings.candidate_weight * c["w"].astype(np.float64)])
+            p = rng.permutation(len(labels))[:min(bs, left)]
+            left -= len(p)
+            yield images[p], labels[p], weights[p]
+
+    return batches
+
+
+def _exactly(passes, size: int):
+    """Batches of exactly `size` rows (`image`, `y`, `w`) from `passes(0)`, `passes(1)`, ..."""
+    buf: dict[str, list] = {"image": [], "y": [], "w": []}
+    held, k = 0, 0
+    while True:
+        got = 0
+        for batch in passes(k):
+            got += len(batch["y"])
+            for key in buf:
+                buf[key].append(np.asarray(batch[key]))
+            held += len(batch["y"])
+            while held >= size:
+                joined = {key: np.concatenate(v) for key, v in buf.items()}
+                yield {key: v[:size] for key, v in joined.items()}
+                buf = {key: [v[size:]] for key, v in joined.items()}
+                held -= size
+        k += 1
+        if not got:
+            raise ValueError("a fine-tuning cell's candidate stream is empty")
+
+
+def source_risks(model: torch.nn.Module, source_val, device) -> dict:
+    """IWCV and DEV risks on importance-weighted source val: `source_val()` yields (uint8
+    images, target-local labels, importance weights) batches."""
+    losses, weights = [], []
+    for images, labels, w in source_val():
+        logits = loops.predict(model, images, device=device)
+        losses.append(torch.nn.functional.cross_entropy(
+            logits, torch.tensor(np.asarray(labels)).long(), reduction="none").numpy())
+        weights.append(np.asarray(w, dtype=np.float64))
+    if not losses:
+        return {}
+    losses_, weights_ = np.concatenate(losses), np.concatenate(weights)
+    return {"iwcv": weighting.iwcv_risk(losses_, weights_),
+            "dev": weighting.dev_risk(losses_, weights_)}
+
+
+def _core(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def _cpu_copy(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in _core(model).state_dict().items()}
+
+
+def train(model: models.Classifier, batches, val_images: np.ndarray, val_labels: np.ndarray,
+          settings: Settings, aug: loops.Augment, device: str = "cpu",
+          resume: dict | None = None, source_val=None, label_free: str = "dev",
+          prepare=None) -> Iterator[tuple[dict, dict]]:
+    """Trains epoch by epoch on `batches(epoch, rng)` (`memory_batches`, `stream_batches`);
+    yields (metrics, state) after each, state holding the latest and the best (by val
+    accuracy, then val loss) weights, the optimiser and the epoch.
 
     `resume` is a state yielded earlier: training continues after its epoch.
-    `source_val` (uint8 images, target-local labels, importance weights) of source val in the
-    target's classes: each epoch's IWCV and DEV risks on it are reported, and the state also
-    keeps `best_free`, the weights with the lowest `label_free` risk (no target label used).
+    `source_val` (a function yielding batches of uint8 images, target-local labels and
+    importance weights of source val in the target's classes): each epoch's IWCV and DEV
+    risks on it are reported, and the state also keeps `best_free`, the weights with the
+    lowest `label_free` risk (no target label used).
+    `prepare(model)`: wraps the model for data-parallel training (a Train worker's
+    `prepare_model`) after the layers to train are chosen; default: moved to `device`.
     """
     models.set_trainable(model, settings.train_layers)
-    model = loops.for_device(model, device)
+    model = prepare(model) if prepare is not None else loops.for_device(model, device)
+    core = _core(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
@@ -125,44 +227,46 @@ def train(model: models.Classifier, images: np.ndarray, train_set: TrainSet,
                       "model": None}
     best_free = {"risk": float("inf"), "epoch": -1, "model": None}
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        core.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         start, best = resume["epoch"] + 1, resume["best"]
         best_free = resume.get("best_free", best_free)
-    weights = np.where(train_set.labeled, 1.0, settings.candidate_weight * train_set.weight)
-    bs = settings.batch_size
     for epoch in range(start, settings.epochs):
         rng = np.random.default_rng([settings.seed, epoch])
         gen = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
-        order = epoch_order(train_set.labeled, settings.mix_ratio, settings.epoch_samples, rng,
-                            bs)
-        batches = ((images[train_set.index[o]], train_set.label[o], weights[o])
-                   for o in (order[i:i + bs] for i in range(0, len(order), bs)))
-        stats = loops.train_epoch(model, batches, opt, aug, gen, device)
+        counted = _Counted(batches(epoch, rng))
+        stats = loops.train_epoch(model, counted, opt, aug, gen, device)
         sched.step()
-        val = loops.evaluate(loops.predict(model, val_images, device=device), val_labels)
+        val = loops.evaluate(loops.predict(core, val_images, device=device), val_labels)
         if (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"]):
             best = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "epoch": epoch,
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    "model": _cpu_copy(model)}
         metrics = {"epoch": epoch + 1, "train_loss": stats["loss"],
                    "val_accuracy": val["accuracy"], "val_loss": val["loss"],
                    "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],
-                   "best_epoch": best["epoch"] + 1, "samples": len(order)}
-        if source_val is not None and len(source_val[0]):
-            logits = loops.predict(model, source_val[0], device=device)
-            losses = torch.nn.functional.cross_entropy(
-                logits, torch.tensor(np.asarray(source_val[1])).long(), reduction="none").numpy()
-            risks = {"iwcv": weighting.iwcv_risk(losses, source_val[2]),
-                     "dev": weighting.dev_risk(losses, source_val[2])}
+                   "best_epoch": best["epoch"] + 1, "samples": counted.samples}
+        risks = source_risks(core, source_val, device) if source_val is not None else {}
+        if risks:
             if risks[label_free] < best_free["risk"]:
                 best_free = {"risk": risks[label_free], "epoch": epoch,
-                             "model": {k: v.detach().cpu().clone()
-                                       for k, v in model.state_dict().items()}}
+                             "model": _cpu_copy(model)}
             metrics.update({"iwcv_risk": risks["iwcv"], "dev_risk": risks["dev"],
                             "best_free_risk": best_free["risk"],
                             "best_free_epoch": best_free["epoch"] + 1})
-        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        state = {"model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch, "best": best, "best_free": best_free}
         yield metrics, state
+
+
+class _Counted:
+    """Batches passed through, counting their samples."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.samples = batches, 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.samples += len(batch[1])
+            yield batch

@@ -31,7 +31,7 @@ def _stage_runs() -> dict:
                                           adapted=c.discriminate.mode == "adversarial"),
         "select": lambda c, lay: select.run(lay, c.select),
         "finetune": lambda c, lay: finetune.run(lay, c.finetune, c.select, c.model, c.pretrain,
-                                                c.scaling, c.data.max_image_pixels, c.seed),
+                                                c.scaling, c.data, c.score, c.seed),
         "evaluate": lambda c, lay: evaluate.run(lay, c.scaling, c.model.image_size,
                                                 c.data.max_image_pixels, c.score.batch_size),
     }

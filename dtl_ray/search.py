@@ -17,7 +17,8 @@ from dtl_ray import finetuning, weighting
 from dtl_ray.config import FinetuneConfig
 from dtl_ray.samples import SAMPLE_ID
 
-__all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "train_set"]
+__all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "members_table",
+           "as_train_set", "train_set"]
 
 ARMS = ["method", "random_subset", "target_only", "all_source", "self_training"]
 """The fine-tuned arms: the method and the fine-tuned baselines (METHOD.md)."""
@@ -95,20 +96,34 @@ def members(cell: Cell, scores: pd.DataFrame, unlabeled: pd.DataFrame, classes: 
     return src, tgt
 
 
-def train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,
-              local: dict, weight_by_w: bool) -> finetuning.TrainSet:
-    """Labeled target, then source candidates (true labels), then target candidates
-    (pseudo-labels), as rows of the image pool (`pos`: sample_id -> row) with local labels
-    (`local`: global class id -> index among the target's classes).
-
-    weight_by_w: source candidates' losses weighted by their mean-normalised importance weight.
-    """
+def members_table(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, local: dict,
+                  weight_by_w: bool) -> pd.DataFrame:
+    """A cell's members, one row each: labeled target, then source candidates (true labels),
+    then target candidates (pseudo-labels); `y` the label among the target's classes
+    (`local`: global class id -> index), `w` the loss weight before `candidate_weight` (1, or
+    with weight_by_w the source candidates' mean-normalised importance weight), `labeled`."""
     w = src["weight"].to_numpy(float)
     w = w / w.mean() if weight_by_w and len(w) else np.ones(len(src))
-    ids = list(labeled[SAMPLE_ID]) + list(src[SAMPLE_ID]) + list(tgt[SAMPLE_ID])
     labels = list(labeled["label"]) + list(src["label"]) + list(tgt["pred"])
-    return finetuning.TrainSet(
-        index=np.array([pos[i] for i in ids], dtype=np.int64),
-        label=np.array([local[int(v)] for v in labels], dtype=np.int64),
-        weight=np.concatenate([np.ones(len(labeled)), w, np.ones(len(tgt))]),
-        labeled=np.arange(len(ids)) < len(labeled))
+    n = len(labeled) + len(src) + len(tgt)
+    return pd.DataFrame({
+        SAMPLE_ID: list(labeled[SAMPLE_ID]) + list(src[SAMPLE_ID]) + list(tgt[SAMPLE_ID]),
+        "y": np.array([local[int(v)] for v in labels], dtype=np.int64),
+        "w": np.concatenate([np.ones(len(labeled)), w, np.ones(len(tgt))]),
+        "labeled": np.arange(n) < len(labeled)})
+
+
+def as_train_set(members: pd.DataFrame, pos: dict | None = None) -> finetuning.TrainSet:
+    """A members table as a TrainSet (`pos`: sample_id -> row of an image array; default:
+    the table's own row order)."""
+    index = (np.array([pos[i] for i in members[SAMPLE_ID]], dtype=np.int64) if pos is not None
+             else np.arange(len(members), dtype=np.int64))
+    return finetuning.TrainSet(index=index, label=members["y"].to_numpy(np.int64),
+                               weight=members["w"].to_numpy(np.float64),
+                               labeled=members["labeled"].to_numpy(bool))
+
+
+def train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,
+              local: dict, weight_by_w: bool) -> finetuning.TrainSet:
+    """`members_table` as rows of an image array (`pos`: sample_id -> row)."""
+    return as_train_set(members_table(labeled, src, tgt, local, weight_by_w), pos)

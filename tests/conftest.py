@@ -95,7 +95,10 @@ def tiny_overrides(source, target, storage, name):
             "finetune.grace_period=1", "finetune.source_fractions=[0.25]",
             "finetune.target_fractions=[0.0, 0.5]", "finetune.lr=[0.003]",
             "finetune.train_layers=[all]", "finetune.num_samples=1", "data.batch_size=32",
-            "score.batch_size=64"]
+            "score.batch_size=64",
+            # trials and the teacher in their own processes (the default; the variant run puts
+            # the teacher on a TorchTrainer)
+            "finetune.workers_per_trial=0", "finetune.teacher_workers=0"]
 
 
 # for runs that test plumbing (packed data, another backbone, DANN), not the search: 5 cells
@@ -147,8 +150,9 @@ def variant_run(ray_session, tmp_path_factory):
     """The method's variants and two faults in one run of every stage (each is checked by its
     own test module): the partial pair (the target has 3 of the source's 7 classes, a fifth of
     its size), IWAN weights, adversarial mode (DANN) with fine-tuning from the adapted
-    backbone; undecodable and odd-format images in source train, and a Train worker killed
-    with SIGKILL after pretraining's first checkpoint.
+    backbone, the teacher on a TorchTrainer and the all-source cell's candidates streamed
+    through Ray Data; undecodable and odd-format images in source train, and a Train worker
+    killed with SIGKILL after pretraining's first checkpoint.
 
     Returns a dict: cfg, run (dir), doc (report), bad and odd (image names), killed (the
     victim's `pid` or the killer's `error`)."""
@@ -172,7 +176,11 @@ def variant_run(ray_session, tmp_path_factory):
         "score.weighting=iwan", "pretrain.epochs=4", "discriminate.epochs=4",
         "discriminate.mode=adversarial", "discriminate.dann_epochs=2", "finetune.init=adapted",
         "scaling.max_failures=2", "data.max_rejected_fraction=0.05",
-        f"data.max_image_pixels={BOMB_PIXELS - 1}", *SMALL_SEARCH])
+        f"data.max_image_pixels={BOMB_PIXELS - 1}", *SMALL_SEARCH,
+        # the teacher on a TorchTrainer (trials on TorchTrainers: the simulated cluster test;
+        # here they would cost 30 s each); the all-source cell's candidates (1.3 MB decoded)
+        # streamed through Ray Data, smaller cells held by their trials
+        "finetune.teacher_workers=1", "finetune.in_memory_mb=1"])
     run = root / "runs" / "variants"
     thread, killed = kill_a_train_worker_after_first_checkpoint(run / "pretrain")
     scorer, scorers_killed = kill_a_scoring_actor(run / "score", run)

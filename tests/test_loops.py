@@ -92,3 +92,35 @@ def test_train_epoch_learns_a_separable_problem():
     for _ in range(5):
         last = loops.train_epoch(model, batches, opt)
     assert last["loss"] < first and last["accuracy"] == 1.0
+
+
+def test_streamed_batches_keep_the_labeled_share_and_read_pass_after_pass():
+    """A cell whose candidates stream: each batch holds the labeled share from memory and the
+    rest from the stream, the epoch has exactly `epoch_samples`, a pass that ends is followed
+    by the next one of the same epoch, and candidates carry `candidate_weight * w`."""
+    lab_images = np.zeros((4, 2, 2, 3), np.uint8)
+    lab_y = np.zeros(4, np.int64)
+    asked = []
+
+    def passes(epoch, k):
+        asked.append((epoch, k))
+        for start in range(0, 30, 7):  # a pass: 30 candidates in batches of 7 (the last 2)
+            n = min(7, 30 - start)
+            yield {"image": np.full((n, 2, 2, 3), 9, np.uint8), "y": np.ones(n, np.int64),
+                   "w": np.full(n, 4.0)}
+
+    settings = finetuning.Settings(batch_size=8, mix_ratio=0.25, epoch_samples=50,
+                                   candidate_weight=0.5)
+    batches = finetuning.stream_batches(lab_images, lab_y, 30, passes, settings)
+    got = list(batches(3, np.random.default_rng(0)))
+    assert [len(b[1]) for b in got] == [8] * 6 + [2]
+    for images, labels, weights in got[:-1]:
+        assert (labels == 0).sum() == 2  # round(0.25 * 8) labeled in every full batch
+        assert ((images == 9).all(axis=(1, 2, 3)) == (labels == 1)).all()
+        np.testing.assert_allclose(weights[labels == 1], 2.0)  # 0.5 * 4.0
+        np.testing.assert_allclose(weights[labels == 0], 1.0)
+    # 7 steps x 6 candidates = 42 > 30: a second pass of the same epoch
+    assert asked == [(3, 0), (3, 1)]
+    with pytest.raises(ValueError, match="empty"):
+        list(finetuning.stream_batches(lab_images, lab_y, 5, lambda e, k: iter(()),
+                                       settings)(0, np.random.default_rng(0)))

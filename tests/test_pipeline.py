@@ -100,8 +100,8 @@ def test_finetune_stage_covers_every_cell(tiny_run):
 
 
 def test_the_teachers_pseudo_labels_are_its_predictions(tiny_run):
-    """The teacher labels the unlabeled pool in its own task from the decoded pool; the same
-    model applied by the scoring callable to the files gives the same labels."""
+    """The teacher labels the unlabeled pool through a Ray Data actor pool; the same model
+    applied by the scoring callable to the files here gives the same labels."""
     _, run, s = tiny_run
     layout = RunLayout(run)
     manifest = data.load_manifest(layout)

@@ -189,6 +189,10 @@ RANGES = {
     "finetune.mix_ratio": _within(0, 0.9),
     "finetune.batch_size": _at_least(1),
     "finetune.max_concurrent_trials": _at_least(0),
+    "finetune.workers_per_trial": _at_least(0),
+    "finetune.teacher_workers": _at_least(0),
+    "finetune.gpus_per_worker": _within(0, 1, open_lo=True),
+    "finetune.in_memory_mb": _at_least(0),
 }
 
 

@@ -205,6 +205,21 @@ class FinetuneConfig:
     """A cap on trials running at once; 0: none. Tune queues every trial with its resource
     request and runs what fits; on an autoscaling cluster the queued requests make it add
     nodes."""
+    workers_per_trial: int = 0
+    """0: each trial trains in its own process (one device). N >= 1: the trial builds a
+    `TorchTrainer` of N data-parallel workers (each `scaling.cpus_per_worker` CPUs and, with
+    `scaling.use_gpu`, `gpus_per_worker` GPUs; the trial itself holds no CPU). Not yet the
+    default: on the simulated multi-node cluster such trials stalled after their first epoch
+    (docs/scaling.md); on one node they run."""
+    teacher_workers: int = 0
+    """The same for the teacher (0: it trains in one Ray task)."""
+    gpus_per_worker: float = 1.0
+    """GPUs of each fine-tuning worker (trial, teacher) with `scaling.use_gpu`; 0.5 lets two
+    trials share a GPU."""
+    in_memory_mb: int = 256
+    """A trial holds its cell's decoded candidates (and the source val set of the label-free
+    choice) in its own memory when they take less than this; larger ones are streamed from
+    Ray Data every epoch. Nothing is collected in the driver."""
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,25 @@
 """Stage 5: fine-tune target models, searching the settings with Ray Tune (ASHA).
 
 1. A *teacher* is fitted on labeled target train + the selected source candidates.
-2. The unlabeled target pool is pseudo-labeled by the teacher, in the teacher's own task, from
-   the images the pool already holds decoded.
+2. The unlabeled target pool is pseudo-labeled by the teacher (a Ray Data actor pool, as the
+   score stage scores).
 3. One Tune search over cells (strategy x source fraction x target fraction) times the same
    `num_samples` settings (lr, layers, candidate weight) per cell, so every baseline gets the
    method's budget. Cells: `target_only` (0, 0), `all_source` (1, 0), `method`
    (discriminator), `random_subset` (random, same sizes), `self_training` (confidence only).
 4. Trials are chosen on target val; each arm's best model is saved for evaluation.
+
+Nothing in the driver grows with the images: it holds tables of ids, labels and weights (the
+cells' members, `cells.parquet`). Each trial (and the teacher) reads its own cell: the labeled
+target and target val decoded into its memory (few labels), the candidates too when they fit
+`finetune.in_memory_mb`, else streamed through Ray Data every epoch. With
+`finetune.workers_per_trial` >= 1 a trial trains on a `TorchTrainer` of that many workers (the
+candidates split between them); with 0 in its own process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import time
@@ -22,17 +30,19 @@ import pandas as pd
 
 from dtl_ray import builders, checkpoints, data, finetuning, raytune, search, storage
 from dtl_ray.config import (
+    DataConfig,
     FinetuneConfig,
     ModelConfig,
     PretrainConfig,
     ScalingConfig,
+    ScoreConfig,
     SelectConfig,
 )
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import FinetuneResult
 from dtl_ray.samples import SAMPLE_ID
 
-__all__ = ["run", "trial_fn"]
+__all__ = ["run", "trial_fn", "fit_cell"]
 
 STAGE = "finetune"
 
@@ -42,7 +52,190 @@ def trial_key(cell: int, setting: int) -> str:
     return f"cell{cell:03d}-setting{setting:03d}"
 
 
-def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
+def _worker_request(f: FinetuneConfig, scaling: ScalingConfig) -> dict:
+    return {"CPU": scaling.cpus_per_worker,
+            **({"GPU": f.gpus_per_worker} if scaling.use_gpu else {})}
+
+
+def _streams(n_rows: int, spec: dict) -> bool:
+    """Whether a set of `n_rows` images is streamed rather than held in memory."""
+    return n_rows * spec["image_size"] ** 2 * 3 > spec["in_memory_mb"] * 2**20
+
+
+def _cell_inputs(members: pd.DataFrame, rows: pd.DataFrame, spec: dict) -> dict:
+    """What a cell's training reads: labeled target decoded here (few labels); the candidates
+    decoded here when they fit `in_memory_mb`, else a lazy Ray dataset (`image`, `y`, `w`) in
+    a seeded order; source val (label-free choice) the same way."""
+    size, reading = spec["image_size"], spec["reading"]
+    m = members.merge(rows, on=SAMPLE_ID, how="inner")
+    lab = data.decode_here(m[m["labeled"]], size, reading, ["image", "y"])
+    cand_rows = m[~m["labeled"]]
+    out = {"lab_images": lab["image"], "lab_y": np.asarray(lab["y"], np.int64),
+           "n_candidates": int(len(cand_rows)), "cand": None, "cand_ds": None,
+           "source_val": None, "source_val_ds": None}
+    if len(cand_rows) and not _streams(len(cand_rows), spec):
+        c = data.decode_here(cand_rows, size, reading, ["image", "y", "w"])
+        out["cand"] = (c["image"], np.asarray(c["y"], np.int64), np.asarray(c["w"], float))
+    elif len(cand_rows):
+        out["cand_ds"] = data.training_dataset(cand_rows, size, spec["cache"],
+                                               ["image", "y", "w"], spec["seed"], reading)
+    sv = spec["source_val_rows"]
+    if len(sv) and not _streams(len(sv), spec):
+        c = data.decode_here(sv, size, reading, ["image", "y", "w"])
+        out["source_val"] = (c["image"], np.asarray(c["y"], np.int64), np.asarray(c["w"], float))
+    elif len(sv):
+        out["source_val_ds"] = data.good_rows(sv, size, reading, ["image", "y", "w"])
+    return out
+
+
+def _batches_of(inputs: dict, settings: finetuning.Settings, shard, buffer: int):
+    """The `batches(epoch, rng)` function of a cell (`finetuning`), its candidates in memory
+    or from `shard` (a dataset or a Train worker's shard), passes seeded by (seed, epoch, k)."""
+    lab_images, lab_y = inputs["lab_images"], inputs["lab_y"]
+    if inputs["cand"] is not None or shard is None:
+        images, y, w = inputs["cand"] or (lab_images[:0], lab_y[:0], np.zeros(0))
+        members = pd.DataFrame({"y": np.concatenate([lab_y, y]),
+                                "w": np.concatenate([np.ones(len(lab_y)), w]),
+                                "labeled": np.arange(len(lab_y) + len(y)) < len(lab_y)})
+        return finetuning.memory_batches(np.concatenate([lab_images, images]),
+                                         search.as_train_set(members), settings)
+    bs = settings.batch_size
+
+    def passes(epoch: int, k: int):  # the local shuffle buffer's seed: (seed, epoch, k)
+        return data.epoch_batches(shard, bs, epoch * 1_009 + k, settings.seed, buffer)
+
+    return finetuning.stream_batches(lab_images, lab_y, inputs["n_candidates"], passes, settings)
+
+
+def _source_val_of(inputs: dict, shard=None, batch_size: int = 256):
+    """The `source_val()` function of `finetuning.train`, or None."""
+    if inputs["source_val"] is not None:
+        images, y, w = inputs["source_val"]
+        if not len(y):
+            return None
+        return lambda: ((images[i:i + batch_size], y[i:i + batch_size], w[i:i + batch_size])
+                        for i in range(0, len(y), batch_size))
+    ds = shard if shard is not None else inputs["source_val_ds"]
+    if ds is None:
+        return None
+    return lambda: ((b["image"], b["y"], b["w"]) for b in ds.iter_batches(
+        batch_size=batch_size, batch_format="numpy"))
+
+
+def fit_cell(spec: dict, inputs: dict, device, resume=None, cand_shard=None, sv_shard=None,
+             prepare=None):
+    """Trains one cell with one setting (`spec["settings"]`); yields (metrics, state) per
+    epoch (`finetuning.train`)."""
+    model = finetuning.target_model(spec["pretrain_model"], spec["num_classes"])
+    batches = _batches_of(inputs, spec["settings"], cand_shard if cand_shard is not None
+                          else inputs["cand_ds"], spec["shuffle_buffer"])
+    return finetuning.train(model, batches, spec["val_images"], spec["val_labels"],
+                            spec["settings"], spec["augment"], device, resume,
+                            _source_val_of(inputs, sv_shard), spec["label_free"], prepare)
+
+
+def _train_worker(config: dict) -> None:
+    """A Train worker of a trial (or of the teacher): its share of the steps, the candidates
+    from its dataset shard when they stream; rank 0 saves the progress file, every worker
+    reports each epoch (Tune sees rank 0's metrics through `TuneReportCallback`)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from dtl_ray import raytrain
+
+    spec, inputs = config["spec"], config["inputs"]
+    rank, world = raytrain.world()
+    raytrain.set_threads(spec["cpus"])
+    device = raytrain.device()
+    settings = dataclasses.replace(spec["settings"], seed=spec["settings"].seed + 7 * rank,
+                                   epoch_samples=-(-spec["settings"].epoch_samples // world))
+    spec = {**spec, "settings": settings}
+    resume = None
+    if spec["progress_uri"] and storage.exists(spec["progress_uri"]):
+        resume, _ = checkpoints.load(spec["progress_uri"])
+    cand = ray.train.get_dataset_shard("candidates") if inputs["cand_ds"] is not None else None
+    sv = ray.train.get_dataset_shard("source_val") if inputs["source_val_ds"] is not None \
+        else None
+    prepare = (lambda m: ray.train.torch.prepare_model(m, move_to_device=device)) \
+        if world > 1 else None
+    extra = dict(spec["report_extra"])
+    if "node_id" in extra:  # where rank 0 trains (Tune gets rank 0's reports)
+        extra["node_id"] = ray.get_runtime_context().get_node_id()
+    for metrics, state in fit_cell(spec, inputs, device, resume, cand, sv, prepare):
+        if rank == 0 and spec["progress_uri"]:
+            _save_progress(spec, metrics, state)
+        if rank == 0 and spec.get("keep_state"):
+            _save_state(spec["keep_state"], state)
+        ray.train.report({**metrics, **extra, "reported_at": time.time()})
+
+
+def _save_progress(spec: dict, metrics: dict, state: dict) -> None:
+    uri = spec["progress_uri"]
+    history = [*spec["history"], metrics]
+    spec["history"] = history
+    checkpoints.save(uri, state, {"cell": spec["cell"], "setting": spec["setting"],
+                                  "history": history, "resumed": spec["resumed"]})
+
+
+def _save_state(uri: str, state: dict) -> None:
+    checkpoints.save(uri, {"best": state["best"]}, {})
+
+
+def _fit_on_train(spec: dict, inputs: dict, workers: int, scaling: ScalingConfig,
+                  f: FinetuneConfig, name: str, stage_uri: str, in_tune: bool) -> None:
+    """`_train_worker` on a TorchTrainer of `workers` workers; in a Tune trial its reports
+    reach Tune through `TuneReportCallback`."""
+    import ray.train
+    from ray.train import DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    datasets = {}
+    if inputs["cand_ds"] is not None:
+        datasets["candidates"] = inputs["cand_ds"]
+    if inputs["source_val_ds"] is not None:
+        datasets["source_val"] = inputs["source_val_ds"]
+    light = {k: v for k, v in inputs.items() if k not in ("cand_ds", "source_val_ds")}
+    light.update(cand_ds=None if inputs["cand_ds"] is None else True,
+                 source_val_ds=None if inputs["source_val_ds"] is None else True)
+    callbacks = []
+    if in_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    path, fs = storage.train_storage(stage_uri)
+    TorchTrainer(
+        _train_worker,
+        train_loop_config={"spec": spec, "inputs": light},
+        torch_config=TorchConfig(backend=spec["backend"]),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=scaling.use_gpu,
+            resources_per_worker=_worker_request(f, scaling)),
+        run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=scaling.max_failures),
+                             callbacks=callbacks,
+                             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["candidates"] if "candidates" in datasets
+                                  else []),
+    ).fit()
+
+
+def _spec(setup: dict, cell: int, index: int, settings: finetuning.Settings) -> dict:
+    f = setup["finetune"]
+    return {"settings": settings, "pretrain_model": setup["pretrain_model"],
+            "num_classes": len(setup["classes"]), "val_images": setup["val_images"],
+            "val_labels": setup["val_labels"], "augment": setup["augment"],
+            "label_free": f.label_free, "image_size": setup["image_size"],
+            "reading": setup["reading"], "in_memory_mb": f.in_memory_mb,
+            "cache": setup["cache"], "seed": setup["seed"] + 31 * (cell + 1) + index,
+            "shuffle_buffer": setup["shuffle_buffer"], "cpus": setup["scaling"].cpus_per_worker,
+            "source_val_rows": setup["source_val_rows"], "cell": cell, "setting": index,
+            "progress_uri": None, "history": [], "resumed": [], "report_extra": {},
+            "keep_state": None, "backend": setup["backend"]}
+
+
+def trial_fn(config: dict, tables: dict, setup: dict) -> None:
     """A Tune trial: fine-tune one cell with one setting, report each epoch.
 
     After each epoch the trial's state (weights, optimiser, best-so-far) and its metrics so far
@@ -54,88 +247,73 @@ def trial_fn(config: dict, pool: dict, sets: list, setup: dict) -> None:
     import ray.tune
     import torch
 
-    # where and when it ran, in every report (the trial table keeps the last)
-    where = {"node_id": ray.get_runtime_context().get_node_id(), "started_at": time.time()}
     f, scaling = setup["finetune"], setup["scaling"]
-    torch.set_num_threads(max(1, scaling.cpus_per_worker))
-    device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
     cell, index = config["cell"], config["setting"]
+    key = trial_key(cell, index)
+    # where and when it ran, in every report (the trial table keeps the last)
+    where = {"key": key, "node_id": ray.get_runtime_context().get_node_id(),
+             "started_at": time.time()}
     settings = finetuning.Settings(**setup["settings"][index], epochs=f.epochs,
                                    batch_size=f.batch_size, mix_ratio=f.mix_ratio,
                                    epoch_samples=setup["epoch_samples"], seed=setup["seed"])
-    model = finetuning.target_model(setup["pretrain_model"], len(setup["classes"]))
-    key = trial_key(cell, index)
+    spec = _spec(setup, cell, index, settings)
     uri = storage.join(setup["progress"], f"{key}.pt")
     resume, history, resumed = None, [], []
     if storage.exists(uri):
         resume, meta = checkpoints.load(uri)
         history, resumed = list(meta["history"]), [*meta.get("resumed", []), len(meta["history"])]
     for metrics in history:
-        ray.tune.report({**metrics, "key": key, **where, "reported_at": time.time()})
-    for metrics, state in finetuning.train(
-            model, pool["images"], sets[cell], pool["val_images"], pool["val_labels"],
-            settings, setup["augment"], device, resume, pool.get("source_val"),
-            f.label_free):
-        history.append(metrics)
-        checkpoints.save(uri, state, {"cell": cell, "setting": index, "history": history,
-                                      "resumed": resumed})
-        ray.tune.report({**metrics, "key": key, **where, "reported_at": time.time()})
-
-
-def _pool(image_size: int, reading: data.Reading, manifest: data.Manifest,
-          scores: pd.DataFrame) -> tuple[dict, dict, pd.DataFrame]:
-    """Decoded images every trial may need, held in Ray's object store; `source_val` holds
-    source val in the target's classes with its importance weights (label-free choice).
-
-    Returns (arrays, sample_id -> row of `images`, the decoded rows with labels).
-    """
-    classes = manifest.target_classes
-    rows = pd.concat([manifest.rows("target", ["train", "unlabeled"]),
-                      manifest.rows("source", "train").query("label in @classes")])
-    arrays = data.collect(data.good_rows(rows, image_size, reading, [SAMPLE_ID, "image"]))
-    val = data.collect(data.good_rows(manifest.rows("target", "val"), image_size, reading,
-                                      ["image", "label"]))
-    local = {c: i for i, c in enumerate(classes)}
-    src_val = manifest.rows("source", "val").query("label in @classes")
-    sv = data.collect(data.good_rows(src_val, image_size, reading,
-                                     [SAMPLE_ID, "image", "label"]))
-    w = scores.set_index(SAMPLE_ID)["weight"].reindex(sv[SAMPLE_ID]).to_numpy(float)
-    pool = {"images": arrays["image"], "val_images": val["image"],
-            "val_labels": np.array([local[int(v)] for v in val["label"]], dtype=np.int64),
-            "source_val": (sv["image"], np.array([local[int(v)] for v in sv["label"]],
-                                                 dtype=np.int64), np.nan_to_num(w, nan=0.0))}
-    pos = {s: i for i, s in enumerate(arrays[SAMPLE_ID])}
-    return pool, pos, rows[rows[SAMPLE_ID].isin(pos)]
-
-
-def _fit_one(pool: dict, train_set: finetuning.TrainSet, settings: finetuning.Settings,
-             aug, scaling: ScalingConfig, pretrain_model: str, num_classes: int,
-             label_rows: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Fits one model to the end (the teacher, in a Ray task); returns its best state and, with
-    it, the prediction (target-local class) and confidence for the pool rows `label_rows`
-    (already decoded in the pool: nothing is read twice)."""
-    import torch
-
-    from dtl_ray import loops
-
+        ray.tune.report({**metrics, **where, "reported_at": time.time()})
+    spec.update(progress_uri=uri, history=history, resumed=resumed, report_extra=where)
+    members = tables["cells"][tables["cells"]["cell"] == cell]
+    inputs = _cell_inputs(members, tables["rows"], spec)
+    if f.workers_per_trial > 0:
+        _fit_on_train(spec, inputs, f.workers_per_trial, scaling, f, f"trial-{key}",
+                      setup["train_uri"], in_tune=True)
+        return
     torch.set_num_threads(max(1, scaling.cpus_per_worker))
     device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
-    model = finetuning.target_model(pretrain_model, num_classes)
+    for metrics, state in fit_cell(spec, inputs, device, resume):
+        _save_progress(spec, metrics, state)
+        ray.tune.report({**metrics, **where, "reported_at": time.time()})
+
+
+def _fit_teacher(setup: dict, members: pd.DataFrame, rows: pd.DataFrame,
+                 settings: finetuning.Settings, out_uri: str) -> None:
+    """Fits the teacher to the end (a Ray task, or a TorchTrainer with
+    `finetune.teacher_workers`); its best state goes to `out_uri`."""
+    import torch
+
+    f, scaling = setup["finetune"], setup["scaling"]
+    spec = _spec(setup, -1, 0, settings)
+    spec.update(source_val_rows=setup["source_val_rows"].iloc[:0], keep_state=out_uri)
+    inputs = _cell_inputs(members, rows, spec)
+    if f.teacher_workers > 0:
+        _fit_on_train(spec, inputs, f.teacher_workers, scaling, f, "teacher",
+                      setup["train_uri"], in_tune=False)
+        return
+    torch.set_num_threads(max(1, scaling.cpus_per_worker))
+    device = "cuda" if scaling.use_gpu and torch.cuda.is_available() else "cpu"
     last = None
-    for _metrics, last in finetuning.train(model, pool["images"], train_set,  # noqa: B007
-                                           pool["val_images"], pool["val_labels"], settings,
-                                           aug, device):
+    for _metrics, last in fit_cell(spec, inputs, device):  # noqa: B007
         pass
-    best = last["best"]
-    model.load_state_dict(best["model"])
-    probs = torch.softmax(loops.predict(loops.for_device(model, device),
-                                        pool["images"][label_rows], device=device), dim=1)
-    conf, pred = probs.max(1) if len(label_rows) else (torch.zeros(0), torch.zeros(0))
-    return best, pred.numpy().astype(np.int64), conf.numpy().astype(np.float64)
+    _save_state(out_uri, last)
 
 
-def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: dict,
-            sets: list, setup: dict, settings: list[dict]):
+def _leave_a_cpu_for_data(f: FinetuneConfig, scaling: ScalingConfig) -> int | None:
+    """Trials that stream read through Ray Data tasks, which need CPUs no trial holds: on a
+    cluster without an autoscaler, at most as many trials as leave one CPU free (an
+    autoscaler adds nodes for pending decode tasks: no cap there)."""
+    from dtl_ray import capacity
+
+    if capacity.autoscaler_max() != {}:
+        return None
+    per_trial = scaling.cpus_per_worker * max(1, f.workers_per_trial)
+    return max(1, (capacity.most("CPU") - 1) // per_trial)
+
+
+def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, tables: dict,
+            setup: dict, settings: list[dict], n_cells: int):
     """Runs the Tune experiment; returns its ResultGrid.
 
     An interrupted search is not restored with `Tuner.restore`: that unpickles Tune's files
@@ -146,29 +324,37 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, pool: 
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
+    # a trial that runs a TorchTrainer holds no CPU itself: its workers ask for theirs (Tune
+    # wants a request that is not empty: 1 MB of memory; a fraction of a CPU would leave the
+    # data tasks of a small cluster a fraction short of one)
+    own = ({"cpu": 0, "memory": 2**20} if f.workers_per_trial > 0 else
+           {"cpu": scaling.cpus_per_worker, "gpu": f.gpus_per_worker if scaling.use_gpu else 0})
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(trial_fn, pool=pool, sets=sets, setup=setup),
-        {"cpu": scaling.cpus_per_worker, "gpu": 1 if scaling.use_gpu else 0})
+        ray.tune.with_parameters(trial_fn, tables=tables, setup=setup), own)
     root, fs = storage.train_storage(layout.stage(STAGE))
     name = posixpath.basename(layout.search)
-    total = len(sets) * len(settings)
+    total = n_cells * len(settings)
     if storage.exists(layout.search):  # an interrupted search: its trials' files remain
         storage.delete_tree(layout.search)
         saved = [n for n, _ in storage.list_files(layout.progress) if n.endswith(".pt")]
         print(f"[finetune] resuming the search: {len(saved)} of {total} trials have saved "
               f"progress in {layout.progress}", flush=True)
+    cap = raytune.concurrency(f.max_concurrent_trials)
+    if cap is None and setup["streams"]:
+        cap = _leave_a_cpu_for_data(f, scaling)
     tuner = ray.tune.Tuner(
         trainable,
-        param_space={"cell": ray.tune.grid_search(list(range(len(sets)))),
+        param_space={"cell": ray.tune.grid_search(list(range(n_cells))),
                      "setting": ray.tune.grid_search(list(range(len(settings))))},
         tune_config=ray.tune.TuneConfig(
             metric="val_accuracy", mode="max",
             scheduler=ASHAScheduler(max_t=f.epochs, time_attr="epoch",
                                     grace_period=min(f.grace_period, f.epochs),
                                     reduction_factor=3),
-            max_concurrent_trials=raytune.concurrency(f.max_concurrent_trials),
-            # a trial's process (torch imported, the pool fetched) serves the next trial
-            reuse_actors=True),
+            max_concurrent_trials=cap,
+            # a trial's process (torch imported) serves the next trial; not one that ran a
+            # TorchTrainer (its Train run's actors and state are the old trial's)
+            reuse_actors=f.workers_per_trial == 0),
         run_config=ray.tune.RunConfig(
             name=name, storage_path=root, storage_filesystem=fs, verbose=0,
             failure_config=ray.tune.FailureConfig(max_failures=scaling.max_failures),
@@ -215,82 +401,132 @@ def _best(table: pd.DataFrame) -> pd.Series:
 
 
 def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: ModelConfig,
-        pretrain: PretrainConfig, scaling: ScalingConfig, max_pixels: int,
+        pretrain: PretrainConfig, scaling: ScalingConfig, dcfg: DataConfig, score: ScoreConfig,
         seed: int) -> FinetuneResult:
     """Teacher, pseudo-labels, the search, and each arm's chosen model. `pretrain` gives the
-    augmentation, `select` the target pool's defaults, `max_pixels` the pixel limit."""
+    augmentation, `select` the target pool's defaults, `dcfg` the reading (pixel limit, cache,
+    shuffle buffer), `score` the pseudo-labelling pool's batch and actors."""
     import ray
+
+    from dtl_ray import raytrain, scoring
 
     t0 = time.time()
     manifest = data.load_manifest(layout)
     classes = manifest.target_classes
     local = {c: i for i, c in enumerate(classes)}
     scores = data.read_parquet_df(layout.scores)
+    good = set(scores[SAMPLE_ID])  # the rows the score stage read (rejected ones are not)
     pretrain_model = layout.backbone_model(adapted=f.init == "adapted")
-    pool, pos, rows = _pool(model.image_size, data.reading(layout, max_pixels), manifest,
-                            scores)
-    labeled = rows[(rows["domain"] == "target") & (rows["split"] == "train")]
-    print(f"[finetune] pool: {len(pos)} decoded images, {len(labeled)} labeled target",
-          flush=True)
-    pool_ref = ray.put(pool)
+    reading = data.reading(layout, dcfg.max_image_pixels)
+    size = model.image_size
+    table = manifest.table
+    labeled = manifest.rows("target", "train")
+    labeled = labeled[labeled[SAMPLE_ID].isin(good)]
+    val = data.collect(data.good_rows(manifest.rows("target", "val"), size, reading,
+                                      ["image", "label"]))
+    src_val = manifest.rows("source", "val").query("label in @classes")
+    src_val = src_val[src_val[SAMPLE_ID].isin(good)].assign(
+        y=lambda d: [local[int(v)] for v in d["label"]],
+        w=lambda d: np.nan_to_num(scores.set_index(SAMPLE_ID)["weight"].reindex(
+            d[SAMPLE_ID]).to_numpy(float), nan=0.0))
+    print(f"[finetune] {len(labeled)} labeled target, {len(val['label'])} target val, "
+          f"{len(src_val)} source val (label-free choice)", flush=True)
+    aug = builders.augment(pretrain)
+    setup = {"finetune": f, "scaling": scaling, "augment": aug, "seed": seed,
+             "pretrain_model": pretrain_model, "classes": classes, "image_size": size,
+             "reading": reading, "cache": dcfg.cache, "shuffle_buffer": dcfg.shuffle_buffer,
+             "val_images": val["image"],
+             "val_labels": np.array([local[int(v)] for v in val["label"]], dtype=np.int64),
+             "source_val_rows": src_val, "progress": layout.progress,
+             "train_uri": layout.stage(STAGE),
+             # asked here, outside any trial's placement group (the probe needs a GPU)
+             "backend": (raytrain.backend(scaling.use_gpu)
+                         if f.workers_per_trial > 0 or f.teacher_workers > 0 else None)}
 
     # 1-2. teacher on labeled target + selected source candidates, then pseudo-labels
     cand = data.read_parquet_df(layout.candidates)
     src_cand = scores[scores[SAMPLE_ID].isin(cand.loc[cand["pool"] == "source", SAMPLE_ID])]
-    teacher_set = search.train_set(labeled, src_cand, scores.iloc[:0].assign(pred=[]), pos,
-                                   local, False)
-    aug = builders.augment(pretrain)
+    no_target = scores.iloc[:0].assign(pred=[])
+    teacher_members = search.members_table(labeled, src_cand, no_target, local, False)
     # the teacher gets a trial's budget: epochs as long as the all-source cell's
     all_source, _ = search.members(search.Cell("all_source", "all", 1.0, 0.0), scores,
                                    scores.iloc[:0], classes, seed, 0.0)
-    budget = search.train_set(labeled, all_source, scores.iloc[:0].assign(pred=[]), pos, local,
-                              False)
+    budget = search.members_table(labeled, all_source, no_target, local, False)
     teacher_settings = finetuning.Settings(
         lr=f.lr[0], train_layers="all", epochs=f.epochs, batch_size=f.batch_size,
         mix_ratio=f.mix_ratio, seed=seed,
-        epoch_samples=finetuning.epoch_length([teacher_set, budget], f.mix_ratio))
-    unl_rows = manifest.rows("target", "unlabeled")
-    unl_rows = unl_rows[unl_rows[SAMPLE_ID].isin(pos)]
-    remote = ray.remote(num_cpus=scaling.cpus_per_worker,
-                        num_gpus=1 if scaling.use_gpu else 0)(_fit_one)
-    best, pred, conf = ray.get(remote.remote(
-        pool_ref, teacher_set, teacher_settings, aug, scaling, pretrain_model, len(classes),
-        np.array([pos[s] for s in unl_rows[SAMPLE_ID]], dtype=np.int64)))
+        epoch_samples=finetuning.epoch_length([search.as_train_set(teacher_members),
+                                               search.as_train_set(budget)], f.mix_ratio))
+    teacher_state = storage.join(layout.stage(STAGE), "teacher-state.pt")
+    # in a task, never in the driver (it decodes its cell); with teacher_workers it only
+    # drives a TorchTrainer and holds no CPU
+    own = ({"num_cpus": 0} if f.teacher_workers > 0 else
+           {"num_cpus": scaling.cpus_per_worker,
+            "num_gpus": f.gpus_per_worker if scaling.use_gpu else 0})
+    ray.get(ray.remote(**own)(_fit_teacher).remote(setup, teacher_members, table,
+                                                  teacher_settings, teacher_state))
+    best = checkpoints.load(teacher_state)[0]["best"]
     teacher_uri = layout.teacher
     checkpoints.save_classifier(teacher_uri, best["model"], model.backbone, classes,
                                 arm="teacher", val_accuracy=best["val_accuracy"])
+    storage.delete(teacher_state)
     print(f"[finetune] teacher: val acc {best['val_accuracy']:.3f} (epoch {best['epoch'] + 1}, "
           f"{len(src_cand)} source candidates)", flush=True)
-    # the teacher's pseudo-labels (global class ids) for every decodable unlabeled image
-    unlabeled = pd.DataFrame({SAMPLE_ID: unl_rows[SAMPLE_ID].to_numpy(),
-                              "pred": np.asarray(classes, dtype=np.int64)[pred],
-                              "confidence": conf})
+    # the teacher's pseudo-labels (global class ids) for every decodable unlabeled image,
+    # from an actor pool as the score stage's
+    unl_rows = manifest.rows("target", "unlabeled")
+    unl_rows = unl_rows[unl_rows[SAMPLE_ID].isin(good)]
+    parts = []
+    if len(unl_rows):
+        labelled = scoring.score_dataset(unl_rows, teacher_uri, classes, score, scaling, size,
+                                         max_pixels=dcfg.max_image_pixels)
+        for b in labelled.select_columns([SAMPLE_ID, "pred", "confidence", "error"]) \
+                .iter_batches(batch_format="pandas", batch_size=None):
+            bad = b[b["error"] != ""]
+            if len(bad):
+                raise data.DataError(
+                    f"{len(bad)} unlabeled target image(s) read well before cannot be read "
+                    f"now, e.g. {bad[SAMPLE_ID].iloc[0]} ({bad['error'].iloc[0]}): did the "
+                    "data change during the run? Fix it and run with --restart-from pretrain")
+            parts.append(b[[SAMPLE_ID, "pred", "confidence"]])
+    unlabeled = (pd.concat(parts, ignore_index=True) if parts else
+                 pd.DataFrame({SAMPLE_ID: [], "pred": [], "confidence": []}))
+    unlabeled = unlabeled.astype({"pred": np.int64, "confidence": np.float64})
+    unlabeled = unl_rows[[SAMPLE_ID]].merge(unlabeled, on=SAMPLE_ID)  # the manifest's order
     unlabeled = unlabeled.merge(scores[[SAMPLE_ID, "p_target", "label"]], on=SAMPLE_ID)
     data.write_parquet_df(unlabeled, layout.pseudo_labels)
 
-    # 3. the search
+    # 3. the search: the cells' members (ids, labels, weights) are all the driver holds
     cells = search.make_cells(f, select.target_fraction)
-    sets = []
-    for cell in cells:
+    tables = []
+    for i, cell in enumerate(cells):
         src, tgt = search.members(cell, scores, unlabeled, classes, seed,
                                   select.confidence_floor, select.balance_classes)
-        sets.append(search.train_set(labeled, src, tgt, pos, local, f.weight_by_w))
+        tables.append(search.members_table(labeled, src, tgt, local, f.weight_by_w)
+                      .assign(cell=i))
+    members = pd.concat(tables, ignore_index=True)
+    data.write_parquet_df(members, storage.join(layout.stage(STAGE), "cells.parquet"))
     settings = search.settings_grid(f, seed)
-    epoch_samples = finetuning.epoch_length(sets, f.mix_ratio)
-    setup = {"finetune": f, "scaling": scaling, "augment": aug, "seed": seed,
-             "pretrain_model": pretrain_model, "classes": classes, "epoch_samples": epoch_samples,
-             "settings": settings, "progress": layout.progress}
+    epoch_samples = finetuning.epoch_length([search.as_train_set(t) for t in tables],
+                                            f.mix_ratio)
+    per_image = size * size * 3
+    streams = any(int((~t["labeled"]).sum()) * per_image > f.in_memory_mb * 2**20
+                  for t in tables) or len(src_val) * per_image > f.in_memory_mb * 2**20
+    setup.update(settings=settings, epoch_samples=epoch_samples, streams=streams)
+    rows = table[table[SAMPLE_ID].isin(set(members[SAMPLE_ID]))]
     print(f"[finetune] search: {len(cells)} cells x {len(settings)} settings = "
           f"{len(cells) * len(settings)} trials, {epoch_samples} samples per epoch each",
           flush=True)
-    grid = _search(f, scaling, layout, pool, sets, setup, settings)
-    table, states, free_states = _trial_table(grid, cells, settings, layout)
-    if table.empty:
+    grid = _search(f, scaling, layout, {"cells": members, "rows": rows}, setup, settings,
+                   len(cells))
+    trials, states, free_states = _trial_table(grid, cells, settings, layout)
+    if trials.empty:
         raise RuntimeError(f"every fine-tuning trial failed: see {layout.search}")
-    table["n_candidates"] = [int((~sets[cells.index(search.Cell(
-        r.arm, r.strategy, r.source_fraction, r.target_fraction))].labeled).sum())
-                             for r in table.itertuples()]
-    data.write_parquet_df(table, layout.trials)
+    n_cand = {i: int((~t["labeled"]).sum()) for i, t in enumerate(tables)}
+    trials["n_candidates"] = [n_cand[cells.index(search.Cell(
+        r.arm, r.strategy, r.source_fraction, r.target_fraction))] for r in trials.itertuples()]
+    data.write_parquet_df(trials, layout.trials)
+    table = trials
 
     # 4. each arm's best trial on target val, and the overall choice
     chosen = {}
@@ -328,7 +564,7 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
         label_free = {"criterion": f.label_free, "arm": str(row["arm"]),
                       "trial_id": str(row["trial_id"]), "risk": float(row["best_free_risk"]),
                       "epoch": int(row["best_free_epoch"]),
-                      "source_val_images": int(len(pool["source_val"][0]))}
+                      "source_val_images": int(len(src_val))}
     return FinetuneResult(
         by_cell=by_cell, label_free=label_free, trials=int(len(table)),
         trials_failed=int(len(cells) * len(settings) - len(table)), cells=len(cells),

@@ -75,7 +75,7 @@ def measure_one(factor: float, out: str, store_mb: int, overrides: list[str]) ->
         f"source.uri={data}/source", f"target.uri={data}/target", f"storage={out}",
         f"name=run-{factor:g}x", *SHORT, *overrides])
     ray.init(address="local", num_cpus=min(2, os.cpu_count() or 2),
-             object_store_memory=store_mb * 2**20, include_dashboard=False,
+             object_store_memory=store_mb * 2**20, dashboard_host="127.0.0.1",
              logging_level="WARNING")
     watch = StoreWatch()
     watch.start()
