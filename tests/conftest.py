@@ -1,5 +1,6 @@
 """Shared fixtures: one local Ray for the session, tiny generated datasets."""
 
+import contextlib
 import os
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
@@ -16,6 +17,62 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_head(flags: list[str], env: dict, prefix: str):
+    """`ray start --head --block` with `flags` (a free dashboard port on 127.0.0.1 and every
+    other default port moved: the test session's own Ray holds the defaults), in its own
+    process group (with every process it starts, an autoscaler's nodes included), killed
+    with the group at the end. Yields (the process, the dashboard's URL) once the dashboard
+    answers (401 counts: a head with token authentication is up)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+
+    dash = free_port()
+    temp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Unix socket paths are limited
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+         *flags, "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--disable-usage-stats",
+         *[f"--{flag}={free_port()}" for flag in (
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
+             "object-manager-port")],
+         f"--temp-dir={temp}"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # it answers (401: it wants the token): it is up
+                break
+            except OSError:
+                if time.time() > deadline or head.poll() is not None:
+                    raise RuntimeError("the Ray head did not come up") from None
+                time.sleep(1)
+        yield head, address
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                head.wait(timeout=5)  # `ray start --block` stops its node on SIGTERM
+            except subprocess.TimeoutExpired:
+                pass
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,11 @@
 """A real Ray head (`ray start --head`), the pipeline submitted to it as a Ray job."""
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 
 import pytest
-from conftest import copy_run, free_port, tiny_overrides
+from conftest import copy_run, free_port, ray_head, tiny_overrides
 
 pytestmark = pytest.mark.slow
 BIN = os.path.dirname(sys.executable)
@@ -54,58 +48,21 @@ def submit_from(address: str, overrides: list[str], token: str | None) -> dict:
 
 
 @pytest.fixture
-def ray_head():
+def token_head():
     """A head node on 127.0.0.1 in its own process group with Ray's token authentication on
     (as every cluster config here has it), stopped even when the test fails.
 
     Returns (dashboard address, token)."""
     import secrets
 
-    port, dash = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths are limited
     token = secrets.token_hex(32)
-    env = client_env(token)
-    head = subprocess.Popen(
-        [os.path.join(BIN, "ray"), "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
-         # every fixed default port elsewhere: the test session's own Ray holds the defaults
-         *[f"--{flag}={free_port()}" for flag in (
-             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
-             "object-manager-port")],
-         f"--temp-dir={temp}"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:  # it answers (401: it wants the token): it is up
-                break
-            except OSError:
-                if time.time() > deadline or head.poll() is not None:
-                    raise RuntimeError("the Ray head did not come up") from None
-                time.sleep(1)
+    with ray_head([f"--port={free_port()}", "--node-ip-address=127.0.0.1", "--num-cpus=2"],
+                  client_env(token), "rj") as (_, address):
         yield address, token
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                head.wait(timeout=3)  # `ray start --block` stops the node on SIGTERM
-            except subprocess.TimeoutExpired:
-                pass
-        head.wait(timeout=30)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_pipeline_job_on_a_real_head(ray_head, tiny_run, tiny_demo, tmp_path):
-    address, token = ray_head
+def test_pipeline_job_on_a_real_head(token_head, tiny_run, tiny_demo, tmp_path):
+    address, token = token_head
     # the session's run up to the search; the job runs the last stage as a Ray job's driver
     copy_run(tiny_run[1], tmp_path / "out" / "job", ["pretrain", "discriminate", "score",
                                                      "select", "finetune"])
