@@ -242,8 +242,6 @@ def decode_here(rows: pd.DataFrame, image_size: int, reading: Reading,
     """`good_rows` for a small set, decoded in this process (a trial's labeled target, a
     cell that fits in its memory): no Ray Data execution, so a Tune trial that holds its CPUs
     never waits for CPUs of decode tasks. Rows from packed shards are read shard by shard."""
-    import pyarrow.parquet as pq
-
     parts = []
     packed = rows["shard"] != "" if "shard" in rows else np.zeros(len(rows), bool)
     files = rows[~packed]
@@ -253,16 +251,9 @@ def decode_here(rows: pd.DataFrame, image_size: int, reading: Reading,
         parts.append(drop_rejected(decode_batch(batch, image_size, reading.max_pixels),
                                    reading.rejected))
     for shard, group in rows[packed].groupby("shard"):
-        fs, path = storage.resolve(shard)
-        t = storage.retry(lambda fs=fs, path=path: pq.read_table(
-            path, filesystem=fs, columns=["split", "rel_path", "image_bytes"]))
-        wanted = {(storage.path_of(shard), r["split"], r["rel"]): r
-                  for r in group.to_dict("records")}
-        batch = {"path": np.array([storage.path_of(shard)] * t.num_rows, dtype=object),
-                 "split": t.column("split").to_numpy(zero_copy_only=False),
-                 "rel_path": t.column("rel_path").to_numpy(zero_copy_only=False),
-                 "image_bytes": t.column("image_bytes").to_numpy(zero_copy_only=False)}
-        parts.append(drop_rejected(packing.decode_packed(batch, image_size, wanted,
+        batch = packing.read_shard(shard)
+        parts.append(drop_rejected(packing.decode_packed(batch, image_size,
+                                                         packing.members_by_shard(group),
                                                          reading.max_pixels), reading.rejected))
     if not parts:
         empty = {c: rows[c].to_numpy()[:0] for c in columns if c in rows}

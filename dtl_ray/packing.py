@@ -27,8 +27,8 @@ from dtl_ray.samples import (
     sample_id,
 )
 
-__all__ = ["MANIFEST", "FORMAT", "is_packed", "pack", "read_index", "decode_packed",
-           "packed_dataset"]
+__all__ = ["MANIFEST", "FORMAT", "is_packed", "pack", "read_index", "members_by_shard",
+           "decode_packed", "read_shard", "packed_dataset"]
 
 MANIFEST = "_packed.json"
 FORMAT = "dtl-ray-packed/1"
@@ -111,49 +111,95 @@ def _open(uri: str):
     return fs.open_input_file(path)
 
 
-def decode_packed(batch: dict[str, np.ndarray], image_size: int, wanted: dict,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Keeps the packed rows in `wanted` ((shard path, split, rel) -> manifest row), decoded.
+# what a packed shard knows about a manifest row; anything else (labels as class indices, a
+# fine-tuning cell's weights) comes from the run's member table
+FROM_SHARD = ("sample_id", "domain", "split", "path", "shard", "rel")
+READ_COLUMNS = ["split", "rel_path", "image_bytes"]
 
-    Returns the manifest rows' columns plus `image` and `error`, as `decode_batch` does.
+
+def members_by_shard(rows: pd.DataFrame) -> dict[str, tuple[pa.Table, str, str]]:
+    """Per shard (its filesystem path): the rows wanted from it as an Arrow table (`sample_id`
+    and the columns a shard does not hold), its dataset's URI and the manifest's domain."""
+    extra = [c for c in rows.columns if c not in FROM_SHARD]
+    out = {}
+    for shard, group in rows.groupby("shard", sort=True):
+        table = pa.Table.from_pandas(group[["sample_id", *extra]], preserve_index=False)
+        out[storage.path_of(shard)] = (table, shard.rsplit("/", 1)[0],
+                                       str(group["domain"].iloc[0]))
+    return out
+
+
+def decode_packed(batch: dict[str, np.ndarray], image_size: int, shards: dict,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Decodes the rows of a packed block that the run wants.
+
+    `batch` holds a shard's own columns (`path`: the shard, `split`, `rel_path`, `image_bytes`);
+    `shards` maps a shard to (its member table or an object ref to it, dataset URI, domain),
+    see `members_by_shard`. Ids, splits and paths come from the shard's columns; the member
+    table only says which rows are wanted and adds the run's columns (label, weights).
+
+    Returns the manifest columns plus `image` and `error`, as `decode_batch` does.
     """
-    records, images, errors = [], [], []
-    for shard, split, rel, blob in zip(batch["path"], batch["split"], batch["rel_path"],
-                                       batch["image_bytes"]):
-        row = wanted.get((shard, split, rel))
-        if row is None:
-            continue
-        records.append(row)
-        try:
-            if not blob:
-                raise ValueError("empty file")
-            images.append(decode_image(blob, image_size, max_pixels))
-            errors.append("")
-        except Exception as e:  # a bad image becomes a rejected row, not a crash
-            errors.append(reject_reason(e, f"{shard}:{rel}"))  # (memory: raises, retried)
-            images.append(rejected_image(image_size))
-    template = next(iter(wanted.values()))
-    frame = pd.DataFrame(records) if records else pd.DataFrame([template]).iloc[:0]
-    out = {k: frame[k].to_numpy() for k in template}
+    import ray
+
+    frames, images, errors = [], [], []
+    paths = np.asarray(batch["path"], dtype=object)
+    for shard in dict.fromkeys(paths):  # a block comes from one shard; in case not
+        members, root, domain = shards[shard]
+        if isinstance(members, ray.ObjectRef):
+            members = ray.get(members)
+        members = members.to_pandas()
+        at = paths == shard
+        split, rel = batch["split"][at], batch["rel_path"][at]
+        ids = np.array([sample_id(domain, s, r) for s, r in zip(split, rel)], dtype=object)
+        where = pd.Index(members["sample_id"]).get_indexer(ids)
+        keep = where >= 0
+        frame = members.iloc[where[keep]].reset_index(drop=True)
+        frame["domain"], frame["split"] = domain, split[keep]
+        frame["path"] = [storage.join(root, s, r) for s, r in zip(split[keep], rel[keep])]
+        frames.append(frame)
+        for r, blob in zip(rel[keep], batch["image_bytes"][at][keep]):
+            try:
+                if not blob:
+                    raise ValueError("empty file")
+                images.append(decode_image(blob, image_size, max_pixels))
+                errors.append("")
+            except Exception as e:  # a bad image becomes a rejected row, not a crash
+                errors.append(reject_reason(e, f"{shard}:{r}"))  # (memory: raises, retried)
+                images.append(rejected_image(image_size))
+    frame = pd.concat(frames, ignore_index=True)
+    out = {k: frame[k].to_numpy() for k in frame.columns}
     out[IMAGE] = np.stack(images) if images else np.zeros((0, image_size, image_size, 3),
                                                            np.uint8)
     out[ERROR] = np.array(errors, dtype=object)
     return out
 
 
+def read_shard(uri: str):
+    """A shard's own columns that `decode_packed` reads, as one batch."""
+    fs, path = storage.resolve(uri)
+    t = storage.retry(lambda: pq.read_table(path, filesystem=fs, columns=READ_COLUMNS))
+    batch = {c: t.column(c).to_numpy(zero_copy_only=False) for c in READ_COLUMNS}
+    batch["path"] = np.array([path] * t.num_rows, dtype=object)
+    return batch
+
+
 def packed_dataset(rows: pd.DataFrame, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Decoded packed rows, read shard by shard (no object listing)."""
+    """Decoded packed rows, read shard by shard (no object listing). Only the splits of
+    `rows` are read (the filter goes into the Parquet scan); each shard's member table goes
+    to the object store once and its tasks fetch it (nothing per row is pickled into them)."""
+    import ray
     import ray.data
+    from ray.data.expressions import col
 
     fs, _ = storage.resolve(rows["shard"].iloc[0])
-    shards = sorted(rows["shard"].unique())
-    paths = [storage.path_of(s) for s in shards]
-    keyed = {(storage.path_of(r["shard"]), r["split"], r["rel"]): r
-             for r in rows.to_dict("records")}
-    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True,
-                               columns=["split", "rel_path", "image_bytes"])
+    shards = {path: (ray.put(table), root, domain)
+              for path, (table, root, domain) in members_by_shard(rows).items()}
+    ds = (ray.data.read_parquet(sorted(shards), filesystem=fs, include_paths=True,
+                                columns=READ_COLUMNS)
+          .filter(expr=col("split").is_in(sorted(rows["split"].unique()))))
     # whole blocks (a Parquet row group each): with a batch size, Ray 2.58 fuses this map into
     # the file listing when an all-to-all op (random_shuffle) follows, and it gets no columns
-    return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "wanted": keyed,
+    return ds.map_batches(decode_packed, fn_kwargs={"image_size": image_size, "shards": shards,
                                                     "max_pixels": max_pixels},
                           batch_format="numpy", batch_size=None, **TASK_RETRIES)

@@ -56,16 +56,18 @@ def absolute(cfg: PipelineConfig) -> PipelineConfig:
 def ensure_ray(env: dict[str, str] | None = None) -> None:
     """Connects to RAY_ADDRESS if set, else starts a local Ray (dashboard on 127.0.0.1).
 
-    `env` (S3 endpoint and region, never secrets) reaches every worker of this job.
+    `env` (S3 endpoint and region, never secrets) reaches every worker of this job, and every
+    worker knows its own cluster's address (`rayenv`).
     """
     import ray
+
+    from dtl_ray import rayenv
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
     kwargs = {} if address else {"dashboard_host": "127.0.0.1"}
-    if env:
-        kwargs["runtime_env"] = {"env_vars": env}
+    kwargs["runtime_env"] = rayenv.runtime_env(env)
     # "local": never attach by accident to another cluster started on this machine
     ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
 

@@ -135,11 +135,23 @@ def _kill_an_actor_when(class_name, ready, stage_dir):
     alive = _alive(class_name)
 
     def body(killed):
-        wait_for(ready, timeout=900, every=0.05)
-        actors = wait_for(alive, timeout=60, every=0.05)
-        killed["pids"] = [a.pid for a in actors]
+        # the actors are looked up while waiting (a state-API call takes seconds here): short
+        # trials could otherwise all end between `ready` and the lookup
+        deadline, actors, looked = time.time() + 900, [], 0.0
+        while not ready():
+            if time.time() > deadline:
+                raise TimeoutError("condition not reached")
+            if os.path.isdir(stage_dir) and time.time() - looked > 1:  # the stage has begun
+                actors, looked = alive() or actors, time.time()
+            time.sleep(0.05)
+        actors = actors or wait_for(alive, timeout=60, every=0.05)
+        killed["pids"] = []
         for a in actors:
-            os.kill(a.pid, signal.SIGKILL)
+            try:
+                os.kill(a.pid, signal.SIGKILL)
+                killed["pids"].append(a.pid)
+            except ProcessLookupError:  # it ended while the state API answered
+                pass
         killed["stage_done_at_kill"] = _stage_done(stage_dir)
 
     return _killer_thread(body)

@@ -92,10 +92,12 @@ class NodeWatch(threading.Thread):
 
 def test_pipeline_on_an_autoscaling_gpu_cluster(autoscaling_head, tiny_demo, tmp_path):
     """With scaling.use_gpu=true on a cluster that starts with no GPU node: the pending GPU
-    requests make the autoscaler add GPU nodes; every Train worker, scoring actor and trial
-    runs on one (none on the CPU node); two trials run at the same time on different nodes
-    (the trial table records them); the GPU nodes go away once idle. There is no CUDA here:
-    the code falls back to CPU tensors (and gloo) on the logical GPUs."""
+    requests make the autoscaler add GPU nodes; every Train worker (the stages', the
+    teacher's, each trial's TorchTrainer's) and scoring actor runs on one (none on the CPU
+    node); two trials run at the same time on different nodes (the trial table records them);
+    every trial ends (a trial ASHA stops must give its placement group back: `rayenv`); the
+    GPU nodes go away once idle. There is no CUDA here: the code falls back to CPU tensors
+    (and gloo) on the logical GPUs."""
     from ray.util.state import list_actors
 
     gcs, dashboard = autoscaling_head
@@ -113,9 +115,9 @@ def test_pipeline_on_an_autoscaling_gpu_cluster(autoscaling_head, tiny_demo, tmp
     args = [sys.executable, "-m", "dtl_ray", *cli_args(f, tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path / "out", "gpu") + [
             "scaling.use_gpu=true", "scaling.num_workers=2", *SMALL_SEARCH,
-            # trials in their own processes, their candidates streamed through Ray Data (a
-            # TorchTrainer per trial stalled here after its first epoch: docs/scaling.md)
-            "finetune.workers_per_trial=0", "finetune.teacher_workers=0",
+            # the teacher and every trial on a TorchTrainer of one worker (Ray Train inside
+            # Tune), every cell's candidates streamed through Ray Data
+            "finetune.workers_per_trial=1", "finetune.teacher_workers=1",
             "finetune.in_memory_mb=0"])]
     env = dict(os.environ, RAY_ADDRESS=gcs)
     try:
@@ -135,9 +137,12 @@ def test_pipeline_on_an_autoscaling_gpu_cluster(autoscaling_head, tiny_demo, tmp
     for a in actors:  # (an actor the scoring pool asked for but never placed ran nowhere)
         if a.node_id:
             by_class.setdefault(a.class_name, []).append(a.node_id)
-    for name in ("RayTrainWorker", "MapWorker(MapBatches(Scorer))", "ImplicitFunc"):
+    # (a trial's own actor, `ImplicitFunc`, holds nothing and may run anywhere: it drives the
+    # trial's TorchTrainer, whose workers are among the Train workers)
+    for name in ("RayTrainWorker", "MapWorker(MapBatches(Scorer))"):
         assert by_class.get(name), (name, sorted(by_class))
         assert set(by_class[name]) <= gpu_nodes, (name, by_class[name], gpu_nodes)
+    assert by_class.get("ImplicitFunc"), sorted(by_class)
     # a stage's two Train workers need two 1-GPU nodes (nodes removed between stages come
     # back with new ids)
     assert len(set(by_class["RayTrainWorker"])) >= 2

@@ -69,3 +69,33 @@ def test_packed_training_rows_are_shuffled(ray_session, tmp_path):
     seen = np.bincount(first, minlength=len(m.classes)) / len(first)
     assert 0.5 * np.abs(seen - freq).sum() < 0.3, (seen, freq)  # pack order: about 0.8
     assert sorted(np.concatenate([b["label"] for b in batches])) == sorted(rows["label"])
+
+
+def test_packed_subset_reads_the_shards_own_columns(packed, ray_session):
+    """A subset of packed rows with a column of the run's own (a fine-tuning cell's weight):
+    exactly those rows come back, with the manifest's ids, splits and paths (read from the
+    shard's columns) and the run's column joined by id; only the wanted split comes back;
+    the member table a shard's tasks fetch holds the ids and the run's columns only."""
+    src, tgt = packed
+    m = data.build_manifest(src, tgt, [".png"])
+    rows = m.rows("source", "train").iloc[::3].copy()  # a third of train, every shard
+    rows["w"] = np.arange(len(rows), dtype=float) / 7
+    got = data.to_dataset(rows, 8).to_pandas().sort_values("sample_id")
+    want = rows.sort_values("sample_id")
+    assert list(got["sample_id"]) == list(want["sample_id"])
+    for c in ("split", "path", "domain", "label", "w"):
+        assert list(got[c]) == list(want[c]), c
+    assert (got["error"] == "").all() and all(i.shape == (8, 8, 3) for i in got["image"])
+    # the same rows decoded in this process (a trial's cell) give the same pixels
+    here = data.decode_here(rows, 8, data.Reading(), ["sample_id", "image", "w"])
+    order = np.argsort(here["sample_id"])
+    np.testing.assert_array_equal(np.stack(got["image"].to_numpy()), here["image"][order])
+    np.testing.assert_array_equal(got["w"].to_numpy(), here["w"][order])
+    # the val split only: no train row comes back (the filter is on the split column)
+    val = m.rows("source", "val")
+    assert sorted(data.to_dataset(val, 8).to_pandas()["sample_id"]) == sorted(val["sample_id"])
+    # per shard: the wanted rows' ids and the run's columns (not the shard's own)
+    shards = packing.members_by_shard(rows)
+    assert len(shards) == 4 and all(t.num_rows <= 64 and t.column_names == ["sample_id", "label",
+                                                                              "w"]
+                                    for t, _, _ in shards.values())

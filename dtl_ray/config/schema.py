@@ -208,9 +208,9 @@ class FinetuneConfig:
     workers_per_trial: int = 0
     """0: each trial trains in its own process (one device). N >= 1: the trial builds a
     `TorchTrainer` of N data-parallel workers (each `scaling.cpus_per_worker` CPUs and, with
-    `scaling.use_gpu`, `gpus_per_worker` GPUs; the trial itself holds no CPU). Not yet the
-    default: on the simulated multi-node cluster such trials stalled after their first epoch
-    (docs/scaling.md); on one node they run."""
+    `scaling.use_gpu`, `gpus_per_worker` GPUs; the trial itself holds no CPU): Ray Train
+    inside Tune, for trials larger than one device. 0 is the default because a TorchTrainer
+    costs seconds to start and stop per trial, which one-device trials do not need."""
     teacher_workers: int = 0
     """The same for the teacher (0: it trains in one Ray task)."""
     gpus_per_worker: float = 1.0
