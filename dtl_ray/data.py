@@ -352,7 +352,7 @@ def read_parquet_df(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     fs, path = storage.resolve(uri)
-    return pq.read_table(path, filesystem=fs, columns=columns).to_pandas()
+    return storage.retry(lambda: pq.read_table(path, filesystem=fs, columns=columns)).to_pandas()
 
 
 def write_parquet_df(df: pd.DataFrame, uri: str) -> None:

@@ -100,7 +100,8 @@ def read_index(uri: str) -> pd.DataFrame:
     parts = []
     for name in manifest["shards"]:
         shard = storage.join(uri, name)
-        t = pq.read_table(_open(shard), columns=["split", "label", "rel_path"]).to_pandas()
+        t = storage.retry(lambda shard=shard: pq.read_table(
+            _open(shard), columns=["split", "label", "rel_path"])).to_pandas()
         t["shard"] = shard
         parts.append(t)
     return pd.concat(parts, ignore_index=True)

@@ -161,7 +161,9 @@ def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     made = []
     if storage.exists(layout.scores):
-        scores = data.read_parquet_df(layout.scores)
+        from dtl_ray.stages.score import read_scores
+
+        scores = read_scores(layout)
         made.append(("p_target_hist.png", "p_target of source and target samples",
                      _plot_histograms(scores)))
         made.append(("ranked_source.png", "highest- and lowest-weighted source images",

@@ -79,8 +79,14 @@ class ScoreResult:
     """Kish's effective sample size of the source train weights, as a share of the rows."""
     seconds: float
     startup_seconds: float
-    """Until the first scored batch came back (actor start-up, model loading)."""
+    """Until the first file of scores was written (actor start-up, model loading, one file's
+    rows: an eighth of them or fewer)."""
     startup_rows: int
+    weight_divisor: float = 1.0
+    """What readers divide the files' `weight` by (IWAN: the mean over source train;
+    `stages.score.read_scores` does it)."""
+    files: int = 0
+    """Parquet files written by the scoring pass's tasks."""
 
 
 @dataclass(frozen=True)

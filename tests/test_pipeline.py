@@ -65,6 +65,13 @@ def test_score_stage_accounts_for_every_row(tiny_run):
                                rtol=1e-9)
     assert scores["p_target"].between(0, 1).all() and (scores["weight"] > 0).all()
     assert scores["pred"].isin(manifest.target_classes).all()
+    # written by Ray Data writer actors, not the driver: one file per bundle (about an eighth
+    # of the rows each), named by its rows (a retried call writes the same file), no row twice
+    parts = sorted(os.listdir(os.path.join(run, "score", "scores")))
+    assert len(parts) == sc["files"] >= 4 and all(p.startswith("part-") for p in parts)
+    assert sum(len(data.read_parquet_df(os.path.join(run, "score", "scores", p)))
+               for p in parts) == len(scores) == scores["sample_id"].nunique()
+    assert sc["weight_divisor"] == 1.0  # (density-ratio weights: no normalisation)
 
 
 def test_select_stage(tiny_run):

@@ -41,6 +41,7 @@ from dtl_ray.config import (
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import FinetuneResult
 from dtl_ray.samples import SAMPLE_ID
+from dtl_ray.stages.score import read_scores
 
 __all__ = ["run", "trial_fn", "fit_cell"]
 
@@ -339,6 +340,14 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, tables
         saved = [n for n, _ in storage.list_files(layout.progress) if n.endswith(".pt")]
         print(f"[finetune] resuming the search: {len(saved)} of {total} trials have saved "
               f"progress in {layout.progress}", flush=True)
+    # A trial on a TorchTrainer ends by returning, never by Tune stopping it at its last
+    # epoch: the stop would kill the trial's actor while its Train controller shuts down, after
+    # the controller has stopped Ray Train's placement-group cleaner and before it removes
+    # its placement group, which then holds its nodes' GPUs and CPUs until the driver ends
+    # (seen on the simulated cluster: the last trials waited forever). ASHA's rungs are the
+    # same (they lie below max_t); a trial it stops at a rung is killed mid-epoch, and its
+    # controller's death is what the cleaner watches for.
+    max_t = f.epochs + 1 if f.workers_per_trial > 0 else f.epochs
     cap = raytune.concurrency(f.max_concurrent_trials)
     if cap is None and setup["streams"]:
         cap = _leave_a_cpu_for_data(f, scaling)
@@ -348,7 +357,7 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, tables
                      "setting": ray.tune.grid_search(list(range(len(settings))))},
         tune_config=ray.tune.TuneConfig(
             metric="val_accuracy", mode="max",
-            scheduler=ASHAScheduler(max_t=f.epochs, time_attr="epoch",
+            scheduler=ASHAScheduler(max_t=max_t, time_attr="epoch",
                                     grace_period=min(f.grace_period, f.epochs),
                                     reduction_factor=3),
             max_concurrent_trials=cap,
@@ -414,7 +423,7 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     manifest = data.load_manifest(layout)
     classes = manifest.target_classes
     local = {c: i for i, c in enumerate(classes)}
-    scores = data.read_parquet_df(layout.scores)
+    scores = read_scores(layout)
     good = set(scores[SAMPLE_ID])  # the rows the score stage read (rejected ones are not)
     pretrain_model = layout.backbone_model(adapted=f.init == "adapted")
     reading = data.reading(layout, dcfg.max_image_pixels)

@@ -16,19 +16,30 @@ from dtl_ray import data, scoring, storage, weighting
 from dtl_ray.config import ScalingConfig, ScoreConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import ScoreResult
+from dtl_ray.scorefiles import (
+    REJECTED_COLUMNS,
+    ROWS_PER_FILE,
+    SCHEMA,
+    SCORE_COLUMNS,
+    WRITERS,
+    Writer,
+    write_table,
+)
 
-__all__ = ["run", "SCORE_COLUMNS"]
+__all__ = ["run", "read_scores", "SCORE_COLUMNS"]
 
-SCORE_COLUMNS = ["sample_id", "domain", "split", "path", "label", "p_target", "logit_target",
-                 "weight", "pred", "confidence", "entropy"]
-REJECTED_COLUMNS = ["sample_id", "domain", "split", "path", "error"]
+STAGE = "score"
 
-
-SCHEMA = [("sample_id", "string"), ("domain", "string"), ("split", "string"),
-          ("path", "string"), ("label", "int64"), ("p_target", "float64"),
-          ("logit_target", "float64"), ("weight", "float64"), ("pred", "int64"),
-          ("confidence", "float64"), ("entropy", "float64")]
-ROWS_PER_FILE = 200_000  # a file is built in memory (about 30 MB), then written atomically
+def read_scores(layout: RunLayout, columns: list[str] | None = None) -> pd.DataFrame:
+    """The scores table, IWAN weights normalised (the score stage writes each file once, in
+    the task that scored its rows; IWAN's divisor, the mean weight over source train, is known
+    only at the end and kept in the stage's summary instead of rewriting the files)."""
+    scores = data.read_parquet_df(layout.scores, columns)
+    if "weight" in scores and layout.is_done(STAGE):
+        divisor = float(layout.summary(STAGE).get("weight_divisor", 1.0))
+        if divisor != 1.0:
+            scores["weight"] = weighting.normalise(scores["weight"].to_numpy(), divisor)
+    return scores
 
 
 def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_size: int,
@@ -36,11 +47,14 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     """Scores all samples with the pretrained backbone (the DANN-adapted one when `adapted`);
     returns row counts, capped weights and timing.
 
-    One streaming pass: the driver receives the scalar columns batch by batch and appends them
-    to Parquet files (images never reach it), so its memory stays flat whatever the size.
+    One streaming pass: the scoring actors' output goes to Ray Data actors that write it
+    (`scorefiles.Writer`); the driver receives one row of figures per file, so its memory stays
+    flat whatever the size, and nothing is written twice.
     """
+    import json
+
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import ray.data
 
     t0 = time.time()
     manifest = data.load_manifest(layout)
@@ -51,69 +65,51 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     fs, path = storage.resolve(out_uri)
     storage.retry(lambda: fs.create_dir(path, recursive=True))
     storage.retry(lambda: fs.delete_dir_contents(path, missing_dir_ok=True))  # rerun: clean
-    schema = pa.schema(SCHEMA)
-    writer, buf, files, in_file = None, None, 0, 0
+    total = len(manifest.table)
+    # files of up to ROWS_PER_FILE rows, at least about 8 of them (the first one's time is the
+    # stage's start-up figure)
+    per_file = int(min(ROWS_PER_FILE, max(score.batch_size, -(-total // 8))))
+    written = scored.map_batches(
+        Writer, fn_constructor_kwargs={"out_uri": out_uri, "clip": score.clip},
+        batch_format="pandas", batch_size=per_file, num_cpus=0,
+        # (no CPU asked: the scoring actors may hold every one)
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=WRITERS),
+        max_task_retries=data.TASK_RETRIES["max_retries"])
 
-    def flush() -> None:
-        writer.close()
-        storage.write_bytes(storage.join(out_uri, f"part-{files - 1:05d}.parquet"),
-                            buf.getvalue().to_pybytes())
-
-    rejected, n_out, capped = [], 0, 0
+    rejected, n_out, capped, parts = [], 0, 0, 0
     wsum: dict[str, float] = {}
     wcnt: dict[str, int] = {}
     src = {"n": 0, "floor": 0, "w": 0.0, "w2": 0.0}  # source train: p at the clip, sum w, w^2
-    total = len(manifest.table)
     next_say = time.time() + 10
     first, first_rows = None, 0
-    for b in scored.iter_batches(batch_format="pandas", batch_size=None):
-        if first is None:
-            first, first_rows = time.time(), len(b)
-        bad = b["error"] != ""
-        if bad.any():
-            rejected.append(b.loc[bad, REJECTED_COLUMNS])
-        good = b.loc[~bad]
-        if len(good):
-            if writer is None or in_file >= ROWS_PER_FILE:
-                if writer is not None:
-                    flush()
-                buf = pa.BufferOutputStream()
-                writer, files, in_file = pq.ParquetWriter(buf, schema), files + 1, 0
-            writer.write_table(pa.Table.from_pandas(good[SCORE_COLUMNS], schema=schema,
-                                                    preserve_index=False))
-            in_file += len(good)
-            n_out += len(good)
-            capped += int(good["capped"].sum())
-            st = good[(good["domain"] == "source") & (good["split"] == "train")]
-            src["n"] += len(st)
-            src["floor"] += int((st["p_target"] <= score.clip).sum())
-            src["w"] += float(st["weight"].sum())
-            src["w2"] += float((st["weight"] ** 2).sum())
-            for key, g in good.groupby(["domain", "split"])["weight"]:
-                k = "/".join(key)
-                wsum[k] = wsum.get(k, 0.0) + float(g.sum())
-                wcnt[k] = wcnt.get(k, 0) + len(g)
+    for b in written.iter_batches(batch_format="pandas", batch_size=None):
+        for r in b.itertuples(index=False):
+            if first is None:
+                first, first_rows = time.time(), int(r.rows)
+            parts += bool(r.part)
+            n_out += int(r.rows)
+            capped += int(r.capped)
+            for key, v in zip(("n", "floor", "w", "w2"),
+                              (r.src_n, r.src_floor, r.src_w, r.src_w2)):
+                src[key] += v
+            for k, (s, c) in json.loads(r.groups).items():
+                wsum[k] = wsum.get(k, 0.0) + s
+                wcnt[k] = wcnt.get(k, 0) + c
+            bad = json.loads(r.rejected)
+            if bad:
+                rejected.append(pd.DataFrame(bad, columns=REJECTED_COLUMNS))
         done = n_out + sum(len(r) for r in rejected)
         if time.time() >= next_say:
             print(f"[score] {done}/{total} images scored", flush=True)
             next_say = time.time() + 10
-    if writer is None:  # nothing readable: an empty file keeps the schema for readers
-        buf = pa.BufferOutputStream()
-        writer, files = pq.ParquetWriter(buf, schema), 1
-    flush()
+    if not parts:  # nothing readable: an empty file keeps the schema for readers
+        write_table(pa.schema(SCHEMA).empty_table(), storage.join(out_uri, "part-empty.parquet"))
     mean_weight = {k: wsum[k] / wcnt[k] for k in sorted(wsum)}
+    divisor = 1.0
     if score.weighting == "iwan" and mean_weight.get("source/train", 0) > 0:
-        # IWAN weights have mean 1 over source train: one more pass over the written files
-        scale = mean_weight["source/train"]
-        for i in range(files):
-            part = storage.join(out_uri, f"part-{i:05d}.parquet")
-            t = pq.read_table(storage.path_of(part), filesystem=fs)
-            t = t.set_column(t.schema.get_field_index("weight"), "weight",
-                             pa.array(weighting.normalise(t["weight"].to_numpy(), scale)))
-            buf = pa.BufferOutputStream()
-            pq.write_table(t, buf)
-            storage.write_bytes(part, buf.getvalue().to_pybytes())
-        mean_weight = {k: v / scale for k, v in mean_weight.items()}
+        # IWAN weights have mean 1 over source train: readers divide (`read_scores`)
+        divisor = mean_weight["source/train"]
+        mean_weight = {k: v / divisor for k, v in mean_weight.items()}
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
     known = data.reading(layout, max_pixels).rejected
@@ -140,4 +136,5 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         source_weight_ess=(src["w"] ** 2 / src["w2"] / src["n"] if src["w2"] > 0
                            else float("nan")),
         seconds=round(time.time() - t0, 2),
-        startup_seconds=round((first or time.time()) - t0, 2), startup_rows=int(first_rows))
+        startup_seconds=round((first or time.time()) - t0, 2), startup_rows=int(first_rows),
+        weight_divisor=divisor, files=parts)

@@ -13,6 +13,7 @@ from dtl_ray import data, weighting
 from dtl_ray.config import SelectConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import SelectResult
+from dtl_ray.stages.score import read_scores
 
 __all__ = ["run"]
 
@@ -21,7 +22,7 @@ def run(layout: RunLayout, s: SelectConfig) -> SelectResult:
     """Writes the candidates table; returns sizes and per-class kept fractions."""
     t0 = time.time()
     manifest = data.load_manifest(layout)
-    scores = data.read_parquet_df(layout.scores)
+    scores = read_scores(layout)
     classes = manifest.target_classes
     src = weighting.select_source(scores, classes, s.rule, s.fraction, s.threshold, s.per_class,
                                   s.balance_classes)
