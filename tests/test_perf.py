@@ -92,3 +92,24 @@ def test_gpu_bench_runs_its_figures_on_cpu(ray_session, tmp_path, capsys):
     for key in ("forward_ceiling", "train_amp", "score_stage"):
         assert doc[key]["images_per_second"] > 0
     assert 0 < doc["score_stage"]["over_ceiling"]
+
+
+def test_the_scale_benchmarks_store_watch_reads_this_cluster(ray_session):
+    """`dtl-ray scale`'s object-store figures come from this run's cluster (found by its
+    address: without one Ray looked for the machine's last `ray start` cluster, and every
+    sample failed silently, so the store's peak read 0)."""
+    import time
+
+    from dtl_ray.tools.scale import StoreWatch
+
+    ray = ray_session
+    watch = StoreWatch(every_s=0.05)
+    watch.start()
+    ref = ray.put(np.zeros(20 * 2**20, np.uint8))
+    time.sleep(0.5)
+    watch.stopped.set()
+    watch.join()
+    watch.sample()
+    del ref
+    assert watch.samples >= 2 and watch.failed == 0
+    assert watch.peak >= 20 * 2**20

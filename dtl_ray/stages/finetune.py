@@ -161,8 +161,9 @@ def _train_worker(config: dict) -> None:
     prepare = (lambda m: ray.train.torch.prepare_model(m, move_to_device=device)) \
         if world > 1 else None
     extra = dict(spec["report_extra"])
-    if "node_id" in extra:  # where rank 0 trains (Tune gets rank 0's reports)
-        extra["node_id"] = ray.get_runtime_context().get_node_id()
+    if "node_id" in extra:  # where and since when rank 0 trains (Tune gets rank 0's
+        # reports; the trial's own actor started before its workers were placed)
+        extra.update(node_id=ray.get_runtime_context().get_node_id(), started_at=time.time())
     for metrics, state in fit_cell(spec, inputs, device, resume, cand, sv, prepare):
         if rank == 0 and spec["progress_uri"]:
             _save_progress(spec, metrics, state)

@@ -41,12 +41,17 @@ class StoreWatch(threading.Thread):
     def __init__(self, every_s: float = 0.2):
         super().__init__(daemon=True)
         self.every_s, self.peak, self.spilled = every_s, 0, 0
+        self.samples = self.failed = 0
         self.stopped = threading.Event()
 
     def sample(self) -> None:
+        import ray
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-        stats = get_memory_info_reply(get_state_from_address(None)).store_stats
+        # this run's cluster by its address (without one, Ray looks for the machine's last
+        # `ray start` cluster, which may be another one or long gone: every sample failed)
+        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        stats = get_memory_info_reply(state).store_stats
         self.peak = max(self.peak, int(stats.object_store_bytes_used))
         self.spilled = max(self.spilled, int(stats.spilled_bytes_total))
 
@@ -55,7 +60,8 @@ class StoreWatch(threading.Thread):
             try:
                 self.sample()
             except Exception:  # noqa: BLE001 (a busy raylet: the next sample counts)
-                pass
+                self.failed += 1
+            self.samples += 1
             self.stopped.wait(self.every_s)
 
 
@@ -89,16 +95,17 @@ def measure_one(factor: float, out: str, store_mb: int, overrides: list[str]) ->
     finally:
         watch.stopped.set()
         watch.join()
-    try:
-        watch.sample()
-    except Exception:  # noqa: BLE001
-        pass
+    watch.sample()  # the last figures (and proof that sampling works: it raises if not)
     ray.shutdown()
+    if watch.failed > watch.samples / 2:
+        raise RuntimeError(f"the object store could not be read in {watch.failed} of "
+                           f"{watch.samples} samples: its figures would be wrong")
     images = sum(int(v) for k, v in counts.items() if k.count("/") == 1)  # domain/split
     return {"factor": factor, "images": images,
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                         / 1024, 1),
             "object_store_mb": store_mb, "store_peak_mb": round(watch.peak / 2**20, 1),
+            "store_samples": watch.samples, "store_samples_failed": watch.failed,
             "spilled_bytes": watch.spilled, "seconds": round(time.time() - t0, 1),
             "stage_seconds": {s: doc[s]["seconds"] for s in doc
                               if isinstance(doc[s], dict) and "seconds" in doc[s]}}
