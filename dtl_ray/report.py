@@ -161,7 +161,7 @@ def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     made = []
     if storage.exists(layout.scores):
-        from dtl_ray.stages.score import read_scores
+        from dtl_ray.scorefiles import read_scores
 
         scores = read_scores(layout)
         made.append(("p_target_hist.png", "p_target of source and target samples",

@@ -12,7 +12,7 @@ import pandas as pd
 from dtl_ray import storage
 
 __all__ = ["SCORE_COLUMNS", "REJECTED_COLUMNS", "SCHEMA", "ROWS_PER_FILE", "WRITERS",
-           "write_table", "write_block", "Writer"]
+           "write_table", "write_block", "Writer", "read_scores"]
 
 SCORE_COLUMNS = ["sample_id", "domain", "split", "path", "label", "p_target", "logit_target",
                  "weight", "pred", "confidence", "entropy"]
@@ -75,3 +75,17 @@ class Writer:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         return write_block(batch, self.out_uri, self.clip)
+
+
+def read_scores(layout, columns: list[str] | None = None) -> pd.DataFrame:
+    """The scores table of a run (`RunLayout`), IWAN weights normalised: the files are written
+    once, as rows are scored; IWAN's divisor (the mean weight over source train) is known only
+    at the end and kept in the score stage's summary instead of rewriting the files."""
+    from dtl_ray import data, weighting
+
+    scores = data.read_parquet_df(layout.scores, columns)
+    if "weight" in scores and layout.is_done("score"):
+        divisor = float(layout.summary("score").get("weight_divisor", 1.0))
+        if divisor != 1.0:
+            scores["weight"] = weighting.normalise(scores["weight"].to_numpy(), divisor)
+    return scores

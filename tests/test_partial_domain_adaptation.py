@@ -8,7 +8,7 @@ import pytest
 
 from dtl_ray import data, demo
 from dtl_ray.layout import RunLayout
-from dtl_ray.stages.score import read_scores
+from dtl_ray.scorefiles import read_scores
 
 
 @pytest.fixture(scope="module")

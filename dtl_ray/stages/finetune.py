@@ -41,7 +41,7 @@ from dtl_ray.config import (
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import FinetuneResult
 from dtl_ray.samples import SAMPLE_ID
-from dtl_ray.stages.score import read_scores
+from dtl_ray.scorefiles import read_scores
 
 __all__ = ["run", "trial_fn", "fit_cell"]
 

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 
-from dtl_ray import data, scoring, storage, weighting
+from dtl_ray import data, scoring, storage
 from dtl_ray.config import ScalingConfig, ScoreConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import ScoreResult
@@ -23,23 +23,11 @@ from dtl_ray.scorefiles import (
     SCORE_COLUMNS,
     WRITERS,
     Writer,
+    read_scores,
     write_table,
 )
 
 __all__ = ["run", "read_scores", "SCORE_COLUMNS"]
-
-STAGE = "score"
-
-def read_scores(layout: RunLayout, columns: list[str] | None = None) -> pd.DataFrame:
-    """The scores table, IWAN weights normalised (the score stage writes each file once, in
-    the task that scored its rows; IWAN's divisor, the mean weight over source train, is known
-    only at the end and kept in the stage's summary instead of rewriting the files)."""
-    scores = data.read_parquet_df(layout.scores, columns)
-    if "weight" in scores and layout.is_done(STAGE):
-        divisor = float(layout.summary(STAGE).get("weight_divisor", 1.0))
-        if divisor != 1.0:
-            scores["weight"] = weighting.normalise(scores["weight"].to_numpy(), divisor)
-    return scores
 
 
 def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_size: int,

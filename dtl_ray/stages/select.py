@@ -13,7 +13,7 @@ from dtl_ray import data, weighting
 from dtl_ray.config import SelectConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import SelectResult
-from dtl_ray.stages.score import read_scores
+from dtl_ray.scorefiles import read_scores
 
 __all__ = ["run"]
 
