@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--rows-per-shard", type=int, default=10000)
     pk.add_argument("--domain", choices=["source", "target"], default=None,
                     help="default: target when it has unlabeled/ or test/, else source")
+    pk.add_argument("--seed", type=int, default=0,
+                    help="rows are shuffled across shards with this seed (default 0)")
+    pk.add_argument("--keep-order", action="store_true",
+                    help="keep the listing's order (class by class) instead")
     pf = sub.add_parser("perf", help="performance figures: Ray path against plain PyTorch "
                         "(writes runs/perf/perf.json)")
     pf.add_argument("config", nargs="?", default=None, help="YAML config (default: the demo's)")
@@ -118,11 +122,17 @@ def _main(args: argparse.Namespace) -> int:
         print(f"wrote the demo pair to {args.out}: {counts}")
         return 0
     if args.command == "pack":
-        from dtl_ray import packing
+        from dtl_ray import data, packing, pipeline
 
         storage.check_access(args.src)
         storage.check_access(args.dst, write=True)
-        m = packing.pack(args.src, args.dst, args.rows_per_shard, args.domain)
+        # a Ray Data job: on RAY_ADDRESS's cluster, else a local Ray; the S3 endpoint and
+        # region (never secrets) go to its workers
+        pipeline.ensure_ray({k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_REGION")
+                             if k in os.environ})
+        data.configure_context()
+        m = packing.pack(args.src, args.dst, args.rows_per_shard, args.domain,
+                         seed=None if args.keep_order else args.seed)
         print(f"packed {m['rows']} images ({m['domain']}: {m['splits']}) into "
               f"{len(m['shards'])} shards at {args.dst}")
         return 0
@@ -275,10 +285,26 @@ def _single_line(text: str) -> str:
                    else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def _not_a_user_error(record) -> bool:
+    """A logging filter: Ray Data logs an exception raised in a map (with its traceback, and
+    as an error 'in Ray Data or Ray Core internal code', since the map's error is raised as
+    itself) before raising it to the driver; for a user error (bad data) the CLI prints its
+    own line instead. Ray logs inside its `except` blocks: the exception is the one being
+    handled."""
+    exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    return exc is None or user_error(exc) is None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors end in one line on stderr and exit code 2 (also when they
     were raised inside Ray tasks or Train workers)."""
+    import logging
+
     args = _parser().parse_args(argv)
+    for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+        quiet = logging.getLogger(name)  # the two that log a map's error before raising it
+        if _not_a_user_error not in quiet.filters:
+            quiet.addFilter(_not_a_user_error)
     try:
         return _main(args)
     except Exception as e:

@@ -9,11 +9,12 @@ dropping them, so every input sample is accounted for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dtl_ray import packing, storage
+from dtl_ray import packing, rejects, storage
 from dtl_ray.layout import RunLayout
 from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for readers of data)
     COLUMNS,
@@ -38,26 +39,38 @@ from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for re
 )
 
 __all__ = ["Manifest", "Reading", "reading", "build_manifest", "decode_batch", "to_dataset",
-           "dataset_parts", "good_rows", "decode_here", "collect", "permuted", "training_dataset",
-           "epoch_batches", "save_manifest", "load_manifest", "read_parquet_df",
+           "dataset_parts", "good_rows", "drop_failed", "decode_here", "collect", "permuted",
+           "training_dataset", "epoch_batches", "save_manifest", "load_manifest", "read_parquet_df",
            "write_parquet_df", "configure_context"]
 
 
 @dataclass(frozen=True)
 class Reading:
-    """How a pass reads images: the pixel limit, and the ids the run's earlier passes
-    rejected (None: this pass makes that list, so nothing is checked against it)."""
+    """How a pass reads images: the pixel limit, and where rows that fail go (the run's
+    rejects ledger, with the run's root and the pass's name; see `rejects`). Without a ledger
+    failed rows are only dropped (decoding outside a run)."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
-    rejected: frozenset | None = None
+    ledger: Any = None
+    root: str = ""
+    stage: str = ""
 
 
-def reading(layout: RunLayout, max_pixels: int) -> Reading:
-    """The Reading of a pass after the inspect pass: rows it rejected may be dropped, any
-    other row that fails stops the pass (`drop_rejected`)."""
-    ids = (read_parquet_df(layout.rejected, [SAMPLE_ID])[SAMPLE_ID]
-           if storage.exists(layout.rejected) else [])
-    return Reading(max_pixels, frozenset(ids))
+def reading(layout: RunLayout, max_pixels: int, max_rejected_fraction: float,
+            stage: str) -> Reading:
+    """The Reading of a stage's passes: rows that fail are listed and counted by the run's
+    ledger, which stops the run over `data.max_rejected_fraction` (`drop_failed`)."""
+    return Reading(max_pixels, rejects.open_ledger(layout, max_rejected_fraction), layout.root,
+                   stage)
+
+
+def drop_failed(batch: dict[str, np.ndarray], reading: Reading) -> dict[str, np.ndarray]:
+    """Keeps the decoded rows of a batch; reports the others to the run's ledger (which
+    raises `DataError` once the run's rejected rows are over its limit)."""
+    failed = batch[ERROR] != ""
+    if reading.ledger is not None and failed.any():
+        rejects.report(reading.ledger, reading.root, batch, failed, reading.stage)
+    return drop_rejected(batch)
 
 
 RETRIED_IO_ERRORS = ["HTTP status 500", "HTTP status 502", "HTTP status 503",
@@ -229,10 +242,10 @@ def to_dataset(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
 
 
 def good_rows(rows: pd.DataFrame, image_size: int, reading: Reading, columns: list[str]):
-    """The decoded rows of `rows` with `columns`, rejected ones dropped (see `drop_rejected`
-    for rows that fail now but did not before)."""
+    """The decoded rows of `rows` with `columns`; the others go to the run's ledger
+    (`drop_failed`)."""
     return (to_dataset(rows, image_size, max_pixels=reading.max_pixels)
-            .map_batches(drop_rejected, fn_kwargs={"known": reading.rejected},
+            .map_batches(drop_failed, fn_kwargs={"reading": reading},
                          batch_format="numpy", batch_size=None)
             .select_columns(columns))
 
@@ -248,29 +261,18 @@ def decode_here(rows: pd.DataFrame, image_size: int, reading: Reading,
     for i in range(0, len(files), chunk):
         part = files.iloc[i:i + chunk]
         batch = {c: part[c].to_numpy() for c in part.columns}
-        parts.append(drop_rejected(decode_batch(batch, image_size, reading.max_pixels),
-                                   reading.rejected))
+        parts.append(drop_failed(decode_batch(batch, image_size, reading.max_pixels),
+                                 reading))
     for shard, group in rows[packed].groupby("shard"):
         batch = packing.read_shard(shard)
-        parts.append(drop_rejected(packing.decode_packed(batch, image_size,
-                                                         packing.members_by_shard(group),
-                                                         reading.max_pixels), reading.rejected))
+        parts.append(drop_failed(packing.decode_packed(batch, image_size,
+                                                       packing.members_by_shard(group),
+                                                       reading.max_pixels), reading))
     if not parts:
         empty = {c: rows[c].to_numpy()[:0] for c in columns if c in rows}
         empty[IMAGE] = np.zeros((0, image_size, image_size, 3), np.uint8)
         return {c: empty[c] for c in columns}
     return {c: np.concatenate([p[c] for p in parts]) for c in columns}
-
-
-def find_rejected(rows: pd.DataFrame, image_size: int,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
-    """Decodes every row once (distributed); returns the undecodable ones with their reason."""
-    from ray.data.expressions import col
-
-    cols = [SAMPLE_ID, DOMAIN, SPLIT, PATH, ERROR]
-    bad = (to_dataset(rows, image_size, max_pixels=max_pixels).select_columns(cols)
-           .filter(expr=col(ERROR) != ""))
-    return bad.to_pandas().reindex(columns=cols)  # an empty result has no columns
 
 
 def collect(ds) -> dict[str, np.ndarray]:
@@ -319,8 +321,8 @@ def training_dataset(rows: pd.DataFrame, image_size: int, cache: str, columns: l
     shuffle buffer on top. seed=None keeps the manifest's order (for evaluation sets).
 
     cache: 'always', 'never', or 'auto' (when decoded bytes < 1/4 of the object store).
-    reading: the pixel limit, and the rows earlier passes rejected (any other row that
-    fails stops the run instead of being dropped).
+    reading: the pixel limit, and the run's ledger that lists and counts the rows that fail
+    (the first pass that decodes a row finds it: there is no separate inspection).
     """
     import ray
 

@@ -6,7 +6,6 @@ not a run-time failure in a later stage an hour into a run.
 ```
 <storage>/<name>/
   config.yaml  manifest.parquet  classes.json  rejected.parquet  report.json  report.html  *.png
-  inspect/_DONE.json
   pretrain/     model.pt  train/ (Ray Train run)                               _DONE.json
   discriminate/ discriminator.pt  dann_model.pt  train/ adapted/ dann/ (Ray Train runs)
   score/        scores/part-*.parquet
@@ -64,7 +63,7 @@ class RunLayout:
 
     @property
     def rejected(self) -> str:
-        """Undecodable images with the reason (written by the inspect pass and by score)."""
+        """Undecodable images with the reason and the pass that found them (`rejects`)."""
         return self._at("rejected.parquet")
 
     @property
@@ -81,8 +80,8 @@ class RunLayout:
 
     # --- stages ----------------------------------------------------------------------------
     def stage(self, name: str) -> str:
-        """A stage's folder (also used for the `inspect` pass)."""
-        if name not in STAGES and name != "inspect":
+        """A stage's folder."""
+        if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}: choose from {list(STAGES)}")
         return self._at(name)
 

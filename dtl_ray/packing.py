@@ -7,8 +7,6 @@ read without listing: `_packed.json` names the shards, each shard holds
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +20,7 @@ from dtl_ray.samples import (
     TASK_RETRIES,
     DataError,
     decode_image,
+    read_all,
     reject_reason,
     rejected_image,
     sample_id,
@@ -44,51 +43,96 @@ def _guess_domain(uri: str) -> str:
     return "target" if has & {"unlabeled", "test"} else "source"
 
 
-def pack(src_uri: str, dst_uri: str, rows_per_shard: int = 10000, domain: str | None = None,
-         extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"),
-         threads: int = 16) -> dict:
-    """Packs every split of an image-folder domain into Parquet shards under `dst_uri`.
-
-    Returns the manifest written to `<dst_uri>/_packed.json`.
-    """
-    if not storage.exists(src_uri):
-        raise DataError(f"folder to pack not found: {src_uri}")
-    domain = domain or _guess_domain(src_uri)
-    files = []
+def _list(src_uri: str, domain: str, extensions: tuple[str, ...]) -> pd.DataFrame:
+    """The domain's images (one row each: id, domain, split, class name, path below the
+    split), listed once in the driver: O(rows) strings, no bytes."""
+    rows = []
     for split in SPLITS:
         for rel, _ in storage.list_files(storage.join(src_uri, split)):
             if rel.lower().endswith(extensions) and "/" in rel:
                 label = None if split == "unlabeled" else rel.split("/", 1)[0]
-                files.append((split, rel, label))
-    if not files:
+                rows.append((sample_id(domain, split, rel), domain, split, label, rel))
+    return pd.DataFrame(rows, columns=["sample_id", "domain", "split", "label", "rel_path"])
+
+
+def _fetch(batch: pd.DataFrame, src_uri: str) -> pa.Table:
+    """A shard's rows with their files' bytes (read in the Ray task, `READ_THREADS` at a
+    time from object storage); transient faults retry the task, a file that cannot be read
+    at all stops the pack with its path."""
+    paths = [storage.join(src_uri, s, r) for s, r in zip(batch["split"], batch["rel_path"])]
+    blobs = []
+    for path, blob in zip(paths, read_all(paths)):
+        if isinstance(blob, Exception):
+            reason = reject_reason(blob, path)  # (a transient fault raises: Ray retries)
+            raise DataError(f"cannot read {path} to pack it: {reason}")
+        blobs.append(blob)
+    table = pa.Table.from_pandas(batch.reset_index(drop=True), preserve_index=False)
+    return table.append_column("image_bytes", pa.array(blobs, type=pa.binary()))
+
+
+def _shard_names():
+    """Ray Data's file names for the shards: `shard-<write task>-<write id>` (Ray wants the
+    write's id in the name; its writer adds a file number and the extension)."""
+    from ray.data.datasource import FilenameProvider
+
+    class ShardNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid, task_index):
+            return f"shard-{task_index:05d}-{write_uuid}"
+
+    return ShardNames()
+
+
+def pack(src_uri: str, dst_uri: str, rows_per_shard: int = 10000, domain: str | None = None,
+         extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"),
+         seed: int | None = 0) -> dict:
+    """Packs every split of an image-folder domain into Parquet shards under `dst_uri`: a Ray
+    Data job (the listing cut into shard-sized blocks, files read in tasks, `write_parquet`),
+    the index `_packed.json` written last (a dataset without one is incomplete).
+
+    Rows are shuffled across shards with `seed` before the blocks are cut: a shard holds every
+    class in about the dataset's proportions, not the listing's class-by-class order. (The
+    listing is permuted, not the image bytes: the same order a `random_shuffle` of the rows
+    gives, without moving every image through the object store once more.) seed=None keeps
+    the listing's order.
+
+    Returns the index.
+    """
+    import ray
+    import ray.data
+
+    if not storage.exists(src_uri):
+        raise DataError(f"folder to pack not found: {src_uri}")
+    domain = domain or _guess_domain(src_uri)
+    files = _list(src_uri, domain, extensions)
+    if not len(files):
         raise DataError(f"no images under {src_uri}/<split>/<class>/")
-    shards, counts = [], {}
-    with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, len(files), rows_per_shard):
-            chunk = files[start:start + rows_per_shard]
-            blobs = list(pool.map(lambda f: storage.read_bytes(storage.join(src_uri, f[0], f[1])),
-                                  chunk))
-            table = pa.table({
-                "sample_id": [sample_id(domain, s, r) for s, r, _ in chunk],
-                "domain": [domain] * len(chunk),
-                "split": [s for s, _, _ in chunk],
-                "label": [lab for _, _, lab in chunk],
-                "rel_path": [r for _, r, _ in chunk],
-                "image_bytes": pa.array(blobs, type=pa.binary()),
-            })
-            name = f"shard-{len(shards):05d}.parquet"
-            buf = pa.BufferOutputStream()
-            pq.write_table(table, buf, row_group_size=min(1024, rows_per_shard))
-            storage.write_bytes(storage.join(dst_uri, name), buf.getvalue().to_pybytes())
-            shards.append(name)
-            for s, _, _ in chunk:
-                counts[s] = counts.get(s, 0) + 1
-            print(f"[pack] {name}: {len(chunk)} images ({start + len(chunk)}/{len(files)})",
-                  flush=True)
+    if seed is not None:
+        files = files.iloc[np.random.default_rng(seed).permutation(len(files))]
+    fs, path = storage.resolve(dst_uri)
+    storage.retry(lambda: fs.create_dir(path, recursive=True))
+    old = storage.join(dst_uri, MANIFEST)
+    if storage.exists(old):  # packed again: readers see no index until the new one is whole
+        storage.delete(old)
+    for rel, _ in storage.list_files(dst_uri):
+        if rel.startswith("shard-") and rel.endswith(".parquet") and "/" not in rel:
+            storage.delete(storage.join(dst_uri, rel))
+    blocks = [files.iloc[i:i + rows_per_shard].reset_index(drop=True)
+              for i in range(0, len(files), rows_per_shard)]
+    print(f"[pack] {len(files)} images of {src_uri} into {len(blocks)} shard(s)", flush=True)
+    (ray.data.from_pandas(blocks)
+     .map_batches(_fetch, fn_kwargs={"src_uri": src_uri}, batch_format="pandas",
+                  batch_size=None, **TASK_RETRIES)
+     .write_parquet(path, filesystem=fs, filename_provider=_shard_names(),
+                    min_rows_per_file=rows_per_shard, max_rows_per_file=rows_per_shard,
+                    row_group_size=min(1024, rows_per_shard)))
+    shards = sorted(rel for rel, _ in storage.list_files(dst_uri)
+                    if rel.startswith("shard-") and rel.endswith(".parquet") and "/" not in rel)
+    counts = {k: int(v) for k, v in files["split"].value_counts().items()}
     manifest = {"format": FORMAT, "domain": domain, "rows": len(files), "splits": counts,
-                "classes": sorted({lab for _, _, lab in files if lab is not None}),
-                "rows_per_shard": rows_per_shard, "shards": shards, "source": src_uri}
-    storage.write_json(storage.join(dst_uri, MANIFEST), manifest)  # last: marks it complete
+                "classes": sorted(files["label"].dropna().unique().tolist()),
+                "rows_per_shard": rows_per_shard, "shards": shards, "source": src_uri,
+                "shuffle_seed": seed}
+    storage.write_json(old, manifest)  # last: marks it complete
     return manifest
 
 

@@ -7,10 +7,9 @@ import logging
 import os
 import time
 
-import pandas as pd
 import yaml
 
-from dtl_ray import data, fingerprints, lease, report, results, storage
+from dtl_ray import data, fingerprints, lease, rejects, report, results, storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
 from dtl_ray.layout import STAGES, RunLayout
 
@@ -155,33 +154,6 @@ def preflight(cfg: PipelineConfig) -> None:
                                 f"{str(e).splitlines()[0][:160]}") from None
 
 
-def inspect_images(cfg: PipelineConfig, layout: RunLayout, manifest: data.Manifest) -> dict:
-    """Decodes every image once before training; lists the undecodable ones in the run's
-    rejected table and stops when there are more than data.max_rejected_fraction."""
-    if layout.is_done("inspect"):
-        return layout.summary("inspect")
-    t0 = time.time()
-    rejected = data.find_rejected(manifest.table, cfg.model.image_size,
-                                  cfg.data.max_image_pixels)
-    names = manifest.unreadable_names
-    if names is not None and len(names):
-        rejected = pd.concat([names, rejected], ignore_index=True)
-    data.write_parquet_df(rejected, layout.rejected)
-    n = len(rejected)
-    total = len(manifest.table) + (len(names) if names is not None else 0)
-    if n > cfg.data.max_rejected_fraction * total:
-        examples = ", ".join(rejected["path"].head(3))
-        raise data.DataError(f"{n} of {total} images ({n / total:.1%}) cannot be decoded, over "
-                             f"data.max_rejected_fraction={cfg.data.max_rejected_fraction}; "
-                             f"e.g. {examples} (all listed in {layout.rejected})")
-    summary = {"rejected": n, "images": total, "seconds": round(time.time() - t0, 2)}
-    layout.mark_done("inspect", summary)
-    if n:
-        print(f"[dtl-ray] {n} of {total} images cannot be decoded and are left out "
-              f"(listed in {layout.rejected})", flush=True)
-    return summary
-
-
 def check_settings(cfg: PipelineConfig, layout: RunLayout) -> None:
     """Refuses to reuse a finished stage made with other settings (see `fingerprints`)."""
     for name in STAGES:
@@ -199,11 +171,10 @@ def check_settings(cfg: PipelineConfig, layout: RunLayout) -> None:
 
 
 def restart(layout: RunLayout, stage: str) -> None:
-    """Deletes `stage` and every later stage (and, from pretrain, the inspect pass and the
-    kept manifest), so the run makes them again."""
+    """Deletes `stage` and every later stage (and, from pretrain, the kept manifest), so the
+    run makes them again (the rows they rejected are found again: `rejects`)."""
     later = list(STAGES[STAGES.index(stage):])
     if stage == STAGES[0]:
-        later.insert(0, "inspect")
         if storage.exists(layout.manifest):
             storage.delete(layout.manifest)
     for name in later:
@@ -273,31 +244,42 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     print(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source {counts['source']}; "
           f"target {counts['target']}", flush=True)
     data.save_manifest(manifest, layout)
+    if manifest.unreadable_names is not None:  # listed afresh: no stage has read it yet
+        rejects.start(layout, manifest.unreadable_names)
     _write_config(cfg, layout)
     ensure_ray(env)
     check_resources(cfg)
     data.configure_context()
-    inspected = inspect_images(cfg, layout, manifest)
+    rejects.open_ledger(layout, cfg.data.max_rejected_fraction, fresh=True)
     summaries: dict[str, dict] = {}
     stage_runs = _stage_runs()
-    for name in STAGES:
-        if layout.is_done(name):
-            summaries[name] = layout.summary(name)
-            if name in wanted:
-                print(f"[dtl-ray] {name}: already done, skipped", flush=True)
-            continue
-        if name not in wanted:
-            continue
-        missing = [s for s in STAGES[:STAGES.index(name)] if s not in summaries]
-        if missing:
-            raise ConfigError(f"stage '{name}' needs {missing} to finish first "
-                              f"(run with --stages {','.join(missing + [name])})")
-        print(f"[dtl-ray] {name}: starting", flush=True)
-        summaries[name] = results.to_summary(stage_runs[name](cfg, layout))
-        layout.mark_done(name, summaries[name], fingerprints.settings(cfg, name))
-        print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
+    listed = rejects.count(layout)
+    try:
+        for name in STAGES:
+            if layout.is_done(name):
+                summaries[name] = layout.summary(name)
+                if name in wanted:
+                    print(f"[dtl-ray] {name}: already done, skipped", flush=True)
+                continue
+            if name not in wanted:
+                continue
+            missing = [s for s in STAGES[:STAGES.index(name)] if s not in summaries]
+            if missing:
+                raise ConfigError(f"stage '{name}' needs {missing} to finish first "
+                                  f"(run with --stages {','.join(missing + [name])})")
+            print(f"[dtl-ray] {name}: starting", flush=True)
+            summaries[name] = results.to_summary(stage_runs[name](cfg, layout))
+            layout.mark_done(name, summaries[name], fingerprints.settings(cfg, name))
+            print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
+            now = rejects.save(layout) or 0
+            if now > listed:
+                print(f"[dtl-ray] {name}: {now - listed} image(s) cannot be decoded and are left "
+                      f"out ({now} in all, listed in {layout.rejected})", flush=True)
+            listed = max(listed, now)
+    finally:  # a stopped run keeps what its passes found (the next one starts from it)
+        rejects.save(layout)
     doc = report.build(cfg, manifest, summaries, time.time() - t0)
-    doc["data"]["rejected"] = inspected["rejected"]
+    doc["data"]["rejected"] = rejects.count(layout)
     report.write(doc, layout)
     print(f"[dtl-ray] report: {layout.report_html}", flush=True)
     return doc

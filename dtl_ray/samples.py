@@ -15,7 +15,7 @@ from dtl_ray import storage
 __all__ = ["SAMPLE_ID", "IMAGE", "LABEL", "DOMAIN", "SPLIT", "PATH", "ERROR", "P_TARGET",
            "WEIGHT", "COLUMNS", "SPLITS", "REQUIRED", "UNLABELED", "DataError", "sample_id",
            "decode_image", "rejected_image", "decode_batch", "drop_rejected", "TransientReadError",
-           "RETRYABLE", "TASK_RETRIES", "reject_reason", "DEFAULT_MAX_PIXELS"]
+           "RETRYABLE", "TASK_RETRIES", "reject_reason", "DEFAULT_MAX_PIXELS", "read_all"]
 
 # the one column vocabulary
 SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR = (
@@ -90,7 +90,7 @@ READ_THREADS = 16
 one-file-at-a-time reader (decoding stays on the task's own CPU)."""
 
 
-def _read_all(paths: list[str]) -> list[bytes | Exception]:
+def read_all(paths: list[str]) -> list[bytes | Exception]:
     """The bytes of each file (or the exception reading it raised), in order. Transient
     storage errors are retried inside; remote files are fetched `READ_THREADS` at a time."""
     def scheme(path: str) -> str:
@@ -136,7 +136,7 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int,
     """
     images, errors = [], []
     paths = list(batch[PATH])
-    for path, raw in zip(paths, _read_all(paths)):
+    for path, raw in zip(paths, read_all(paths)):
         try:
             if isinstance(raw, Exception):
                 raise raw
@@ -153,18 +153,7 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int,
     return out
 
 
-def drop_rejected(batch: dict[str, np.ndarray],
-                  known: frozenset | None = None) -> dict[str, np.ndarray]:
-    """Keeps decoded rows only. With `known` (the ids the run's earlier passes rejected and
-    listed), a row that fails now but was read before raises `DataError`: a pass never
-    drops a row that nobody counted (the file changed or vanished during the run)."""
+def drop_rejected(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keeps decoded rows only (a pass of a run reports the others first: `data.drop_failed`)."""
     ok = batch[ERROR] == ""
-    if known is not None and not ok.all():
-        new = [(p, e) for i, p, e in zip(batch[SAMPLE_ID], batch[PATH], batch[ERROR])
-               if e and i not in known]
-        if new:
-            path, error = new[0]
-            raise DataError(f"{len(new)} image(s) read well before cannot be read now, e.g. "
-                            f"{path} ({error}): did the data change during the run? Fix it "
-                            "and run with --restart-from pretrain")
     return {k: v[ok] for k, v in batch.items()}

@@ -81,7 +81,7 @@ def test_gpus_asked_for_on_a_cluster_without_any(ray_session, tiny_demo, tmp_pat
 
     layout = RunLayout(str(tmp_path / "out" / "run"))
     assert os.path.exists(layout.manifest)  # (the run's folder is where this looks)
-    assert not layout.is_done("inspect")  # stopped before any Ray work
+    assert not layout.is_done("pretrain")  # stopped before any Ray work
 
 
 def test_requests_no_node_can_hold(ray_session, tiny_demo, tmp_path, capsys):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dtl_ray import data, demo, samples
+from dtl_ray import data, demo, rejects, samples
 
 
 def _png(mode, size=(10, 12), value=100):
@@ -122,18 +122,68 @@ def test_images_over_the_pixel_limit_are_rejected_before_decoding(tmp_path):
     assert samples.reject_reason(bomb, "x.png").startswith("too many pixels: ")
 
 
-def test_a_pass_never_drops_a_row_that_was_read_before():
-    """Rows the inspect pass rejected (`known`) are dropped; any other rejected row stops
-    the pass with the path and the reason, instead of training on one row fewer."""
-    batch = {"sample_id": np.array(["a", "b", "c"], dtype=object),
-             "path": np.array(["/d/a.png", "/d/b.png", "/d/c.png"], dtype=object),
-             "error": np.array(["", "OSError: truncated", ""], dtype=object),
-             "image": np.zeros((3, 2, 2, 3), np.uint8)}
-    assert list(data.drop_rejected(batch)["sample_id"]) == ["a", "c"]
-    assert list(data.drop_rejected(batch, frozenset({"b"}))["sample_id"]) == ["a", "c"]
-    with pytest.raises(data.DataError, match=r"1 image\(s\) read well before .* /d/b.png "
-                                             r"\(OSError: truncated\)"):
-        data.drop_rejected(batch, frozenset())
+def _failed_batch():
+    return {"sample_id": np.array(["s/train/a", "s/train/b", "s/train/c"], dtype=object),
+            "domain": np.array(["source"] * 3, dtype=object),
+            "split": np.array(["train"] * 3, dtype=object),
+            "path": np.array(["/d/a.png", "/d/b.png", "/d/c.png"], dtype=object),
+            "error": np.array(["", "OSError: truncated", ""], dtype=object),
+            "image": np.zeros((3, 2, 2, 3), np.uint8)}
+
+
+def test_the_ledger_lists_each_rejected_row_once_and_holds_the_limit():
+    """The run's ledger (plain Python here): a row reported twice (a retried task, a later
+    pass) is listed once with the pass that found it first; the report that takes the count
+    over the limit gets the run's error, naming the count, the key and the new paths."""
+    ledger = rejects.Ledger()
+    listing = {"sample_id": "x", "domain": "source", "split": "train", "path": "/d/caf\\xe9.png",
+               "error": "file name is not valid UTF-8: rename it", "found_in": "listing"}
+    ledger.reset("/run", [listing], total=100, fraction=0.03, listed_in="/run/rejected.parquet")
+    row = dict(listing, sample_id="s/train/b", path="/d/b.png", error="OSError",
+               found_in="pretrain")
+    assert ledger.add("/run", [row]) is None
+    assert ledger.add("/run", [dict(row, found_in="score")]) is None  # the same row again
+    assert [r["found_in"] for r in ledger.rows("/run")] == ["listing", "pretrain"]
+    row3 = dict(row, sample_id="s/train/c", path="/d/c.png")
+    assert ledger.add("/run", [row3]) is None  # 3 of 100: at the limit, not over it
+    error = ledger.add("/run", [dict(row, sample_id="s/train/d", path="/d/d.png")])
+    assert error.startswith("4 of 100 images (4.0%) cannot be decoded, over "
+                            "data.max_rejected_fraction=0.03; e.g. /d/b.png, /d/c.png, /d/d.png")
+    assert error.endswith("(all listed in /run/rejected.parquet)")
+
+
+def test_a_pass_reports_failed_rows_to_the_runs_ledger(ray_session):
+    """`drop_failed` keeps the decoded rows and reports the others to the ledger actor, from
+    inside a Ray Data map as the stages use it; the report over the limit raises DataError
+    there, which reaches the driver as itself."""
+    import ray
+    import ray.data
+
+    ledger = ray.remote(rejects.Ledger).options(num_cpus=0).remote()
+    ray.get(ledger.reset.remote("/r", [], 20, 0.1, "/r/rejected.parquet"))
+    reading = data.Reading(ledger=ledger, root="/r", stage="pretrain")
+    assert list(data.drop_failed(_failed_batch(), reading)["sample_id"]) == ["s/train/a",
+                                                                            "s/train/c"]
+    assert list(data.drop_rejected(_failed_batch())["sample_id"]) == ["s/train/a", "s/train/c"]
+    data.configure_context()
+    batches = []
+    for i in range(3):  # two failed rows each: 3 rejected of 20 after the first (limit 2)
+        b = _failed_batch()
+        b["sample_id"] = np.array([f"s/train/{i}{c}" for c in "abc"], dtype=object)
+        b["error"] = np.array(["", "OSError", "ValueError"], dtype=object)
+        batches.append(b)
+    ds = ray.data.from_items([{k: v[j] for k, v in b.items()} for b in batches
+                              for j in range(3)])
+    with pytest.raises(Exception) as info:
+        ds.map_batches(data.drop_failed, fn_kwargs={"reading": reading}, batch_size=3,
+                       batch_format="numpy").materialize()
+    from dtl_ray import cli
+
+    error = cli.user_error(info.value)
+    assert isinstance(error, data.DataError) and "over data.max_rejected_fraction=0.1" in str(error)
+    listed = ray.get(ledger.rows.remote("/r"))
+    assert {r["found_in"] for r in listed} == {"pretrain"} and len(listed) >= 3
+    ray.kill(ledger)
 
 
 def _first_batches(ds, batch_size, epoch, seed, n_batches):

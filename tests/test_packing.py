@@ -31,6 +31,25 @@ def test_pack_writes_shards_and_a_manifest(packed):
     assert manifest["domain"] == "source" and len(manifest["shards"]) == 4  # 238 rows / 64
     assert data.storage.read_json(f"{tgt}/{packing.MANIFEST}")["domain"] == "target"
     assert index["shard"].str.endswith(".parquet").all()
+    assert (index["split"] + "/" + index["rel_path"]).is_unique
+
+
+def test_pack_shuffles_rows_across_shards(packed):
+    """The listing is class by class; a shard of a pack holds every class in about the
+    dataset's proportions (a class-ordered 64-row shard holds one or two classes)."""
+    src, _ = packed
+    index = packing.read_index(src)
+    sizes = index.groupby("shard").size()
+    assert sizes.max() <= 64 and sizes.sum() == 238
+    overall = index["label"].value_counts(normalize=True)
+    for shard, rows in index.groupby("shard"):
+        if len(rows) < 32:
+            continue
+        share = rows["label"].value_counts(normalize=True).reindex(overall.index, fill_value=0)
+        assert rows["label"].nunique() == len(overall), shard
+        assert 0.5 * (share - overall).abs().sum() < 0.25, (shard, share.round(2).to_dict())
+    manifest = data.storage.read_json(f"{src}/{packing.MANIFEST}")
+    assert manifest["shuffle_seed"] == 0
 
 
 def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
@@ -56,10 +75,11 @@ def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
 
 
 def test_packed_training_rows_are_shuffled(ray_session, tmp_path):
-    """Packed rows come in pack order (class by class); training must not see that order."""
+    """Packed rows in the listing's order (class by class: `--keep-order`, or packed by another
+    tool): training must not see that order."""
     demo.write_demo(str(tmp_path / "d"), seed=4, scale=0.5)
     src = str(tmp_path / "packed")
-    packing.pack(str(tmp_path / "d" / "source"), src, rows_per_shard=128)
+    packing.pack(str(tmp_path / "d" / "source"), src, rows_per_shard=128, seed=None)
     m = data.build_manifest(src, str(tmp_path / "d" / "target"), [".png"])
     rows = m.rows("source", "train")  # 1,050 rows, decoded in 256-row blocks
     freq = np.bincount(rows["label"], minlength=len(m.classes)) / len(rows)

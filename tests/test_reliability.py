@@ -131,7 +131,7 @@ def test_driver_killed_in_pretraining_resumes_its_train_run(ray_session, tiny_ru
     registered its first checkpoint: the same command again resumes that Train run (fixed
     run name, checkpoint in storage) instead of starting over; every epoch runs once and the
     stage reads the same rows as the uninterrupted session run."""
-    run = copy_run(tiny_run[1], tmp_path / "pk", [])  # the manifest and the inspect pass
+    run = copy_run(tiny_run[1], tmp_path / "pk", [])  # the manifest and the rejected table
     f = tmp_path / "c.yaml"
     f.write_text("# Run: dtl-ray run c.yaml\n")
     args = [sys.executable, "-m", "dtl_ray", *cli_args(f, tiny_overrides(
@@ -347,11 +347,12 @@ def test_user_errors_raised_inside_ray_are_found(ray_session):
     assert cli.user_error(RuntimeError("a bug")) is None
 
 
-def test_an_image_that_breaks_after_the_inspect_pass_stops_the_run(ray_session, tiny_demo,
-                                                                    tmp_path, capsys):
-    """The reject limit holds in every pass: an image the inspect pass decoded but that
-    cannot be read in pretraining (changed during the run) stops the run with one line
-    naming it, instead of pretraining silently on one image fewer."""
+def test_the_first_pass_that_decodes_an_image_finds_it(ray_session, tiny_demo, tmp_path):
+    """No separate inspection: pretraining's own decode (its cached data, before the Train run
+    starts) finds a truncated source image; over the limit (0 here) the run stops with one
+    line naming it, and the rejected table lists it with the pass that found it. The file
+    fixed, the same command reads it: a row found by a stage that did not finish is judged
+    again, so the stage runs with every image."""
     import shutil
 
     root = tmp_path / "d"
@@ -359,20 +360,29 @@ def test_an_image_that_breaks_after_the_inspect_pass_stops_the_run(ray_session, 
     f = tmp_path / "c.yaml"
     f.write_text("# Run: dtl-ray run c.yaml\n")
     overrides = tiny_overrides(root / "source", root / "target", tmp_path / "out", "changed") + [
-        "scaling.max_failures=0"]
-    # the inspect pass runs, then the run stops: discriminate needs pretrain first
-    assert cli.main(cli_args(f, overrides, "--stages", "discriminate")) == 2
-    layout = RunLayout(str(tmp_path / "out" / "changed"))
-    assert layout.is_done("inspect") and not layout.is_done("pretrain")
+        "scaling.max_failures=0", "data.max_rejected_fraction=0"]
     victim = sorted((root / "source" / "train").rglob("*.png"))[5]
-    victim.write_bytes(victim.read_bytes()[:60])  # truncated after the inspect pass
-    capsys.readouterr()
-    assert cli.main(cli_args(f, overrides, "--stages", "pretrain")) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "Traceback" not in "\n".join(err)
-    assert err[-1].startswith("dtl-ray: error: 1 image(s) read well before cannot be read now")
-    assert victim.name in err[-1] and "--restart-from pretrain" in err[-1]
+    good = victim.read_bytes()
+    victim.write_bytes(good[:60])
+    args = cli_args(f, overrides, "--stages", "pretrain")
+    # the stopped run in a process of its own: its real stderr (Ray Data logs a map's error
+    # before raising it; in this process pytest's capture would be Ray's stream)
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    stopped = subprocess.run([sys.executable, "-m", "dtl_ray", *args], env=env,
+                             capture_output=True, text=True, timeout=300)
+    err = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 2, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert err[-1].startswith("dtl-ray: error: 1 of ")
+    assert "over data.max_rejected_fraction=0" in err[-1] and victim.name in err[-1]
+    layout = RunLayout(str(tmp_path / "out" / "changed"))
     assert not layout.is_done("pretrain")
+    listed = data.read_parquet_df(layout.rejected)
+    assert [os.path.basename(p) for p in listed["path"]] == [victim.name]
+    assert list(listed["found_in"]) == ["pretrain"] and listed["error"].iloc[0]
+    victim.write_bytes(good)  # fixed: the same command reads every image
+    assert cli.main(args) == 0
+    assert layout.is_done("pretrain") and len(data.read_parquet_df(layout.rejected)) == 0
 
 
 def test_the_credentials_patch_holds_only_during_the_search():

@@ -208,7 +208,8 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
     """The DANN run; saves the adapted classifier, returns its epoch history."""
     pretrain_model = layout.pretrain_model
     size, cache, seed = s.model.image_size, s.data.cache, s.seed
-    reading = data.reading(layout, s.data.max_image_pixels)
+    reading = data.reading(layout, s.data.max_image_pixels, s.data.max_rejected_fraction,
+                           STAGE)
     src = manifest.rows("source", "train")
     datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed,
                                                 reading),
@@ -275,7 +276,8 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     n_source = int((rows["is_target"] == 0).sum())
     n_target = int((rows["is_target"] == 1).sum())
     # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
-    reading = data.reading(layout, data_cfg.max_image_pixels)
+    reading = data.reading(layout, data_cfg.max_image_pixels,
+                           data_cfg.max_rejected_fraction, STAGE)
     state, meta = _discriminator(s, layout.train_run(STAGE), pretrain_model, rows, held, reading)
     scoring_model, adversarial = pretrain_model, {}
     if d.adapts:

@@ -427,7 +427,7 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     scores = read_scores(layout)
     good = set(scores[SAMPLE_ID])  # the rows the score stage read (rejected ones are not)
     pretrain_model = layout.backbone_model(adapted=f.init == "adapted")
-    reading = data.reading(layout, dcfg.max_image_pixels)
+    reading = data.reading(layout, dcfg.max_image_pixels, dcfg.max_rejected_fraction, STAGE)
     size = model.image_size
     table = manifest.table
     labeled = manifest.rows("target", "train")

@@ -108,7 +108,8 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
     manifest = data.load_manifest(layout)
     cols = ["image", "label"]
     size, cache = model.image_size, data_cfg.cache
-    reading = data.reading(layout, data_cfg.max_image_pixels)
+    reading = data.reading(layout, data_cfg.max_image_pixels, data_cfg.max_rejected_fraction,
+                           STAGE)
     datasets = {
         "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed,
                                        reading),

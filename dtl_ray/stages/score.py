@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 
-from dtl_ray import data, scoring, storage
+from dtl_ray import data, rejects, scoring, storage
 from dtl_ray.config import ScalingConfig, ScoreConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import ScoreResult
@@ -28,6 +28,8 @@ from dtl_ray.scorefiles import (
 )
 
 __all__ = ["run", "read_scores", "SCORE_COLUMNS"]
+
+STAGE = "score"
 
 
 def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_size: int,
@@ -100,22 +102,19 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         mean_weight = {k: v / divisor for k, v in mean_weight.items()}
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
-    known = data.reading(layout, max_pixels).rejected
-    if storage.exists(layout.rejected):  # files the listing rejected (names) stay listed
-        old = data.read_parquet_df(layout.rejected)
-        unlisted = old[~old[data.SAMPLE_ID].isin(manifest.table[data.SAMPLE_ID])]
-        if len(unlisted):  # inputs too: rows_in == rows_out + rows_rejected still holds
-            rejected = pd.concat([unlisted.reindex(columns=REJECTED_COLUMNS), rejected],
-                                 ignore_index=True)
-            total += len(unlisted)
-    data.write_parquet_df(rejected, layout.rejected)
-    if len(rejected) > max_rejected_fraction * total:  # the limit holds in this pass too
-        new = rejected[~rejected[data.SAMPLE_ID].isin(known)]
-        raise data.DataError(
-            f"{len(rejected)} of {total} images cannot be decoded now ({len(new)} more than "
-            f"before training), over data.max_rejected_fraction={max_rejected_fraction}; e.g. "
-            f"{', '.join((new if len(new) else rejected)['path'].head(3))} (all listed in "
-            f"{layout.rejected})")
+    # the ledger lists them (with the rows earlier passes found) and holds the limit
+    ledger = rejects.open_ledger(layout, max_rejected_fraction)
+    error = ray.get(ledger.add.remote(layout.root, rejected.assign(
+        **{rejects.FOUND_IN: STAGE}).reindex(columns=rejects.COLUMNS).to_dict("records")))
+    listed = rejects.table(ledger, layout.root)
+    # files the listing rejected (names) are inputs too: rows_in == rows_out + rows_rejected
+    unlisted = listed[~listed[data.SAMPLE_ID].isin(manifest.table[data.SAMPLE_ID])]
+    rejected = pd.concat([unlisted.reindex(columns=REJECTED_COLUMNS), rejected],
+                         ignore_index=True)
+    total += len(unlisted)
+    rejects.save(layout)
+    if error:  # the limit holds in this pass too
+        raise data.DataError(error)
     return ScoreResult(
         rows_in=int(total), rows_out=int(n_out), rows_rejected=int(len(rejected)),
         rejected_examples=rejected.head(5)[["path", "error"]].to_dict("records"),
