@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -81,6 +82,9 @@ def measure_one(factor: float, out: str, store_mb: int, overrides: list[str]) ->
                        check=True)
     with open(marker) as f:
         counts = json.load(f)
+    # a fresh run every time: a run left by the last benchmark would skip its finished stages
+    # and report their old seconds (and an empty object store) as this one's
+    shutil.rmtree(os.path.join(out, f"run-{factor:g}x"), ignore_errors=True)
     cfg = config.load_config(overrides=[
         f"source.uri={data}/source", f"target.uri={data}/target", f"storage={out}",
         f"name=run-{factor:g}x", *SHORT, *overrides])
