@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from dtl_ray import data, fingerprints, lease, rejects, report, results, storage
+from dtl_ray import data, fingerprints, lease, rejects, report, results, storage, tracking
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
 from dtl_ray.layout import STAGES, RunLayout
 
@@ -202,6 +202,7 @@ def check(cfg: PipelineConfig, stages: list[str] | None = None,
     cfg = absolute(cfg)
     storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
     check_uris(cfg)
+    tracking.check(cfg)
     preflight(cfg)
     manifest = data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
     names = manifest.unreadable_names
@@ -223,6 +224,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
     cfg = absolute(cfg)
     env = storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
     check_uris(cfg)
+    tracking.check(cfg)
     preflight(cfg)
     layout = run_layout(cfg)
     with lease.Lease(layout.root):  # one run of this name at a time
@@ -251,6 +253,9 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     check_resources(cfg)
     data.configure_context()
     rejects.open_ledger(layout, cfg.data.max_rejected_fraction, fresh=True)
+    tracker = tracking.Tracker(cfg, layout) if cfg.tracking.mlflow else None
+    if tracker:
+        print(f"[dtl-ray] MLflow run {tracker.parent} at {tracker.uri}", flush=True)
     summaries: dict[str, dict] = {}
     stage_runs = _stage_runs()
     listed = rejects.count(layout)
@@ -276,10 +281,21 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
                 print(f"[dtl-ray] {name}: {now - listed} image(s) cannot be decoded and are left "
                       f"out ({now} in all, listed in {layout.rejected})", flush=True)
             listed = max(listed, now)
+            if tracker:
+                tracker.log_stages(summaries)
     finally:  # a stopped run keeps what its passes found (the next one starts from it)
         rejects.save(layout)
     doc = report.build(cfg, manifest, summaries, time.time() - t0)
     doc["data"]["rejected"] = rejects.count(layout)
+    if tracker:
+        tracker.log_stages(summaries)  # (stages finished before this invocation too)
+        doc["tracking"] = {"mlflow_run_id": tracker.parent, "mlflow_url": tracker.url()}
     report.write(doc, layout)
+    if tracker:
+        tracker.finish(doc)
+        print(f"[dtl-ray] MLflow: {tracker.url() or tracker.parent} ({tracker.nested()} "
+              "nested runs: stages and trials)", flush=True)
+    if cfg.tracking.tensorboard:
+        tracking.tensorboard(layout, summaries)
     print(f"[dtl-ray] report: {layout.report_html}", flush=True)
     return doc

@@ -240,6 +240,10 @@ def render(doc: dict, layout: RunLayout) -> str:
     """The human report: verdict first, then results, stages, plots and the data."""
     parts = [f"<h1>dtl-ray report: {html.escape(doc['name'])}</h1>",
              f"<p><b>{html.escape(doc.get('verdict', 'The pipeline has not finished.'))}</b></p>"]
+    link = doc.get("tracking", {}).get("mlflow_url")
+    if link:
+        parts.append(f"<p>MLflow: <a href='{html.escape(link)}'>this run, its stages and "
+                     "trials</a></p>")
     ev = doc.get("evaluate")
     if ev:
         rows = [["method (discriminator selection)", ev["method"].get("target_test_accuracy"),

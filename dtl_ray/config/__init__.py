@@ -18,11 +18,12 @@ from dtl_ray.config.schema import (
     ScalingConfig,
     ScoreConfig,
     SelectConfig,
+    TrackingConfig,
 )
 
 __all__ = [
     "ConfigError", "S3Config", "DomainConfig", "ModelConfig", "ScalingConfig", "DataConfig",
     "PretrainConfig", "DiscriminateConfig", "ScoreConfig", "SelectConfig",
-    "FinetuneConfig", "PipelineConfig", "load_config", "from_dict", "to_dict", "apply_overrides",
-    "adapts",
+    "FinetuneConfig", "TrackingConfig", "PipelineConfig", "load_config", "from_dict", "to_dict",
+    "apply_overrides", "adapts",
 ]

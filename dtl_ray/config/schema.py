@@ -223,6 +223,19 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    mlflow: bool = False
+    """Log the run to MLflow: one parent run, a nested run per stage and per fine-tuning
+    trial (params, per-epoch metrics), the report and its plots as artifacts."""
+    mlflow_uri: str | None = None
+    """The MLflow tracking server; else MLFLOW_TRACKING_URI."""
+    experiment: str = "dtl-ray"
+    """The MLflow experiment the runs go to (made when missing)."""
+    tensorboard: bool = True
+    """TensorBoard event files under <run>/tensorboard/ (per stage, and per trial)."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str = "run"
     """Run name: outputs go to <storage>/<name>/."""
@@ -252,3 +265,5 @@ class PipelineConfig:
     """Stage 4."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Stage 5."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking (MLflow, TensorBoard); changes no stage's outputs."""
