@@ -5,6 +5,8 @@ Plain PyTorch: no Ray here.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ from torch import nn
 
 __all__ = ["SmallCNN", "Classifier", "FeatureTap", "Discriminator", "build_backbone",
            "build_classifier", "set_trainable", "tap_nodes", "ModelError", "grad_reverse",
-           "dann_scale", "DANN"]
+           "dann_scale", "DANN", "is_weights_name", "named_weights"]
 
 
 class ModelError(ValueError):
@@ -91,6 +93,51 @@ def build_backbone(name: str, weights: dict | None = None) -> tuple[nn.Module, i
             if hasattr(model, aux):
                 setattr(model, aux, None)
     return model, _strip_last_linear(model)
+
+
+WEIGHTS_NAME = re.compile(r"(?:[A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
+"""A torchvision weights name: `IMAGENET1K_V1`, `DEFAULT`, or `ResNet18_Weights.IMAGENET1K_V1`
+(a file name would have a suffix or a folder)."""
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def is_weights_name(value: str | None) -> bool:
+    return bool(value) and WEIGHTS_NAME.fullmatch(value) is not None
+
+
+def named_weights(backbone: str, name: str):
+    """torchvision's weights `name` for `backbone` (a member of its weights enum), resolved
+    with torchvision's weights API; nothing is downloaded here.
+
+    Raises:
+        ModelError: a backbone without torchvision weights, a name it does not have, or
+            weights that normalise with statistics other than ImageNet's (the only ones every
+            stage applies: 113 of torchvision 0.29's 115 classification weights).
+    """
+    import torchvision
+
+    if backbone == "smallcnn":
+        raise ModelError(f"model.weights {name!r} is a torchvision weights name, but "
+                         "model.backbone smallcnn has none: give a file, or a torchvision "
+                         "backbone")
+    enum = torchvision.models.get_model_weights(backbone)
+    prefix, _, short = name.rpartition(".")
+    if prefix and prefix != enum.__name__:
+        raise ModelError(f"model.weights {name!r} are not {backbone}'s: its weights are "
+                         f"{enum.__name__} ({', '.join(enum.__members__)})")
+    if short not in enum.__members__:
+        raise ModelError(f"model.weights {name!r} is not a weights name of {backbone}: choose "
+                         f"from {', '.join(enum.__members__)} (or give a file)")
+    weights = enum[short]
+    t = weights.transforms()
+    mean, std = tuple(getattr(t, "mean", IMAGENET_MEAN)), tuple(getattr(t, "std", IMAGENET_STD))
+    if (any(abs(a - b) > 1e-3 for a, b in zip(mean, IMAGENET_MEAN))
+            or any(abs(a - b) > 1e-3 for a, b in zip(std, IMAGENET_STD))):
+        raise ModelError(f"model.weights {weights} normalise with mean {list(mean)}, std "
+                         f"{list(std)}; every stage normalises with ImageNet's "
+                         f"({list(IMAGENET_MEAN)}, {list(IMAGENET_STD)}): not supported yet")
+    return weights
 
 
 class Classifier(nn.Module):

@@ -42,14 +42,62 @@ def run_layout(cfg: PipelineConfig) -> RunLayout:
 
 def absolute(cfg: PipelineConfig) -> PipelineConfig:
     """Local paths made absolute: Ray workers do not share the driver's working directory."""
+    from dtl_ray import models
+
     def fix(uri: str | None) -> str | None:
         return None if uri is None else (storage.local_path(uri) or uri)
 
+    weights = cfg.model.weights  # a torchvision weights name is not a path
     return dataclasses.replace(
         cfg, storage=fix(cfg.storage),
         source=dataclasses.replace(cfg.source, uri=fix(cfg.source.uri)),
         target=dataclasses.replace(cfg.target, uri=fix(cfg.target.uri)),
-        model=dataclasses.replace(cfg.model, weights=fix(cfg.model.weights)))
+        model=dataclasses.replace(cfg.model, weights=weights if models.is_weights_name(weights)
+                                  else fix(weights)))
+
+
+def weights_file(cfg: PipelineConfig) -> str:
+    """Where a run keeps the torchvision weights it was given by name (every worker of every
+    node reads them there; the download happens once, on the driver)."""
+    return storage.join(cfg.storage, cfg.name, "weights", f"{cfg.model.weights}.pth")
+
+
+def resolve_weights(cfg: PipelineConfig, download: bool = True) -> PipelineConfig:
+    """`model.weights` given as a torchvision weights name (`IMAGENET1K_V1`, `DEFAULT`,
+    `ResNet18_Weights.IMAGENET1K_V1`): resolved with torchvision's weights API, downloaded
+    once here (torchvision's own download, into torch's hub cache) and saved in the run's
+    folder, which the config then names. A file is left as it is. Without `download`
+    (`--check`), only the name is checked.
+
+    Raises:
+        models.ModelError: a name the backbone does not have.
+    """
+    from dtl_ray import models
+
+    name = cfg.model.weights
+    if not models.is_weights_name(name) or (storage.local_path(name) and storage.exists(
+            storage.local_path(name))):
+        return cfg
+    weights = models.named_weights(cfg.model.backbone, name)
+    uri = weights_file(cfg)
+    if download and not storage.exists(uri):
+        import io
+
+        import torch
+
+        state = weights.get_state_dict(progress=False)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        storage.write_bytes(uri, buf.getvalue())
+    if download:
+        t = weights.transforms()
+        print(f"[dtl-ray] model.weights {name}: torchvision's {weights} (in {uri}); inputs "
+              f"normalised with its mean/std (ImageNet's); images resized to "
+              f"{cfg.model.image_size} px (the weights were trained on {t.crop_size[0]} px "
+              f"crops of {t.resize_size[0]} px: model.image_size={t.crop_size[0]} is closest)",
+              flush=True)
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, weights=uri if download else None))
 
 
 def ensure_ray(env: dict[str, str] | None = None) -> None:
@@ -73,10 +121,12 @@ def ensure_ray(env: dict[str, str] | None = None) -> None:
 
 def check_uris(cfg: PipelineConfig) -> None:
     """Every URI is reachable (and storage writable) before anything starts."""
+    from dtl_ray import models
+
     storage.check_access(cfg.source.uri)
     storage.check_access(cfg.target.uri)
     storage.check_access(cfg.storage, write=True)
-    if cfg.model.weights:
+    if cfg.model.weights and not models.is_weights_name(cfg.model.weights):
         storage.check_access(cfg.model.weights)
 
 
@@ -201,6 +251,7 @@ def check(cfg: PipelineConfig, stages: list[str] | None = None,
     _check_stages(stages, restart_from)
     cfg = absolute(cfg)
     storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
+    cfg = resolve_weights(cfg, download=False)
     check_uris(cfg)
     tracking.check(cfg)
     preflight(cfg)
@@ -224,6 +275,10 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
     cfg = absolute(cfg)
     env = storage.configure_s3(cfg.s3.endpoint_url, cfg.s3.region)
     check_uris(cfg)
+    cfg = resolve_weights(cfg)
+    if cfg.model.weights is None:
+        print("[dtl-ray] no pretrained weights: inputs normalised with ImageNet's fixed "
+              "mean/std", flush=True)
     tracking.check(cfg)
     preflight(cfg)
     layout = run_layout(cfg)

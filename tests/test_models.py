@@ -104,3 +104,63 @@ def test_models_with_auxiliary_heads_give_logits_in_train_mode():
     model = models.build_classifier("inception_v3", 3).train()
     out = model(torch.rand(2, 3, 80, 80))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+
+
+def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monkeypatch):
+    """`model.weights: IMAGENET1K_V1` (or DEFAULT, or the enum's full name): resolved with
+    torchvision's weights API, fetched through torchvision's own download call (the only thing
+    substituted here: nothing is downloaded in tests) once, on the driver, saved in the run's
+    folder; the classifier every stage builds starts from exactly those tensors."""
+    import torchvision.models._api as api
+
+    from dtl_ray import builders, config, pipeline
+
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    calls = []
+
+    def fake_download(url, *args, **kwargs):
+        calls.append(url)
+        return reference
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", fake_download)
+    for name in ("IMAGENET1K_V1", "DEFAULT", "ResNet18_Weights.IMAGENET1K_V1"):
+        cfg = config.load_config(overrides=[
+            "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
+            "model.backbone=resnet18", f"model.weights={name}"])
+        cfg = pipeline.resolve_weights(pipeline.absolute(cfg))
+        assert cfg.model.weights == str(tmp_path / "r" / "weights" / f"{name}.pth")
+        model = builders.classifier(cfg.model, 3)
+        got = model.backbone.state_dict()
+        for k, v in reference.items():
+            if not k.startswith("fc."):  # (the head is replaced)
+                assert torch.equal(got[k], v), k
+        again = pipeline.resolve_weights(config.load_config(overrides=[
+            "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
+            "model.backbone=resnet18", f"model.weights={name}"]))
+        assert again.model.weights == cfg.model.weights
+    # torchvision's URL for the weights; the second resolution of each name read the saved
+    # file instead of downloading again
+    assert calls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url] * 3
+
+
+@pytest.mark.parametrize("backbone,name,message", [
+    ("resnet18", "IMAGENET1K_V9", "is not a weights name of resnet18: choose from "
+                                  "IMAGENET1K_V1, DEFAULT"),
+    ("resnet18", "ResNet50_Weights.IMAGENET1K_V1", "are not resnet18's: its weights are "
+                                                   "ResNet18_Weights"),
+    ("smallcnn", "DEFAULT", "model.backbone smallcnn has none"),
+])
+def test_a_bad_weights_name_is_one_line_before_anything_runs(backbone, name, message,
+                                                              tmp_path, capsys):
+    from dtl_ray import cli
+
+    f = tmp_path / "c.yaml"
+    f.write_text("# x\n")
+    (tmp_path / "s").mkdir()
+    args = ["run", str(f), "--check", "--set", f"source.uri={tmp_path}/s", "--set",
+            f"target.uri={tmp_path}/t", "--set", f"storage={tmp_path}/out", "--set",
+            f"model.backbone={backbone}", "--set", f"model.weights={name}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()

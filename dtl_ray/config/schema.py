@@ -35,7 +35,9 @@ class ModelConfig:
     image_size: int = 224
     """Images are resized to image_size x image_size pixels."""
     weights: str | None = None
-    """Optional local checkpoint to start pretraining from (a torchvision state_dict or ours)."""
+    """What pretraining starts from: a torchvision weights name for the backbone
+    (`IMAGENET1K_V1`, `DEFAULT`, `ResNet18_Weights.IMAGENET1K_V1`; downloaded once by the
+    driver into the run's folder) or a file (a torchvision state_dict or ours)."""
 
 
 @dataclass(frozen=True)
