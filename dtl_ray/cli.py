@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                    "made again (needed after changing settings a finished stage depends on)")
     m = sub.add_parser("demo", help="demo-data + run with configs/demo.yaml into runs/demo/")
     m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    for sp in (r, m):
+        sp.add_argument("--verbose", action="store_true", default=None,
+                       help="print Ray's output here (default: in the run's log file, "
+                       "<run>/logs/; also DTL_RAY_VERBOSE=1)")
     m.add_argument("--data", default="runs/demo-data", help="where the demo pair is written")
     pk = sub.add_parser("pack", help="pack an image-folder domain into Parquet shards")
     pk.add_argument("src", help="image-folder domain (local or s3://)")
@@ -215,7 +219,7 @@ def _main(args: argparse.Namespace) -> int:
         cfg = config.load_config(_demo_config_path(), [
             f"source.uri={storage.join(args.data, 'source')}",
             f"target.uri={storage.join(args.data, 'target')}", *args.overrides])
-        doc = pipeline.run(cfg)
+        doc = pipeline.run(cfg, verbose=args.verbose)
         print(doc.get("verdict", ""))
         return 0
     cfg = config.load_config(args.config, args.overrides)
@@ -224,7 +228,7 @@ def _main(args: argparse.Namespace) -> int:
         found = pipeline.check(cfg, stages, args.restart_from)
         print(f"dtl-ray: config, storage, model and data are usable: {found}")
         return 0
-    doc = pipeline.run(cfg, stages, restart_from=args.restart_from)
+    doc = pipeline.run(cfg, stages, restart_from=args.restart_from, verbose=args.verbose)
     print(doc.get("verdict", ""))
     return 0
 

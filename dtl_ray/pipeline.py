@@ -9,7 +9,17 @@ import time
 
 import yaml
 
-from dtl_ray import data, fingerprints, lease, rejects, report, results, storage, tracking
+from dtl_ray import (
+    console,
+    data,
+    fingerprints,
+    lease,
+    rejects,
+    report,
+    results,
+    storage,
+    tracking,
+)
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
 from dtl_ray.layout import STAGES, RunLayout
 
@@ -91,11 +101,11 @@ def resolve_weights(cfg: PipelineConfig, download: bool = True) -> PipelineConfi
         storage.write_bytes(uri, buf.getvalue())
     if download:
         t = weights.transforms()
-        print(f"[dtl-ray] model.weights {name}: torchvision's {weights} (in {uri}); inputs "
-              f"normalised with its mean/std (ImageNet's); images resized to "
-              f"{cfg.model.image_size} px (the weights were trained on {t.crop_size[0]} px "
-              f"crops of {t.resize_size[0]} px: model.image_size={t.crop_size[0]} is closest)",
-              flush=True)
+        console.say(f"[dtl-ray] model.weights {name}: torchvision's {weights} (in {uri}); "
+                    f"inputs normalised with its mean/std (ImageNet's); images resized to "
+                    f"{cfg.model.image_size} px (the weights were trained on {t.crop_size[0]} "
+                    f"px crops of {t.resize_size[0]} px: model.image_size={t.crop_size[0]} is "
+                    "closest)")
     return dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, weights=uri if download else None))
 
@@ -167,8 +177,8 @@ def _write_config(cfg: PipelineConfig, layout: RunLayout) -> None:
         old = yaml.safe_load(storage.read_bytes(path))
         if old != to_dict(cfg):
             changed = sorted(k for k in to_dict(cfg) if old.get(k) != to_dict(cfg)[k])
-            print(f"[dtl-ray] note: config sections {changed} differ from the first run's; "
-                  "finished stages are kept (delete their folders to redo them)", flush=True)
+            console.say(f"[dtl-ray] note: config sections {changed} differ from the first "
+                        "run's; finished stages are kept (delete their folders to redo them)")
         return
     storage.write_bytes(path, text.encode())
 
@@ -229,7 +239,7 @@ def restart(layout: RunLayout, stage: str) -> None:
             storage.delete(layout.manifest)
     for name in later:
         layout.forget(name)
-    print(f"[dtl-ray] restarting from {stage}: removed {', '.join(later)}", flush=True)
+    console.say(f"[dtl-ray] restarting from {stage}: removed {', '.join(later)}")
 
 
 def _check_stages(stages: list[str] | None, restart_from: str | None) -> list[str]:
@@ -261,7 +271,7 @@ def check(cfg: PipelineConfig, stages: list[str] | None = None,
 
 
 def run(cfg: PipelineConfig, stages: list[str] | None = None,
-        restart_from: str | None = None) -> dict:
+        restart_from: str | None = None, verbose: bool | None = None) -> dict:
     """Runs the pipeline (or `stages` of it) and writes report.json and report.html.
     `restart_from` first deletes that stage and every later one.
 
@@ -277,12 +287,15 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
     check_uris(cfg)
     cfg = resolve_weights(cfg)
     if cfg.model.weights is None:
-        print("[dtl-ray] no pretrained weights: inputs normalised with ImageNet's fixed "
-              "mean/std", flush=True)
+        console.say("[dtl-ray] no pretrained weights: inputs normalised with ImageNet's fixed "
+                    "mean/std")
     tracking.check(cfg)
     preflight(cfg)
     layout = run_layout(cfg)
-    with lease.Lease(layout.root):  # one run of this name at a time
+    if verbose is None:
+        verbose = console.verbose_default()
+    with lease.Lease(layout.root), console.quiet(layout.root, verbose):
+        # (one run of this name at a time; Ray's output in the run's log unless verbose)
         return _run_held(cfg, layout, wanted, restart_from, env, t0)
 
 
@@ -291,15 +304,15 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     """`run` once the run's lease is held."""
     left = storage.remove_temp_files(layout.root)
     if left:
-        print(f"[dtl-ray] removed {left} partly written file(s) a killed run left behind",
-              flush=True)
+        console.say(f"[dtl-ray] removed {left} partly written file(s) a killed run left "
+                    "behind")
     if restart_from:
         restart(layout, restart_from)
     check_settings(cfg, layout)
     manifest = _manifest(cfg, layout)  # fails fast, before Ray starts, on bad folders
     counts = manifest.counts()
-    print(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source {counts['source']}; "
-          f"target {counts['target']}", flush=True)
+    console.say(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source "
+                f"{counts['source']}; target {counts['target']}")
     data.save_manifest(manifest, layout)
     if manifest.unreadable_names is not None:  # listed afresh: no stage has read it yet
         rejects.start(layout, manifest.unreadable_names)
@@ -310,7 +323,7 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     rejects.open_ledger(layout, cfg.data.max_rejected_fraction, fresh=True)
     tracker = tracking.Tracker(cfg, layout) if cfg.tracking.mlflow else None
     if tracker:
-        print(f"[dtl-ray] MLflow run {tracker.parent} at {tracker.uri}", flush=True)
+        console.say(f"[dtl-ray] MLflow run {tracker.parent} at {tracker.uri}")
     summaries: dict[str, dict] = {}
     stage_runs = _stage_runs()
     listed = rejects.count(layout)
@@ -319,7 +332,7 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
             if layout.is_done(name):
                 summaries[name] = layout.summary(name)
                 if name in wanted:
-                    print(f"[dtl-ray] {name}: already done, skipped", flush=True)
+                    console.say(f"[dtl-ray] {name}: already done, skipped")
                 continue
             if name not in wanted:
                 continue
@@ -327,14 +340,14 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
             if missing:
                 raise ConfigError(f"stage '{name}' needs {missing} to finish first "
                                   f"(run with --stages {','.join(missing + [name])})")
-            print(f"[dtl-ray] {name}: starting", flush=True)
+            console.say(f"[dtl-ray] {name}: starting")
             summaries[name] = results.to_summary(stage_runs[name](cfg, layout))
             layout.mark_done(name, summaries[name], fingerprints.settings(cfg, name))
-            print(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s", flush=True)
+            console.say(f"[dtl-ray] {name}: done in {summaries[name]['seconds']:.1f}s")
             now = rejects.save(layout) or 0
             if now > listed:
-                print(f"[dtl-ray] {name}: {now - listed} image(s) cannot be decoded and are left "
-                      f"out ({now} in all, listed in {layout.rejected})", flush=True)
+                console.say(f"[dtl-ray] {name}: {now - listed} image(s) cannot be decoded and "
+                            f"are left out ({now} in all, listed in {layout.rejected})")
             listed = max(listed, now)
             if tracker:
                 tracker.log_stages(summaries)
@@ -348,9 +361,9 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
     report.write(doc, layout)
     if tracker:
         tracker.finish(doc)
-        print(f"[dtl-ray] MLflow: {tracker.url() or tracker.parent} ({tracker.nested()} "
-              "nested runs: stages and trials)", flush=True)
+        console.say(f"[dtl-ray] MLflow: {tracker.url() or tracker.parent} "
+                    f"({tracker.nested()} nested runs: stages and trials)")
     if cfg.tracking.tensorboard:
         tracking.tensorboard(layout, summaries)
-    print(f"[dtl-ray] report: {layout.report_html}", flush=True)
+    console.say(f"[dtl-ray] report: {layout.report_html}")
     return doc

@@ -28,14 +28,35 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+def _watch_reports(snapshot_uri: str, desc: str, total: int | None, stop) -> None:
+    """A progress bar over a Train run's reports (epochs, folds): Ray Train's checkpoint
+    manager snapshot counts them (`current_report_index`), read every 2 s until `stop`."""
+    from dtl_ray import console
+
+    bar, shown, done = console.bar(total, desc, "report"), 0, False
+    while not done:
+        done = stop.wait(2.0)  # (once more after the run ended: its last reports)
+        try:
+            n = int(storage.read_json(snapshot_uri).get("current_report_index", 0))
+        except Exception:  # not written yet, or being replaced
+            continue
+        if n > shown:
+            bar.update(n - shown)
+            shown = n
+    bar.close()
+
+
 def fit(train_fn: Callable, scaling: ScalingConfig, stage_uri: str, name: str,
-        datasets: dict, loop_config: dict):
+        datasets: dict, loop_config: dict, progress: tuple[str, int | None] | None = None):
     """Runs `train_fn(loop_config)` on `scaling.num_workers` workers; returns the Train Result.
 
     `loop_config` holds what the loop needs (config sections as dataclasses, numbers, URIs),
     never the whole pipeline config. The run is named after the stage (deterministic), so
-    running again resumes it.
+    running again resumes it. `progress` (a name and the number of reports the loop makes,
+    None when not known): a bar on the console while it runs.
     """
+    import threading
+
     import ray.train
     from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as TrainScaling
@@ -62,7 +83,17 @@ def fit(train_fn: Callable, scaling: ScalingConfig, stage_uri: str, name: str,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
     )
-    return trainer.fit()
+    if progress is None:
+        return trainer.fit()
+    stop = threading.Event()
+    watch = threading.Thread(target=_watch_reports, daemon=True, args=(
+        storage.join(stage_uri, name, "checkpoint_manager_snapshot.json"), *progress, stop))
+    watch.start()
+    try:
+        return trainer.fit()
+    finally:
+        stop.set()
+        watch.join(timeout=10)
 
 
 @functools.cache

@@ -20,13 +20,31 @@ def trial_lines(total: int, settings: list[dict]):
     import ray.tune
 
     class TrialLines(ray.tune.Callback):
-        """One progress line per finished (or failed) trial."""
+        """One progress line per finished (or failed) trial (in the run's log when the run
+        holds the console), and a bar over the trials on the terminal."""
 
         def __init__(self) -> None:
             self.done = 0
+            self.bar = None
+
+        def __getstate__(self) -> dict:  # (Tune pickles its callbacks: not the bar)
+            return {**self.__dict__, "bar": None}
+
+        def setup(self, **info) -> None:  # (in the driver, when the search starts)
+            from dtl_ray import console
+
+            self.bar = console.bar(total, "finetune trials", "trial")
+
+        def _step(self) -> None:
+            if self.bar is None:
+                self.setup()
+            self.done += 1
+            self.bar.update(1)
+            if self.done >= total:
+                self.bar.close()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
+            self._step()
             r, c = trial.last_result or {}, trial.config
             print(f"[finetune] trial {self.done}/{total} {trial.trial_id}: cell {c['cell']} "
                   f"setting {settings[c['setting']]}  "
@@ -34,7 +52,7 @@ def trial_lines(total: int, settings: list[dict]):
                   f"(epoch {r.get('best_epoch')}, {r.get('epoch')} run)", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
+            self._step()
             print(f"[finetune] trial {self.done}/{total} {trial.trial_id} FAILED "
                   f"(see {trial.local_path})", flush=True)
 

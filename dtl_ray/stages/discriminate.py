@@ -247,7 +247,8 @@ def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
         "discriminate": s.discriminate, "batch_size": s.data.batch_size, "seed": seed,
         "cpus": s.scaling.cpus_per_worker, "pretrain_model": model_uri,
         "n_source": int((rows[~held]["is_target"] == 0).sum()),
-        "n_target": int((rows[~held]["is_target"] == 1).sum())})
+        "n_target": int((rows[~held]["is_target"] == 1).sum())},
+        progress=("discriminate reports", None))
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:

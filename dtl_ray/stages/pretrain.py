@@ -117,7 +117,8 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
                                      reading),
     }
     result = raytrain.fit(train_fn, scaling, *layout.train_run(STAGE), datasets, loop_config(
-        model, data_cfg, pretrain, scaling, seed, len(manifest.classes)))
+        model, data_cfg, pretrain, scaling, seed, len(manifest.classes)),
+        progress=("pretrain epochs", pretrain.epochs))
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 
-from dtl_ray import data, rejects, scoring, storage
+from dtl_ray import console, data, rejects, scoring, storage
 from dtl_ray.config import ScalingConfig, ScoreConfig
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import ScoreResult
@@ -72,6 +72,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     src = {"n": 0, "floor": 0, "w": 0.0, "w2": 0.0}  # source train: p at the clip, sum w, w^2
     next_say = time.time() + 10
     first, first_rows = None, 0
+    progress, shown = console.bar(total, "score", "img"), 0
     for b in written.iter_batches(batch_format="pandas", batch_size=None):
         for r in b.itertuples(index=False):
             if first is None:
@@ -89,9 +90,12 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
             if bad:
                 rejected.append(pd.DataFrame(bad, columns=REJECTED_COLUMNS))
         done = n_out + sum(len(r) for r in rejected)
+        progress.update(done - shown)
+        shown = done
         if time.time() >= next_say:
             print(f"[score] {done}/{total} images scored", flush=True)
             next_say = time.time() + 10
+    progress.close()
     if not parts:  # nothing readable: an empty file keeps the schema for readers
         write_table(pa.schema(SCHEMA).empty_table(), storage.join(out_uri, "part-empty.parquet"))
     mean_weight = {k: wsum[k] / wcnt[k] for k in sorted(wsum)}
