@@ -30,6 +30,7 @@ import time
 
 from dtl_ray import storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
+from dtl_ray.fingerprints import flat
 from dtl_ray.layout import STAGES, RunLayout
 
 __all__ = ["check", "tracking_uri", "Tracker", "tensorboard"]
@@ -122,7 +123,7 @@ class Tracker:
                 "dtl_ray.run": layout.root})
             self.ids["parent"] = run.info.run_id
             params = {_safe_key(k): str(v)[:500]
-                      for k, v in _flat(to_dict(cfg)).items() if v is not None}
+                      for k, v in flat(to_dict(cfg)).items() if v is not None}
             self._log(run.info.run_id, params=params)
             self._save()
 
@@ -217,16 +218,6 @@ class Tracker:
                     self.client.log_artifact(self.parent, local)
         if ev:
             self.client.set_terminated(self.parent)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def tensorboard(layout: RunLayout, summaries: dict) -> int:
