@@ -294,13 +294,12 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
     layout = run_layout(cfg)
     if verbose is None:
         verbose = console.verbose_default()
-    with lease.Lease(layout.root), console.quiet(layout.root, verbose):
-        # (one run of this name at a time; Ray's output in the run's log unless verbose)
-        return _run_held(cfg, layout, wanted, restart_from, env, t0)
+    with lease.Lease(layout.root):  # one run of this name at a time
+        return _run_held(cfg, layout, wanted, restart_from, env, t0, verbose)
 
 
 def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str | None,
-              env: dict, t0: float) -> dict:
+              env: dict, t0: float, verbose: bool) -> dict:
     """`run` once the run's lease is held."""
     left = storage.remove_temp_files(layout.root)
     if left:
@@ -310,6 +309,13 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
         restart(layout, restart_from)
     check_settings(cfg, layout)
     manifest = _manifest(cfg, layout)  # fails fast, before Ray starts, on bad folders
+    with console.quiet(layout.root, verbose):  # Ray's output in the run's log unless verbose
+        return _run_listed(cfg, layout, wanted, env, t0, manifest)
+
+
+def _run_listed(cfg: PipelineConfig, layout: RunLayout, wanted, env: dict, t0: float,
+                manifest: data.Manifest) -> dict:
+    """`run` once the run's data are listed (and the run holds the console)."""
     counts = manifest.counts()
     console.say(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source "
                 f"{counts['source']}; target {counts['target']}")
