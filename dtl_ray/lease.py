@@ -157,8 +157,9 @@ class Lease:
             try:
                 held = self._read()
                 if held is None or held.get("token") != self.me["token"]:
-                    print("[dtl-ray] warning: this run's lease was taken by another run",
-                          flush=True)
+                    from dtl_ray import console
+
+                    console.say("[dtl-ray] warning: this run's lease was taken by another run")
                     return
                 if self.uri.startswith("s3://"):
                     self._create(held)

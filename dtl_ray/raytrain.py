@@ -118,8 +118,10 @@ def backend(use_gpu: bool) -> str:
         return "gloo"
     if gpus_have_cuda():
         return "nccl"
-    say("[dtl-ray] warning: scaling.use_gpu=true but the GPU nodes have no CUDA device: "
-        "training runs on their CPUs (gloo)")
+    from dtl_ray import console  # (the driver: on its console, not only in the run's log)
+
+    console.say("[dtl-ray] warning: scaling.use_gpu=true but the GPU nodes have no CUDA "
+                "device: training runs on their CPUs (gloo)")
     return "gloo"
 
 

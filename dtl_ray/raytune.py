@@ -76,9 +76,10 @@ def credentials_kept_out_of_ray_logs():
 
         before = class_cache.ENV_VARS_TO_PROPAGATE
     except (ImportError, AttributeError):
-        print("[dtl-ray] warning: this Ray's Tune has no ENV_VARS_TO_PROPAGATE: AWS "
-              "credentials in the driver's environment may reach Ray's runtime-env logs",
-              flush=True)
+        from dtl_ray import console
+
+        console.say("[dtl-ray] warning: this Ray's Tune has no ENV_VARS_TO_PROPAGATE: AWS "
+                    "credentials in the driver's environment may reach Ray's runtime-env logs")
         yield
         return
     class_cache.ENV_VARS_TO_PROPAGATE = set(before) - SECRETS

@@ -28,7 +28,16 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from dtl_ray import builders, checkpoints, data, finetuning, raytune, search, storage
+from dtl_ray import (
+    builders,
+    checkpoints,
+    console,
+    data,
+    finetuning,
+    raytune,
+    search,
+    storage,
+)
 from dtl_ray.config import (
     DataConfig,
     FinetuneConfig,
@@ -339,8 +348,8 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, tables
     if storage.exists(layout.search):  # an interrupted search: its trials' files remain
         storage.delete_tree(layout.search)
         saved = [n for n, _ in storage.list_files(layout.progress) if n.endswith(".pt")]
-        print(f"[finetune] resuming the search: {len(saved)} of {total} trials have saved "
-              f"progress in {layout.progress}", flush=True)
+        console.say(f"[finetune] resuming the search: {len(saved)} of {total} trials have "
+                    f"saved progress in {layout.progress}")
     # A trial on a TorchTrainer ends by returning, never by Tune stopping it at its last
     # epoch: the stop would kill the trial's actor while its Train controller shuts down, after
     # the controller has stopped Ray Train's placement-group cleaner and before it removes
