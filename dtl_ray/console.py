@@ -49,9 +49,6 @@ class _NoBar:
     def close(self) -> None:
         pass
 
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
 
 def bar(total: int, desc: str, unit: str):
     """A progress bar on the terminal while a run holds the console (else a bar that shows

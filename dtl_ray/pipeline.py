@@ -239,6 +239,7 @@ def restart(layout: RunLayout, stage: str) -> None:
             storage.delete(layout.manifest)
     for name in later:
         layout.forget(name)
+    storage.delete_tree(storage.join(layout.root, "tensorboard"))  # made again, as they are
     console.say(f"[dtl-ray] restarting from {stage}: removed {', '.join(later)}")
 
 

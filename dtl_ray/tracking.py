@@ -77,9 +77,10 @@ def _safe_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./: " else "_" for c in key)[:250]
 
 
-def _trial_histories(layout: RunLayout) -> list[tuple[dict, list[dict]]]:
-    """(trial row, per-epoch history) of every finished trial, from the trial table and the
-    trials' progress files."""
+def _trial_histories(layout: RunLayout, done=lambda row: False) -> list[tuple[dict, list[dict]]]:
+    """(trial row, per-epoch history) of every finished trial that is not `done(row)` (logged
+    already), from the trial table and the trials' progress files (each holds the trial's
+    weights too: only the ones needed are read)."""
     from dtl_ray import checkpoints, data
 
     if not storage.exists(layout.trials):
@@ -87,6 +88,8 @@ def _trial_histories(layout: RunLayout) -> list[tuple[dict, list[dict]]]:
     table = data.read_parquet_df(layout.trials)
     out = []
     for row in table.to_dict("records"):
+        if done(row):
+            continue
         uri = storage.join(layout.progress, f"{row['key']}.pt")
         history = []
         if storage.exists(uri):
@@ -184,7 +187,8 @@ class Tracker:
             run_id = self._child(f"stage/{stage}", stage, self.parent, None,
                                  _numbers(s), _stage_curve(stage, s))
             if stage == "finetune":
-                for row, history in _trial_histories(self.layout):
+                logged = lambda row: f"trial/{row['trial_id']}" in self.ids  # noqa: E731
+                for row, history in _trial_histories(self.layout, logged):
                     params = {k: str(row[k]) for k in ("arm", "strategy", "source_fraction",
                                                        "target_fraction", "lr",
                                                        "train_layers", "candidate_weight")
@@ -222,19 +226,23 @@ class Tracker:
 
 def tensorboard(layout: RunLayout, summaries: dict) -> int:
     """Event files of the per-epoch figures under `<run>/tensorboard/` (written locally, then
-    copied when the run lives in object storage). Returns how many files."""
+    copied when the run lives in object storage), for the stages and trials that have none
+    yet (`pipeline.restart` deletes them with the stages). Returns how many files."""
     from tensorboardX import SummaryWriter
+
+    out = storage.join(layout.root, "tensorboard")
+    have = {rel.rsplit("/", 1)[0] for rel, _ in storage.list_files(out)}
 
     logs = []
     for stage in STAGES:
-        if stage in summaries and _stage_curve(stage, summaries[stage]):
+        if (stage in summaries and stage not in have
+                and _stage_curve(stage, summaries[stage])):
             logs.append((stage, _stage_curve(stage, summaries[stage])))
     if "finetune" in summaries:
-        logs += [(f"finetune/{row['key']}", history)
-                 for row, history in _trial_histories(layout) if history]
+        logs += [(f"finetune/{row['key']}", history) for row, history in _trial_histories(
+            layout, lambda row: f"finetune/{row['key']}" in have) if history]
     if not logs:
         return 0
-    out = storage.join(layout.root, "tensorboard")
     with tempfile.TemporaryDirectory() as tmp:
         for name, steps in logs:
             w = SummaryWriter(logdir=os.path.join(tmp, name), flush_secs=1)
@@ -244,8 +252,6 @@ def tensorboard(layout: RunLayout, summaries: dict) -> int:
                     if isinstance(epoch.get(k), (int, float)):
                         w.add_scalar(k, float(epoch[k]), step)
             w.close()
-        if storage.exists(out):
-            storage.delete_tree(out)
         files = 0
         for dirpath, _, names in os.walk(tmp):
             for n in names:
