@@ -80,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
                    "config, else the config's data)")
     b.add_argument("--out", default="runs/bench")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bl = sub.add_parser("bench-labels", help="labeling the suggested images against as many "
+                        "random ones, by simulation on a demo pair over seeds "
+                        "(bench_labels.json, bench_labels.html)")
+    bl.add_argument("config", nargs="?", default=None, help="YAML config (default: the demo's)")
+    bl.add_argument("--pair", choices=["standard", "partial", "digits"], default=None,
+                    help="the demo pair whose unlabeled classes are known (default: digits "
+                    "for configs/digits.yaml, else standard)")
+    bl.add_argument("--budget", type=int, default=50, help="images to label in each pick")
+    bl.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    bl.add_argument("--out", default="runs/bench-labels")
+    bl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     pr = sub.add_parser("predict", help="label images with a finished run's model (Ray Data): "
                         "path, class, confidence, p_target, error")
     pr.add_argument("run_dir")
@@ -190,6 +201,25 @@ def _main(args: argparse.Namespace) -> int:
             print(f"{'label-free':>14}  {free['mean']:.3f} ± {free['sd']:.3f}  (chosen on "
                   f"target val: {s['chosen']['mean']:.3f})")
         print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.html")
+        return 0
+    if args.command == "bench-labels":
+        from dtl_ray.tools import bench_labels
+
+        path = args.config or _demo_config_path()
+        pair = args.pair or ("digits" if os.path.basename(path) == "digits.yaml"
+                             else "standard")
+        doc = bench_labels.run(path, args.seeds, args.out, pair, args.budget, args.overrides)
+        s = doc["summary"]
+        print(f"target test accuracy over {args.seeds} seeds, {args.budget} more labels "
+              f"(mean ± sd):")
+        for row in bench_labels.ROWS:
+            cells = "  ".join(f"{k} {s['accuracy'][k][row]['mean']:.3f} ± "
+                              f"{s['accuracy'][k][row]['sd']:.3f}"
+                              for k in ("base", *bench_labels.PICKS))
+            d = s["suggested_minus_random"][row]
+            print(f"{row:>12}  {cells}  suggested - random {d['mean']:+.3f} ± {d['sd']:.3f} "
+                  f"(won {d['wins']} of {d['n']})")
+        print(f"wrote {os.path.join(args.out, 'bench_labels.json')} and bench_labels.html")
         return 0
     if args.command == "scale":
         from dtl_ray.tools import scale

@@ -134,6 +134,18 @@ def target_classes(pair: str = "standard") -> list[str]:
     raise ValueError(f"unknown demo pair {pair!r}: choose from {list(PAIRS)}")
 
 
+def unlabeled_class(pair: str, path: str) -> str:
+    """The class of a demo pair's unlabeled target image, from its name (the demo pairs' own
+    `<class>_target_<i>.png`, digits' MNIST index): the answer key of `dtl-ray bench-labels`.
+    The pipeline never reads it."""
+    name = path.rsplit("/", 1)[-1]
+    if pair == "digits":
+        from dtl_ray import digits
+
+        return digits.unlabeled_class(name)
+    return name.rsplit("_", 2)[0]
+
+
 def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "standard") -> dict:
     """Writes the demo pair to `<out_uri>/source` and `<out_uri>/target`.
 

@@ -19,13 +19,14 @@ import base64
 import html
 import io
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from dtl_ray import builders, data, loops, storage
 
-__all__ = ["Embedder", "rank", "pick", "suggest"]
+__all__ = ["Embedder", "Pool", "rank", "pick", "score_pool", "write", "suggest"]
 
 COLUMNS = ["rank", "path", "predicted", "confidence", "entropy", "distance_to_labeled",
            "p_target", "value"]
@@ -136,19 +137,32 @@ def _sheet(df: pd.DataFrame, run: str, budget: int) -> str:
             "</body></html>")
 
 
-def suggest(run_dir: str, budget: int, out: str, arm: str = "chosen") -> dict:
-    """Writes the `budget` unlabeled target images to label next to `out` (CSV) and a
-    contact sheet beside it (`out` with .html). Returns counts and the file names.
+@dataclass
+class Pool:
+    """The unlabeled target images a run can suggest from, scored by its model."""
+
+    table: pd.DataFrame
+    """One row per decodable unlabeled image: sample_id, path, predicted (class name),
+    confidence, entropy, distance_to_labeled, p_target, value."""
+    features: np.ndarray
+    """Their features (rows of `table`; L2-normalised)."""
+    labeled: np.ndarray
+    """The labeled target images' features."""
+    unlabeled: int
+    """Unlabeled images in the run's manifest (`table` lacks the unreadable ones)."""
+
+
+def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
+    """Every decodable unlabeled target image of a run with its value (`rank`).
 
     Raises:
-        predict.RunError: not a run, or its model is missing.
+        predict.RunError: not a run, its model is missing, or it has no unlabeled images.
     """
     import ray
     import ray.data
 
     from dtl_ray import pipeline, predict
 
-    t0 = time.time()
     layout, cfg, names, model_uri = predict._run(run_dir, arm)
     manifest = data.load_manifest(layout)
     unl, lab = manifest.rows("target", "unlabeled"), manifest.rows("target", "train")
@@ -186,18 +200,38 @@ def suggest(run_dir: str, budget: int, out: str, arm: str = "chosen") -> dict:
     f_c = feats[cand]
     dist = (np.maximum(1.0 - (f_c @ labeled.T).max(axis=1), 0.0) if len(labeled)
             else np.ones(len(cand)))
-    value = rank(table["entropy"].to_numpy()[cand], dist, p)
-    chosen = pick(value, f_c, labeled, budget)
-    sel = table.iloc[cand[chosen]]
-    out_df = pd.DataFrame({
-        "rank": np.arange(1, len(chosen) + 1), "path": sel["path"].to_numpy(),
+    sel = table.iloc[cand]
+    pool = pd.DataFrame({
+        "sample_id": sel["sample_id"].to_numpy(), "path": sel["path"].to_numpy(),
         "predicted": [names[int(c)] for c in sel["pred"]],
         "confidence": sel["confidence"].to_numpy(), "entropy": sel["entropy"].to_numpy(),
-        "distance_to_labeled": dist[chosen], "p_target": p[chosen], "value": value[chosen]},
-        columns=COLUMNS)
+        "distance_to_labeled": dist, "p_target": p,
+        "value": rank(sel["entropy"].to_numpy(), dist, p)})
+    return Pool(table=pool, features=f_c, labeled=labeled, unlabeled=int(len(unl)))
+
+
+def write(picked: pd.DataFrame, out: str, run_dir: str) -> str:
+    """The picks (rows of a `Pool.table`, in order) as a CSV at `out` and a contact sheet
+    beside it; returns the sheet's path."""
+    out_df = picked.assign(rank=np.arange(1, len(picked) + 1))[COLUMNS]
     storage.write_bytes(out, out_df.to_csv(index=False).encode())
     sheet = out.rsplit(".", 1)[0] + ".html"
-    storage.write_bytes(sheet, _sheet(out_df, run_dir, len(chosen)).encode())
-    return {"suggested": int(len(chosen)), "unlabeled": int(len(unl)),
-            "unreadable": int((~ok & ~is_lab).sum()), "labeled": int(len(labeled)),
-            "csv": out, "sheet": sheet, "seconds": round(time.time() - t0, 2)}
+    storage.write_bytes(sheet, _sheet(out_df, run_dir, len(out_df)).encode())
+    return sheet
+
+
+def suggest(run_dir: str, budget: int, out: str, arm: str = "chosen") -> dict:
+    """Writes the `budget` unlabeled target images to label next to `out` (CSV) and a
+    contact sheet beside it (`out` with .html). Returns counts and the file names.
+
+    Raises:
+        predict.RunError: not a run, or its model is missing.
+    """
+    t0 = time.time()
+    pool = score_pool(run_dir, arm)
+    chosen = pick(pool.table["value"].to_numpy(), pool.features, pool.labeled, budget)
+    sheet = write(pool.table.iloc[chosen], out, run_dir)
+    return {"suggested": int(len(chosen)), "unlabeled": pool.unlabeled,
+            "unreadable": pool.unlabeled - int(len(pool.table)),
+            "labeled": int(len(pool.labeled)), "csv": out, "sheet": sheet,
+            "seconds": round(time.time() - t0, 2)}

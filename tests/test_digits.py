@@ -40,3 +40,18 @@ def test_digits_pair_layout_counts_and_determinism(tmp_path):
     assert first.read_bytes() == (tmp_path / "again" / first.relative_to(out)).read_bytes()
     with Image.open(first) as im:
         assert im.size == (28, 28)
+
+
+def test_unlabeled_class_is_mnist_label(tmp_path):
+    """The answer key of bench-labels: an MNIST index's class, checked against the labeled
+    splits, whose folders name the class (`<d>_mnist_<k>.png`)."""
+    digits.write_digits(str(tmp_path), seed=2, scale=0.02)
+    checked = 0
+    for split in ("train", "test"):
+        for folder in (tmp_path / "target" / split).iterdir():
+            for f in folder.iterdir():
+                k = f.name.split("_mnist_")[1]
+                assert digits.unlabeled_class(f"mnist_{k}") == folder.name
+                assert demo.unlabeled_class("digits", f"s3://b/x/mnist_{k}") == folder.name
+                checked += 1
+    assert checked == 150

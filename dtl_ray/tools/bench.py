@@ -23,14 +23,16 @@ import numpy as np
 
 from dtl_ray import config, data, demo, pipeline, report, storage
 
-__all__ = ["run", "summarise"]
+__all__ = ["run", "summarise", "seed_config", "accuracies", "mean_sd"]
 
 ROWS = ["method", "source_only", "target_only", "all_source", "random_subset",
         "self_training", "dann"]
 
 
-def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
-              overrides: list[str]) -> dict:
+def seed_config(config_path: str | None, seed: int, out: str, pair: str | None,
+                overrides: list[str]) -> tuple[str, list[str]]:
+    """One seed's run name and config overrides (its demo pair written first, once, when
+    `pair` is given)."""
     extra = []
     name = f"bench-seed{seed}"
     if pair is not None:  # a demo pair per seed
@@ -42,14 +44,25 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
         name = f"bench-{pair}-seed{seed}"
     if overrides:  # runs with other settings get other names (a finished run is reused)
         name += "-" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
-    cfg = config.load_config(config_path, [f"seed={seed}", f"name={name}", f"storage={out}",
-                                           *extra, *overrides])
+    return name, [f"seed={seed}", f"storage={out}", *extra, *overrides]
+
+
+def accuracies(doc: dict) -> dict:
+    """Target test accuracy of the method and of every baseline in a run's report."""
+    ev = doc["evaluate"]
+    return {"method": ev["method"]["target_test_accuracy"],
+            **{k: v["target_test_accuracy"] for k, v in ev["baselines"].items()}}
+
+
+def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
+              overrides: list[str]) -> dict:
+    name, args = seed_config(config_path, seed, out, pair, overrides)
+    cfg = config.load_config(config_path, [f"name={name}", *args])
     print(f"[bench] seed {seed}: {name}", flush=True)
     doc = pipeline.run(cfg)
     layout = pipeline.run_layout(pipeline.absolute(cfg))
     ev = doc["evaluate"]
-    acc = {"method": ev["method"]["target_test_accuracy"],
-           **{k: v["target_test_accuracy"] for k, v in ev["baselines"].items()}}
+    acc = accuracies(doc)
     trials = data.read_parquet_df(layout.trials)
     scores = data.read_parquet_df(layout.scores,
                                   columns=["domain", "split", "p_target"])
@@ -85,7 +98,7 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
     }
 
 
-def _mean_sd(values: list[float]) -> dict:
+def mean_sd(values: list[float]) -> dict:
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "sd": None, "n": 0}
@@ -96,13 +109,13 @@ def _mean_sd(values: list[float]) -> dict:
 def summarise(seeds: list[dict]) -> dict:
     """Mean and standard deviation over seeds of every row and of the label-free choice."""
     rows = [r for r in ROWS if any(r in s["accuracy"] for s in seeds)]
-    out = {"accuracy": {r: _mean_sd([s["accuracy"].get(r) for s in seeds]) for r in rows}}
-    out["chosen"] = _mean_sd([s["chosen"]["target_test_accuracy"] for s in seeds])
-    out["label_free"] = _mean_sd([(s["label_free"] or {}).get("target_test_accuracy")
+    out = {"accuracy": {r: mean_sd([s["accuracy"].get(r) for s in seeds]) for r in rows}}
+    out["chosen"] = mean_sd([s["chosen"]["target_test_accuracy"] for s in seeds])
+    out["label_free"] = mean_sd([(s["label_free"] or {}).get("target_test_accuracy")
                                   for s in seeds])
-    out["heldout_auc"] = _mean_sd([s["heldout_auc"] for s in seeds])
-    out["ranked_fraction_shared"] = _mean_sd([s["ranked_fraction_shared"] for s in seeds])
-    out["ranked_fraction_absent"] = _mean_sd([s["ranked_fraction_absent"] for s in seeds])
+    out["heldout_auc"] = mean_sd([s["heldout_auc"] for s in seeds])
+    out["ranked_fraction_shared"] = mean_sd([s["ranked_fraction_shared"] for s in seeds])
+    out["ranked_fraction_absent"] = mean_sd([s["ranked_fraction_absent"] for s in seeds])
     out["method_minus"] = differences(seeds)
     m = out["accuracy"].get("method", {}).get("mean")
     out["method_above_mean_of"] = [r for r in rows if r != "method" and m is not None
@@ -119,7 +132,7 @@ def differences(seeds: list[dict]) -> dict:
         d = [s["accuracy"]["method"] - s["accuracy"][r] for s in seeds
              if s["accuracy"].get(r) is not None and s["accuracy"].get("method") is not None]
         if d:
-            out[r] = {**_mean_sd(d), "wins": sum(x > 0 for x in d)}
+            out[r] = {**mean_sd(d), "wins": sum(x > 0 for x in d)}
     return out
 
 
