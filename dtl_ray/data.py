@@ -36,6 +36,7 @@ from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for re
     drop_rejected,
     rejected_image,
     sample_id,
+    side,
 )
 
 __all__ = ["Manifest", "Reading", "reading", "build_manifest", "decode_batch", "to_dataset",
@@ -270,7 +271,7 @@ def decode_here(rows: pd.DataFrame, image_size: int, reading: Reading,
                                                        reading.max_pixels), reading))
     if not parts:
         empty = {c: rows[c].to_numpy()[:0] for c in columns if c in rows}
-        empty[IMAGE] = np.zeros((0, image_size, image_size, 3), np.uint8)
+        empty[IMAGE] = np.zeros((0, side(image_size), side(image_size), 3), np.uint8)
         return {c: empty[c] for c in columns}
     return {c: np.concatenate([p[c] for p in parts]) for c in columns}
 
@@ -327,7 +328,7 @@ def training_dataset(rows: pd.DataFrame, image_size: int, cache: str, columns: l
     import ray
 
     ds = good_rows(rows if seed is None else permuted(rows, seed), image_size, reading, columns)
-    nbytes = len(rows) * image_size * image_size * 3
+    nbytes = len(rows) * side(image_size) ** 2 * 3
     store = ray.cluster_resources().get("object_store_memory", 0)
     cached = cache == "always" or (cache == "auto" and nbytes < store / 4)
     if cached:

@@ -24,6 +24,7 @@ from dtl_ray.samples import (
     reject_reason,
     rejected_image,
     sample_id,
+    side,
 )
 
 __all__ = ["MANIFEST", "FORMAT", "is_packed", "pack", "read_index", "members_by_shard",
@@ -214,8 +215,8 @@ def decode_packed(batch: dict[str, np.ndarray], image_size: int, shards: dict,
                 images.append(rejected_image(image_size))
     frame = pd.concat(frames, ignore_index=True)
     out = {k: frame[k].to_numpy() for k in frame.columns}
-    out[IMAGE] = np.stack(images) if images else np.zeros((0, image_size, image_size, 3),
-                                                           np.uint8)
+    s = side(image_size)
+    out[IMAGE] = np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8)
     out[ERROR] = np.array(errors, dtype=object)
     return out
 

@@ -35,13 +35,13 @@ def _stage_runs() -> dict:
                                                 c.seed),
         "discriminate": lambda c, lay: discriminate.run(lay, c.discriminate, c.model, c.data,
                                                         c.pretrain, c.scaling, c.seed),
-        "score": lambda c, lay: score.run(lay, c.score, c.scaling, c.model.image_size,
+        "score": lambda c, lay: score.run(lay, c.score, c.scaling, c.model.frame,
                                           c.data.max_image_pixels, c.data.max_rejected_fraction,
                                           adapted=c.discriminate.mode == "adversarial"),
         "select": lambda c, lay: select.run(lay, c.select),
         "finetune": lambda c, lay: finetune.run(lay, c.finetune, c.select, c.model, c.pretrain,
                                                 c.scaling, c.data, c.score, c.seed),
-        "evaluate": lambda c, lay: evaluate.run(lay, c.scaling, c.model.image_size,
+        "evaluate": lambda c, lay: evaluate.run(lay, c.scaling, c.model.frame,
                                                 c.data.max_image_pixels, c.score.batch_size),
     }
 
@@ -89,6 +89,11 @@ def resolve_weights(cfg: PipelineConfig, download: bool = True) -> PipelineConfi
             storage.local_path(name))):
         return cfg
     weights = models.named_weights(cfg.model.backbone, name)
+    t = weights.transforms()
+    resize = cfg.model.resize_size
+    if resize is None:  # the weights' own resize-then-crop, at the run's image size
+        resize = max(cfg.model.image_size, int(round(
+            cfg.model.image_size * t.resize_size[0] / t.crop_size[0])))
     uri = weights_file(cfg)
     if download and not storage.exists(uri):
         import io
@@ -100,14 +105,16 @@ def resolve_weights(cfg: PipelineConfig, download: bool = True) -> PipelineConfi
         torch.save(state, buf)
         storage.write_bytes(uri, buf.getvalue())
     if download:
-        t = weights.transforms()
+        size = cfg.model.image_size
         console.say(f"[dtl-ray] model.weights {name}: torchvision's {weights} (in {uri}); "
-                    f"inputs normalised with its mean/std (ImageNet's); images resized to "
-                    f"{cfg.model.image_size} px (the weights were trained on {t.crop_size[0]} "
-                    f"px crops of {t.resize_size[0]} px: model.image_size={t.crop_size[0]} is "
-                    "closest)")
+                    f"inputs normalised with its mean/std (ImageNet's); every image's shorter "
+                    f"side resized to {resize} px and its centre {size} x {size} px cropped "
+                    f"(the weights' transforms: {t.resize_size[0]} then {t.crop_size[0]} px"
+                    + ("" if size == t.crop_size[0] else
+                       f"; model.image_size={t.crop_size[0]} is what they were trained on")
+                    + ")")
     return dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, weights=uri if download else None))
+        cfg.model, weights=uri if download else None, resize_size=resize))
 
 
 def ensure_ray(env: dict[str, str] | None = None) -> None:

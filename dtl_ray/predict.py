@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from dtl_ray import builders, checkpoints, data, loops, scoring, storage
+from dtl_ray import builders, checkpoints, data, loops, samples, scoring, storage
 from dtl_ray.layout import RunLayout
 
 __all__ = ["predict", "export", "list_images", "Predictor", "EXPORT_META"]
@@ -65,6 +65,13 @@ def list_images(uri: str, extensions: list[str]) -> tuple[pd.DataFrame, pd.DataF
     return rows, pd.DataFrame(bad, columns=["path", "error"])
 
 
+def frame(cfg: dict) -> samples.Size:
+    """How a run decodes its images (`samples.Size`), from its saved config."""
+    m = cfg.get("model", {})
+    size, resize = int(m.get("image_size", 32)), m.get("resize_size")
+    return size if resize is None else (size, int(resize))
+
+
 class Predictor:
     """A Ray Data callable: reads and decodes a batch of files, then the run's model gives
     each image its class and confidence, and the run's discriminator (on the backbone it was
@@ -72,7 +79,7 @@ class Predictor:
     folds' calibrated outputs, no fold having seen the image)."""
 
     def __init__(self, model_uri: str, classes: list[int], disc_uri: str | None,
-                 image_size: int, max_pixels: int, use_gpu: bool = False) -> None:
+                 image_size: samples.Size, max_pixels: int, use_gpu: bool = False) -> None:
         self.image_size, self.max_pixels = image_size, max_pixels
         self.model = scoring.Scorer(model_uri, classes, use_gpu=use_gpu)
         self.domain = None
@@ -106,7 +113,7 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
 
     t0 = time.time()
     layout, cfg, names, model_uri = _run(run_dir, arm)
-    dcfg, mcfg = cfg.get("data", {}), cfg.get("model", {})
+    dcfg = cfg.get("data", {})
     rows, bad = list_images(images, dcfg.get("extensions", [".png", ".jpg", ".jpeg"]))
     if rows.empty and bad.empty:
         raise data.DataError(f"no images below {images}")
@@ -122,7 +129,7 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
         ds = ray.data.from_pandas(chunks).map_batches(
             Predictor, fn_constructor_kwargs={
                 "model_uri": model_uri, "classes": classes, "disc_uri": disc,
-                "image_size": int(mcfg.get("image_size", 32)),
+                "image_size": frame(cfg),
                 "max_pixels": int(dcfg.get("max_image_pixels", data.DEFAULT_MAX_PIXELS)),
                 "use_gpu": use_gpu},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)),
@@ -187,15 +194,20 @@ def export(run_dir: str, out: str, arm: str = "chosen") -> dict:
     if meta["num_classes"] != len(classes):
         raise RunError(f"model '{arm}' has {meta['num_classes']} outputs for {len(classes)} "
                        "classes: only fine-tuned models (one output per target class) export")
-    size = int(cfg.get("model", {}).get("image_size", 32))
+    geometry = frame(cfg)
+    size = samples.side(geometry)
+    resize = ("to image_size x image_size with PIL's bilinear filter" if geometry == size else
+              f"the shorter side to {geometry[1]} px with PIL's bilinear filter, then the centre "
+              f"{size} x {size} px cropped (torchvision's Resize({geometry[1]}) and "
+              f"CenterCrop({size}))")
     module = _Exported.module(model, loops.MEAN, loops.STD)
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     with torch.no_grad():
         traced = torch.jit.trace(module, example)
     info = {"classes": [names[c] for c in classes], "image_size": size,
+            "resize_size": None if geometry == size else geometry[1],
             "input": f"uint8 RGB tensor (N, {size}, {size}, 3)",
-            "resize": "to image_size x image_size with PIL's bilinear filter, after converting "
-                      "to RGB (transparency onto black)",
+            "resize": f"{resize}, after converting to RGB (transparency onto black)",
             "output": "class probabilities (N, K), K = len(classes)",
             "mean": loops.MEAN.flatten().tolist(), "std": loops.STD.flatten().tolist(),
             "arm": arm, "backbone": meta["backbone"], "run": os.path.abspath(run_dir)

@@ -56,9 +56,38 @@ def sample_id(domain: str, split: str, rel_path: str) -> str:
     return f"{domain}/{split}/{rel_path}"
 
 
-def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> (size, size, 3) uint8 RGB; raises for a file that is not one,
-    and `TooManyPixels` (before decoding) for one over `max_pixels`."""
+Size = int | tuple[int, int]
+"""How an image is brought to the model's input: `S` resizes it straight to S x S; `(S, R)`
+resizes its shorter side to R and crops the centre S x S (torchvision's `Resize(R)` and
+`CenterCrop(S)`, the eval transform of its weights)."""
+
+
+def side(size: Size) -> int:
+    """The side S of the decoded image."""
+    return size if isinstance(size, int) else int(size[0])
+
+
+def _resize_crop(im, crop: int, short: int):
+    """torchvision's Resize(short) then CenterCrop(crop) on a PIL image (same sizes, offsets
+    and filter)."""
+    from PIL import Image
+
+    w, h = im.size
+    if w <= h:
+        new = (short, int(short * h / w))
+    else:
+        new = (int(short * w / h), short)
+    if new != (w, h):
+        im = im.resize(new, Image.BILINEAR)
+    w, h = im.size
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return im.crop((left, top, left + crop, top + crop))
+
+
+def decode_image(data: bytes, size: Size, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> (S, S, 3) uint8 RGB (`size`: S, or (S, R) to resize the shorter
+    side to R and crop the centre); raises for a file that is not one, and `TooManyPixels`
+    (before decoding) for one over `max_pixels`."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:  # reads the header only
@@ -75,14 +104,16 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
             bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
             im = Image.alpha_composite(bg, im)
         im = im.convert("RGB")
+        if not isinstance(size, int):
+            return np.asarray(_resize_crop(im, int(size[0]), int(size[1])), dtype=np.uint8)
         if im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
 
 
-def rejected_image(size: int) -> np.ndarray:
+def rejected_image(size: Size) -> np.ndarray:
     """The placeholder a rejected row carries (its `error` says why)."""
-    return np.zeros((size, size, 3), np.uint8)
+    return np.zeros((side(size), side(size), 3), np.uint8)
 
 
 READ_THREADS = 16

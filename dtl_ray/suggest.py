@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dtl_ray import builders, data, loops, storage
+from dtl_ray import builders, data, loops, samples, storage
 
 __all__ = ["Embedder", "Pool", "rank", "pick", "score_pool", "write", "suggest"]
 
@@ -36,7 +36,7 @@ class Embedder:
     """A Ray Data callable: reads and decodes a batch, returns the model's pooled features
     (L2-normalised), its predicted class, confidence and prediction entropy."""
 
-    def __init__(self, model_uri: str, image_size: int, max_pixels: int) -> None:
+    def __init__(self, model_uri: str, image_size: samples.Size, max_pixels: int) -> None:
         import torch
 
         torch.set_num_threads(1)
@@ -168,7 +168,7 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     unl, lab = manifest.rows("target", "unlabeled"), manifest.rows("target", "train")
     if unl.empty:
         raise predict.RunError(f"run {run_dir} has no unlabeled target images to suggest from")
-    dcfg, mcfg = cfg.get("data", {}), cfg.get("model", {})
+    dcfg = cfg.get("data", {})
     pipeline.ensure_ray()
     data.configure_context()
     rows = pd.concat([unl, lab])[[data.SAMPLE_ID, data.DOMAIN, data.SPLIT, data.PATH]]
@@ -176,7 +176,7 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     emb = ray.data.from_pandas(chunks).map_batches(
         Embedder, fn_constructor_kwargs={
-            "model_uri": model_uri, "image_size": int(mcfg.get("image_size", 32)),
+            "model_uri": model_uri, "image_size": predict.frame(cfg),
             "max_pixels": int(dcfg.get("max_image_pixels", data.DEFAULT_MAX_PIXELS))},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)),
         batch_size=64, batch_format="numpy",

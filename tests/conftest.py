@@ -311,7 +311,8 @@ def other_run(ray_session, s3_server, tmp_path_factory):
     overrides = tiny_overrides(src, tgt, f"s3://{OTHER_BUCKET}/runs", "other") + [
         "model.backbone=shufflenet_v2_x0_5", f"model.weights={weights}",
         "discriminate.layer=stage3",
-        "model.image_size=32", *SMALL_SEARCH]
+        # every stage resizes the 40 px images' shorter side to 36 and crops the centre 32
+        "model.image_size=32", "model.resize_size=36", *SMALL_SEARCH]
     cfg = config.load_config(overrides=overrides)
     manifest = data.build_manifest(str(folders / "src"), str(folders / "tgt"),
                                    cfg.data.extensions)

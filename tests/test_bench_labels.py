@@ -4,7 +4,6 @@ run that starts at fine-tuning from a finished run (the tiny run)."""
 import os
 
 import pytest
-
 from conftest import tiny_overrides
 
 from dtl_ray import config, data, demo, storage

@@ -94,6 +94,8 @@ LATE_OR_NONSENSE = [
     ("pretrain.lr=.nan", "expected a finite number"), ("name=..", "'name'"),
     ("name=a/b", "'name'"), ("name=-x", "'name'"),
     ("storage=gs://b/r", "'storage': 'gs://b/r' has an unsupported scheme"),
+    ("model.resize_size=10", "'model.resize_size': 10 is out of range (expected "
+                             "[model.image_size="),
 ]
 
 

@@ -87,6 +87,27 @@ def test_decode_converts_modes_and_rejects_bad_files(tmp_path):
     assert data.drop_rejected(out)["image"].shape[0] == 5
 
 
+def test_resize_then_centre_crop_is_torchvisions(tmp_path):
+    """`(S, R)`: the shorter side to R, the centre S x S, pixel for pixel what torchvision's
+    Resize(R) + CenterCrop(S) give (the eval transform of its weights), for wide, tall and
+    odd-sized images; a rejected row's placeholder has the crop's size."""
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(0)
+    for w, h in ((61, 40), (40, 61), (37, 37), (100, 23)):
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        got = data.decode_image(buf.getvalue(), (20, 23))
+        want = np.asarray(T.Compose([T.Resize(23), T.CenterCrop(20)])(im))
+        assert got.shape == (20, 20, 3)
+        np.testing.assert_array_equal(got, want, err_msg=f"{w}x{h}")
+    (tmp_path / "a.png").write_bytes(b"no")
+    out = data.decode_batch({"path": np.array([str(tmp_path / "a.png")], dtype=object)},
+                            image_size=(20, 23))
+    assert out["image"].shape == (1, 20, 20, 3) and out["error"][0]
+
+
 def test_a_memory_fault_is_not_a_rejected_image(tmp_path, monkeypatch):
     """Running out of memory says nothing about the file: the task must fail (and be
     retried by Ray: `TransientReadError` is in its retry list), not drop the row."""

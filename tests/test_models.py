@@ -129,6 +129,8 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
             "model.backbone=resnet18", f"model.weights={name}"])
         cfg = pipeline.resolve_weights(pipeline.absolute(cfg))
         assert cfg.model.weights == str(tmp_path / "r" / "weights" / f"{name}.pth")
+        # the weights' transforms (resize 256, crop 224) at the default image size 224
+        assert cfg.model.frame == (224, 256)
         model = builders.classifier(cfg.model, 3)
         got = model.backbone.state_dict()
         for k, v in reference.items():
@@ -141,6 +143,12 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
     # torchvision's URL for the weights; the second resolution of each name read the saved
     # file instead of downloading again
     assert calls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url] * 3
+    # another image size keeps the weights' ratio; a resize_size given is kept
+    for extra, frame in (("model.image_size=64", (64, 73)), ("model.resize_size=300", (224, 300))):
+        cfg = pipeline.resolve_weights(config.load_config(overrides=[
+            "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
+            "model.backbone=resnet18", "model.weights=DEFAULT", extra]))
+        assert cfg.model.frame == frame, extra
 
 
 @pytest.mark.parametrize("backbone,name,message", [

@@ -26,6 +26,7 @@ def test_a_torchvision_backbone_on_jpeg_folders_packed_and_on_s3(other_run):
     cfg, folders, doc = other_run
     assert doc["data"]["classes"] == ["apple", "leaf", "sky"] == folders.classes
     assert doc["data"]["target_classes"] == ["apple", "leaf"]
+    assert cfg.model.frame == (32, 36)  # resized to 36 and centre-cropped in every stage
     n = sum(n * (3 if d == "src" or s == "unlabeled" else 2) for (d, s), n in OTHER_COUNTS.items())
     assert len(folders.table) == n
     # every image of the local folders, read from the shards and the bucket, with the

@@ -214,6 +214,10 @@ def _validate(cfg: PipelineConfig) -> None:
         if not good:
             raise ConfigError(f"config key '{key}': {value!r} is out of range (expected "
                               f"{expected})")
+    resize = cfg.model.resize_size
+    if resize is not None and not cfg.model.image_size <= resize <= 8192:
+        raise ConfigError(f"config key 'model.resize_size': {resize!r} is out of range "
+                          f"(expected [model.image_size={cfg.model.image_size}, 8192], or null)")
     for s in cfg.finetune.strategies:
         if s not in ("discriminator", "random"):
             raise ConfigError(f"config key 'finetune.strategies': unknown strategy {s!r} "

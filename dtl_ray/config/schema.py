@@ -33,11 +33,21 @@ class ModelConfig:
     backbone: str = "resnet18"
     """`smallcnn` (for tiny images) or any torchvision classification model name."""
     image_size: int = 224
-    """Images are resized to image_size x image_size pixels."""
+    """The model's input: image_size x image_size pixels."""
+    resize_size: int | None = None
+    """The shorter side is resized to resize_size, then the centre image_size x image_size is
+    cropped (torchvision's eval transform, e.g. 256 -> 224). null: resized straight to
+    image_size x image_size, or, with `weights` given by name, the weights' own ratio."""
     weights: str | None = None
     """What pretraining starts from: a torchvision weights name for the backbone
     (`IMAGENET1K_V1`, `DEFAULT`, `ResNet18_Weights.IMAGENET1K_V1`; downloaded once by the
     driver into the run's folder) or a file (a torchvision state_dict or ours)."""
+
+    @property
+    def frame(self) -> int | tuple[int, int]:
+        """How every stage decodes an image (`samples.Size`)."""
+        return self.image_size if self.resize_size is None else (self.image_size,
+                                                                 self.resize_size)
 
 
 @dataclass(frozen=True)

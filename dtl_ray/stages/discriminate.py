@@ -207,7 +207,7 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
            rows: pd.DataFrame) -> list:
     """The DANN run; saves the adapted classifier, returns its epoch history."""
     pretrain_model = layout.pretrain_model
-    size, cache, seed = s.model.image_size, s.data.cache, s.seed
+    size, cache, seed = s.model.frame, s.data.cache, s.seed
     reading = data.reading(layout, s.data.max_image_pixels, s.data.max_rejected_fraction,
                            STAGE)
     src = manifest.rows("source", "train")
@@ -238,7 +238,7 @@ def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
                    reading: data.Reading) -> tuple[dict, dict]:
     """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
     cols = ["image", "is_target", "fold"]
-    size, cache, seed = s.model.image_size, s.data.cache, s.seed
+    size, cache, seed = s.model.frame, s.data.cache, s.seed
     rows = rows.assign(fold=calibration.fold_of(rows["sample_id"], ~held,
                                                 s.discriminate.folds))
     datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed, reading),

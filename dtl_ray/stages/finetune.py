@@ -49,7 +49,7 @@ from dtl_ray.config import (
 )
 from dtl_ray.layout import RunLayout
 from dtl_ray.results import FinetuneResult
-from dtl_ray.samples import SAMPLE_ID
+from dtl_ray.samples import SAMPLE_ID, side
 from dtl_ray.scorefiles import read_scores
 
 __all__ = ["run", "trial_fn", "fit_cell"]
@@ -69,7 +69,7 @@ def _worker_request(f: FinetuneConfig, scaling: ScalingConfig) -> dict:
 
 def _streams(n_rows: int, spec: dict) -> bool:
     """Whether a set of `n_rows` images is streamed rather than held in memory."""
-    return n_rows * spec["image_size"] ** 2 * 3 > spec["in_memory_mb"] * 2**20
+    return n_rows * side(spec["image_size"]) ** 2 * 3 > spec["in_memory_mb"] * 2**20
 
 
 def _cell_inputs(members: pd.DataFrame, rows: pd.DataFrame, spec: dict) -> dict:
@@ -437,7 +437,7 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     good = set(scores[SAMPLE_ID])  # the rows the score stage read (rejected ones are not)
     pretrain_model = layout.backbone_model(adapted=f.init == "adapted")
     reading = data.reading(layout, dcfg.max_image_pixels, dcfg.max_rejected_fraction, STAGE)
-    size = model.image_size
+    size = model.frame
     table = manifest.table
     labeled = manifest.rows("target", "train")
     labeled = labeled[labeled[SAMPLE_ID].isin(good)]
@@ -528,7 +528,7 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     settings = search.settings_grid(f, seed)
     epoch_samples = finetuning.epoch_length([search.as_train_set(t) for t in tables],
                                             f.mix_ratio)
-    per_image = size * size * 3
+    per_image = side(size) ** 2 * 3
     streams = any(int((~t["labeled"]).sum()) * per_image > f.in_memory_mb * 2**20
                   for t in tables) or len(src_val) * per_image > f.in_memory_mb * 2**20
     setup.update(settings=settings, epoch_samples=epoch_samples, streams=streams)

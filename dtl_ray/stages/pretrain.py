@@ -107,7 +107,7 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
     t0 = time.time()
     manifest = data.load_manifest(layout)
     cols = ["image", "label"]
-    size, cache = model.image_size, data_cfg.cache
+    size, cache = model.frame, data_cfg.cache
     reading = data.reading(layout, data_cfg.max_image_pixels, data_cfg.max_rejected_fraction,
                            STAGE)
     datasets = {
