@@ -105,6 +105,9 @@ def pick(value: np.ndarray, features: np.ndarray, labeled: np.ndarray,
     return chosen
 
 
+RANKED = "ranked by uncertainty, novelty and target-likeness, with diversity across the batch"
+
+
 def _thumb(path: str, size: int = 96) -> str:
     from PIL import Image
 
@@ -116,7 +119,7 @@ def _thumb(path: str, size: int = 96) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _sheet(df: pd.DataFrame, run: str, budget: int) -> str:
+def _sheet(df: pd.DataFrame, run: str, budget: int, how: str) -> str:
     cells = []
     for r in df.itertuples():
         try:
@@ -132,8 +135,7 @@ def _sheet(df: pd.DataFrame, run: str, budget: int) -> str:
              "vertical-align:top;font-size:11px}img{width:96px;image-rendering:pixelated}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>label next: {run}"
             f"</title><style>{style}</style></head><body><h1>Label these {budget} images next"
-            f"</h1><p>Run {html.escape(run)}; ranked by uncertainty, novelty and "
-            f"target-likeness, with diversity across the batch.</p>{''.join(cells)}"
+            f"</h1><p>Run {html.escape(run)}; {html.escape(how)}.</p>{''.join(cells)}"
             "</body></html>")
 
 
@@ -210,13 +212,13 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     return Pool(table=pool, features=f_c, labeled=labeled, unlabeled=int(len(unl)))
 
 
-def write(picked: pd.DataFrame, out: str, run_dir: str) -> str:
+def write(picked: pd.DataFrame, out: str, run_dir: str, how: str = RANKED) -> str:
     """The picks (rows of a `Pool.table`, in order) as a CSV at `out` and a contact sheet
-    beside it; returns the sheet's path."""
+    beside it (`how`: how they were picked); returns the sheet's path."""
     out_df = picked.assign(rank=np.arange(1, len(picked) + 1))[COLUMNS]
     storage.write_bytes(out, out_df.to_csv(index=False).encode())
     sheet = out.rsplit(".", 1)[0] + ".html"
-    storage.write_bytes(sheet, _sheet(out_df, run_dir, len(out_df)).encode())
+    storage.write_bytes(sheet, _sheet(out_df, run_dir, len(out_df), how).encode())
     return sheet
 
 

@@ -104,8 +104,9 @@ def picks(base_root: str, budget: int, seed: int, out_stem: str,
     chosen = suggest.pick(pool.table["value"].to_numpy(), pool.features, pool.labeled, budget)
     drawn = np.random.default_rng(seed).choice(len(pool.table), budget, replace=False)
     out = {}
-    for k, idx in (("suggested", chosen), ("random", drawn)):
-        suggest.write(pool.table.iloc[list(idx)], files[k], base_root)
+    for k, idx, how in (("suggested", chosen, suggest.RANKED),
+                        ("random", drawn, f"drawn at random (seed {seed}) for bench-labels")):
+        suggest.write(pool.table.iloc[list(idx)], files[k], base_root, how)
         df = pd.read_csv(files[k])
         out[k] = df
     return out
