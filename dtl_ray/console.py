@@ -13,7 +13,6 @@ A run in object storage writes its log locally and copies it to `<run>/logs/` at
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import tempfile
@@ -66,18 +65,6 @@ def verbose_default() -> bool:
     return os.environ.get("DTL_RAY_VERBOSE", "") not in ("", "0")
 
 
-def _repoint(old, new) -> None:
-    """Log handlers made while the console was held (Ray makes some on first use) keep the
-    stream they were made with: those writing to `old` write to `new` from now on, so a later
-    run or command in the same process logs to the terminal, not into a closed file."""
-    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(lg, logging.Logger))]
-    for lg in loggers:
-        for h in lg.handlers:
-            if isinstance(h, logging.StreamHandler) and h.stream is old:
-                h.setStream(new)
-
-
 @contextlib.contextmanager
 def quiet(run_root: str, verbose: bool = False):
     """Holds the console for a run (see the module's text); yields the log file's path, or
@@ -103,7 +90,6 @@ def quiet(run_root: str, verbose: bool = False):
     finally:
         sys.stdout, sys.stderr = term_out, term_err
         _active = None
-        _repoint(log, term_err)
         log.close()
         if not local_root:  # a run in object storage: the log goes beside it
             with open(path, "rb") as f:

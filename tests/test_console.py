@@ -53,25 +53,3 @@ def test_an_error_inside_the_run_is_one_line_on_the_terminal(ray_session, tiny_d
     assert err[-1] == ("dtl-ray: error: stage 'discriminate' needs ['pretrain'] to finish "
                        "first (run with --stages pretrain,discriminate)")
     assert (tmp_path / "e" / "logs").exists() is not verbose
-
-
-def test_handlers_made_while_quiet_log_to_the_terminal_after(tmp_path, capsys):
-    """Ray makes log handlers on first use, with the stream of that moment: one made while a
-    run held the console writes to the terminal once the run ends (a second command in the
-    same process, as bench-labels' suggestion after its base run), not into the closed log."""
-    import logging
-
-    from dtl_ray import console
-
-    logger = logging.getLogger("dtl_ray_test.made_while_quiet")
-    try:
-        with console.quiet(str(tmp_path / "run")) as path:
-            handler = logging.StreamHandler()  # takes sys.stderr now: the run's log file
-            logger.addHandler(handler)
-            logger.warning("inside the run")
-        logger.warning("after the run")
-    finally:
-        logger.removeHandler(handler)
-    err = capsys.readouterr().err
-    assert "after the run" in err and "Logging error" not in err and "inside" not in err
-    assert "inside the run" in open(path).read()
