@@ -128,31 +128,56 @@ def kill_a_train_worker_after_first_checkpoint(stage_dir):
     return _killer_thread(body)
 
 
-def _kill_an_actor_when(class_name, ready, stage_dir):
+def _kill_an_actor_when(class_name, ready, stage_dir, begun=None, describe=None):
     """Starts a thread that SIGKILLs every ALIVE actor of `class_name` in this session's Ray
-    once `ready()` is true. Returns (thread, result dict: `pids` of the victims and
-    `stage_done_at_kill`, or `error`)."""
+    once `ready()` is true. Returns (thread, result dict: `pids` of the victims,
+    `stage_done_at_kill` and what `describe()` saw right after the kill, or `error`).
+
+    The actors are looked up by a second thread from `begun()` on (default: the stage's
+    folder exists): a state-API call takes seconds under load, which short trials could
+    outlive (a reused actor then runs the next one), so the kill follows `ready` within a
+    file-system poll, with the last lookup's actors; when none of them is left, with the next
+    lookup's."""
     alive = _alive(class_name)
+    begun = begun or (lambda: os.path.isdir(stage_dir))
 
     def body(killed):
-        # the actors are looked up while waiting (a state-API call takes seconds here): short
-        # trials could otherwise all end between `ready` and the lookup
-        deadline, actors, looked = time.time() + 900, [], 0.0
-        while not ready():
-            if time.time() > deadline:
-                raise TimeoutError("condition not reached")
-            if os.path.isdir(stage_dir) and time.time() - looked > 1:  # the stage has begun
-                actors, looked = alive() or actors, time.time()
-            time.sleep(0.05)
-        actors = actors or wait_for(alive, timeout=60, every=0.05)
-        killed["pids"] = []
-        for a in actors:
-            try:
-                os.kill(a.pid, signal.SIGKILL)
-                killed["pids"].append(a.pid)
-            except ProcessLookupError:  # it ended while the state API answered
-                pass
+        seen, stop, failed = [], threading.Event(), []
+
+        def look():
+            while not stop.is_set():
+                if begun():
+                    try:
+                        seen[:] = [(time.time(), alive())]
+                    except Exception as e:  # noqa: BLE001 (re-raised by body)
+                        failed.append(e)
+                        return
+                stop.wait(0.3)
+
+        looker = threading.Thread(target=look, daemon=True)
+        looker.start()
+        try:
+            wait_for(lambda: ready() or failed, timeout=900, every=0.02)
+            killed["pids"], tried = [], None
+            deadline = time.time() + 120
+            while not (killed["pids"] or failed or _stage_done(stage_dir)):
+                if seen and seen[0] is not tried:
+                    tried = seen[0]
+                    for a in tried[1]:
+                        try:
+                            os.kill(a.pid, signal.SIGKILL)
+                            killed["pids"].append(a.pid)
+                        except ProcessLookupError:  # it ended since the lookup
+                            pass
+                if time.time() > deadline:
+                    raise TimeoutError(f"no {class_name} actor alive to kill")
+                time.sleep(0.02)
+        finally:
+            stop.set()
+        if failed:
+            raise failed[0]
         killed["stage_done_at_kill"] = _stage_done(stage_dir)
+        killed["seen"] = describe() if describe else None
 
     return _killer_thread(body)
 
@@ -161,13 +186,20 @@ def kill_a_trial_after_its_first_epoch(stage_dir):
     """SIGKILLs the fine-tuning trials' processes (Tune's `ImplicitFunc` actors running
     `trial_fn`) once a trial has saved its first epoch's progress."""
     progress = os.path.join(stage_dir, "progress")
-    return _kill_an_actor_when("ImplicitFunc", lambda: os.path.isdir(progress) and any(
-        n.endswith(".pt") for n in os.listdir(progress)), stage_dir)
+
+    def saved():  # the progress files there are, with their mtimes (for a failure's message)
+        return {n: os.path.getmtime(os.path.join(progress, n)) for n in os.listdir(progress)
+                if n.endswith(".pt")} if os.path.isdir(progress) else {}
+
+    return _kill_an_actor_when("ImplicitFunc", saved, stage_dir,
+                               describe=lambda: {"at": time.time(), "files": saved()})
 
 
 def kill_a_scoring_actor(stage_dir, run_dir):
     """SIGKILLs the scoring actors (Ray Data's actor-pool workers running `Scorer`) once the
     score stage has started (the discriminate stage is done)."""
-    return _kill_an_actor_when(
-        "MapWorker(MapBatches(Scorer))",
-        lambda: os.path.exists(os.path.join(run_dir, "discriminate", "_DONE.json")), stage_dir)
+    def started():
+        return os.path.exists(os.path.join(run_dir, "discriminate", "_DONE.json"))
+
+    return _kill_an_actor_when("MapWorker(MapBatches(Scorer))", started, stage_dir,
+                               begun=started)

@@ -47,7 +47,7 @@ def test_killed_scoring_actors_lose_no_row(variant_run):
     (`max_task_retries`): every row is scored once."""
     killed, doc, run = variant_run["scorers_killed"], variant_run["doc"], variant_run["run"]
     assert "error" not in killed, f"the killer failed: {killed.get('error')!r}"
-    assert killed.get("pids") and not killed["stage_done_at_kill"]
+    assert killed.get("pids") and not killed["stage_done_at_kill"], killed
     sc = doc["score"]
     assert sc["rows_in"] == sc["rows_out"] + sc["rows_rejected"]
     scores = data.read_parquet_df(str(run / "score" / "scores"))
@@ -61,10 +61,11 @@ def test_killed_trials_resume_from_their_progress(variant_run):
     the trial continues from its progress file: no trial is lost, none repeats an epoch."""
     killed, doc, run = variant_run["trials_killed"], variant_run["doc"], variant_run["run"]
     assert "error" not in killed, f"the killer failed: {killed.get('error')!r}"
-    assert killed.get("pids") and not killed["stage_done_at_kill"]
+    assert killed.get("pids") and not killed["stage_done_at_kill"], killed
     ft = doc["finetune"]
     assert ft["trials_failed"] == 0 and ft["trials"] == ft["cells"]
-    assert ft["trials_resumed"], "no trial continued from its progress file"
+    assert ft["trials_resumed"], \
+        f"no trial continued from its progress file (killed {killed['pids']}: {killed['seen']})"
     for key, after in ft["trials_resumed"].items():
         _, meta = checkpoints.load(str(run / "finetune" / "progress" / f"{key}.pt"))
         epochs = [m["epoch"] for m in meta["history"]]

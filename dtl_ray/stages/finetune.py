@@ -273,6 +273,9 @@ def trial_fn(config: dict, tables: dict, setup: dict) -> None:
     if storage.exists(uri):
         resume, meta = checkpoints.load(uri)
         history, resumed = list(meta["history"]), [*meta.get("resumed", []), len(meta["history"])]
+        # written before ASHA sees the history again: it may stop the trial at once (a rung
+        # this trial's first life reached, but whose report Tune never got)
+        checkpoints.save(uri, resume, {**meta, "resumed": resumed})
     for metrics in history:
         ray.tune.report({**metrics, **where, "reported_at": time.time()})
     spec.update(progress_uri=uri, history=history, resumed=resumed, report_extra=where)
