@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import builders, checkpoints, data, loops, samples, scoring, storage
+from dtl_ray.config import ModelConfig, from_dict
 from dtl_ray.layout import RunLayout
 
 __all__ = ["predict", "export", "list_images", "Predictor", "EXPORT_META"]
@@ -67,9 +68,7 @@ def list_images(uri: str, extensions: list[str]) -> tuple[pd.DataFrame, pd.DataF
 
 def frame(cfg: dict) -> samples.Size:
     """How a run decodes its images (`samples.Size`), from its saved config."""
-    m = cfg.get("model", {})
-    size, resize = int(m.get("image_size", 32)), m.get("resize_size")
-    return size if resize is None else (size, int(resize))
+    return from_dict(ModelConfig, cfg.get("model", {}), "model.").frame
 
 
 class Predictor:
