@@ -156,7 +156,23 @@ def test_pipeline_on_an_autoscaling_gpu_cluster(autoscaling_head, tiny_demo, tmp
     assert any(x != y for x, y in overlapping), trials[["trial_id", "node_id", "started_at",
                                                         "ended_at"]]
     # idle GPU nodes are removed
-    wait_for(lambda: watch.gpu_nodes_alive() == [], timeout=180, every=2)
+    try:
+        wait_for(lambda: watch.gpu_nodes_alive() == [], timeout=180, every=2)
+    except TimeoutError:  # what holds them: demands, requests, placement groups, actors
+        from ray.util.state import list_placement_groups
+
+        status = subprocess.run([os.path.join(BIN, "ray"), "status", f"--address={gcs}",
+                                 "-v"], capture_output=True, text=True, timeout=120, env=env)
+        groups = [(g.placement_group_id, g.name, g.state, g.creator_job_id, g.is_detached)
+                  for g in list_placement_groups(address=dashboard, detail=True,
+                                                 raise_on_missing_output=False)
+                  if g.state != "REMOVED"]
+        alive = [(a.class_name, a.node_id, a.is_detached) for a in list_actors(
+            address=dashboard, detail=True, filters=[("state", "=", "ALIVE")],
+            raise_on_missing_output=False)]
+        raise AssertionError(f"GPU nodes still up 180 s after the run:\n{status.stdout}"
+                             f"placement groups not removed: {groups}\nalive actors: {alive}")\
+            from None
     print(f"GPU nodes {sorted(gpu_nodes)}; CPU node {sorted(cpu_nodes)}; Train workers on "
           f"{sorted(set(by_class['RayTrainWorker']))}; scoring actors on "
           f"{sorted(set(by_class['MapWorker(MapBatches(Scorer))']))}; trials "
