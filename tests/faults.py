@@ -148,7 +148,7 @@ def _kill_an_actor_when(class_name, ready, stage_dir, begun=None, describe=None)
             while not stop.is_set():
                 if begun():
                     try:
-                        seen[:] = [(time.time(), alive())]
+                        seen[:] = [alive()]  # a new list per lookup
                     except Exception as e:  # noqa: BLE001 (re-raised by body)
                         failed.append(e)
                         return
@@ -163,7 +163,7 @@ def _kill_an_actor_when(class_name, ready, stage_dir, begun=None, describe=None)
             while not (killed["pids"] or failed or _stage_done(stage_dir)):
                 if seen and seen[0] is not tried:
                     tried = seen[0]
-                    for a in tried[1]:
+                    for a in tried:
                         try:
                             os.kill(a.pid, signal.SIGKILL)
                             killed["pids"].append(a.pid)
