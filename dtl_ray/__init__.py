@@ -6,6 +6,6 @@ __all__ = ["submit", "__version__"]
 
 def submit(*args, **kwargs):
     """Submits the pipeline as a Ray job; see `dtl_ray.submission.submit`."""
-    from dtl_ray.submission import submit as _submit
+    from dtl_ray.pipeline.jobs import submit as _submit
 
     return _submit(*args, **kwargs)

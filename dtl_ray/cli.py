@@ -128,8 +128,10 @@ def _demo_config_path() -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from dtl_ray import config, demo, pipeline, report, storage
-    from dtl_ray.layout import RunLayout
+    from dtl_ray import config, storage
+    from dtl_ray.contract.layout import RunLayout
+    from dtl_ray.data.pairs import demo
+    from dtl_ray.pipeline import report, runner
 
     if args.command == "demo-data":
         storage.check_access(args.out, write=True)
@@ -137,22 +139,23 @@ def _main(args: argparse.Namespace) -> int:
         print(f"wrote the demo pair to {args.out}: {counts}")
         return 0
     if args.command == "pack":
-        from dtl_ray import data, packing, pipeline
+        from dtl_ray.data import packing, readers
+        from dtl_ray.pipeline import runner
 
         storage.check_access(args.src)
         storage.check_access(args.dst, write=True)
         # a Ray Data job: on RAY_ADDRESS's cluster, else a local Ray; the S3 endpoint and
         # region (never secrets) go to its workers
-        pipeline.ensure_ray({k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_REGION")
+        runner.ensure_ray({k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_REGION")
                              if k in os.environ})
-        data.configure_context()
+        readers.configure_context()
         m = packing.pack(args.src, args.dst, args.rows_per_shard, args.domain,
                          seed=None if args.keep_order else args.seed)
         print(f"packed {m['rows']} images ({m['domain']}: {m['splits']}) into "
               f"{len(m['shards'])} shards at {args.dst}")
         return 0
     if args.command == "predict":
-        from dtl_ray import predict
+        from dtl_ray.inference import predict
 
         if args.batch_size < 1:
             raise config.ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -164,7 +167,7 @@ def _main(args: argparse.Namespace) -> int:
               f"-> {args.out}")
         return 0
     if args.command == "suggest-labels":
-        from dtl_ray import suggest
+        from dtl_ray.inference import suggest
 
         if args.budget < 1:
             raise config.ConfigError(f"--budget must be at least 1, got {args.budget}")
@@ -174,7 +177,7 @@ def _main(args: argparse.Namespace) -> int:
               f"{r['csv']} (contact sheet {r['sheet']})")
         return 0
     if args.command == "export":
-        from dtl_ray import predict
+        from dtl_ray.inference import predict
 
         info = predict.export(args.run_dir, args.out, args.model)
         print(f"exported model '{args.model}' ({info['backbone']}, {len(info['classes'])} "
@@ -249,28 +252,28 @@ def _main(args: argparse.Namespace) -> int:
         cfg = config.load_config(_demo_config_path(), [
             f"source.uri={storage.join(args.data, 'source')}",
             f"target.uri={storage.join(args.data, 'target')}", *args.overrides])
-        doc = pipeline.run(cfg, verbose=args.verbose)
+        doc = runner.run(cfg, verbose=args.verbose)
         print(doc.get("verdict", ""))
         return 0
     cfg = config.load_config(args.config, args.overrides)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     if args.check:
-        found = pipeline.check(cfg, stages, args.restart_from)
+        found = runner.check(cfg, stages, args.restart_from)
         print(f"dtl-ray: config, storage, model and data are usable: {found}")
         return 0
-    doc = pipeline.run(cfg, stages, restart_from=args.restart_from, verbose=args.verbose)
+    doc = runner.run(cfg, stages, restart_from=args.restart_from, verbose=args.verbose)
     print(doc.get("verdict", ""))
     return 0
 
 
 def _user_errors() -> tuple[type, ...]:
-    from dtl_ray.checkpoints import CheckpointError
     from dtl_ray.config import ConfigError
-    from dtl_ray.data import DataError
-    from dtl_ray.lease import LeaseError
-    from dtl_ray.models import ModelError
-    from dtl_ray.predict import RunError
+    from dtl_ray.data.samples import DataError
+    from dtl_ray.inference.predict import RunError
+    from dtl_ray.method.models import ModelError
+    from dtl_ray.pipeline.lease import LeaseError
     from dtl_ray.storage import StorageError
+    from dtl_ray.storage.checkpoints import CheckpointError
 
     return (ConfigError, DataError, ModelError, CheckpointError, StorageError, LeaseError,
             RunError, FileNotFoundError)

@@ -45,7 +45,7 @@ def _rate(fn, images_per_call: int, seconds: float, sync) -> dict:
 
 
 def forward_ceiling(model_name: str, size: int, batch: int, seconds: float, device: str) -> dict:
-    from dtl_ray import loops, models
+    from dtl_ray.method import loops, models
 
     model = loops.for_device(models.build_classifier(model_name, 10), device).eval()
     x = torch.randn(batch, 3, size, size, device=device)
@@ -63,7 +63,7 @@ def forward_ceiling(model_name: str, size: int, batch: int, seconds: float, devi
 
 
 def train_amp(model_name: str, size: int, batch: int, seconds: float, device: str) -> dict:
-    from dtl_ray import loops, models
+    from dtl_ray.method import loops, models
 
     model = loops.for_device(models.build_classifier(model_name, 10), device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -85,7 +85,7 @@ def _jpeg_pool(out: str, size: int, count: int) -> str:
     """`count` real JPEG files at `size` px in a dtl-ray domain layout (upscaled demo shapes)."""
     from PIL import Image
 
-    from dtl_ray import demo
+    from dtl_ray.data.pairs import demo
 
     rng = np.random.default_rng(0)
     shared = demo.SHARED_CLASSES
@@ -111,11 +111,13 @@ def score_stage(model_name: str, size: int, batch: int, images: int, files: int,
                 use_gpu: bool) -> dict:
     import pandas as pd
 
-    from dtl_ray import config, data, pipeline
+    from dtl_ray import config
+    from dtl_ray.data import readers
+    from dtl_ray.pipeline import runner
     from dtl_ray.tools import perf
 
     pool = _jpeg_pool(os.path.join(out, "gpu-images"), size + size // 8, files)
-    m = data.build_manifest(os.path.join(pool, "source"), os.path.join(pool, "target"),
+    m = readers.build_manifest(os.path.join(pool, "source"), os.path.join(pool, "target"),
                             [".jpg"])
     base = m.table
     reps = -(-images // len(base))
@@ -127,7 +129,7 @@ def score_stage(model_name: str, size: int, batch: int, images: int, files: int,
         f"source.uri={pool}/source", f"target.uri={pool}/target", f"model.backbone={model_name}",
         f"model.image_size={size}", f"score.batch_size={batch}",
         f"scaling.use_gpu={'true' if use_gpu else 'false'}"])
-    pipeline.ensure_ray()
+    runner.ensure_ray()
     return {"model": model_name, "image_size": size, "batch": batch, "files": files,
             **perf.score_ray(cfg, run_uri, 0)}
 

@@ -22,7 +22,9 @@ import os
 import tempfile
 import time
 
-from dtl_ray import config, data, pipeline, storage
+from dtl_ray import config, storage
+from dtl_ray.data import readers
+from dtl_ray.pipeline import runner
 from dtl_ray.tools import perf
 
 
@@ -38,11 +40,11 @@ def main() -> None:
         f"source.uri={os.path.abspath(args.data)}/source",
         f"target.uri={os.path.abspath(args.data)}/target", f"storage={out}", "name=cmp",
         *args.overrides])
-    cfg = pipeline.absolute(cfg)
+    cfg = runner.absolute(cfg)
     t0 = time.time()
-    doc = pipeline.run(cfg, ["pretrain"])
+    doc = runner.run(cfg, ["pretrain"])
     ray_s = time.time() - t0
-    manifest = data.load_manifest(pipeline.run_layout(cfg))
+    manifest = readers.load_manifest(runner.run_layout(cfg))
     rows, val = manifest.rows("source", "train"), manifest.rows("source", "val")
     result = {"images": len(rows), "epochs": cfg.pretrain.epochs,
               "pipeline": {"best_val_accuracy": doc["pretrain"]["source_val_accuracy"],

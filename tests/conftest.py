@@ -128,11 +128,11 @@ def ray_session(s3_server):
     import ray
 
     if not ray.is_initialized():
-        from dtl_ray import rayenv
+        from dtl_ray.raykit import connect
 
         ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1",
                  include_dashboard=True, logging_level="WARNING",
-                 runtime_env=rayenv.runtime_env())
+                 runtime_env=connect.runtime_env())
     yield ray
     ray.shutdown()
 
@@ -140,7 +140,7 @@ def ray_session(s3_server):
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """The demo pair at a tenth of its size (seed 3)."""
-    from dtl_ray import demo
+    from dtl_ray.data.pairs import demo
 
     root = tmp_path_factory.mktemp("tiny_demo")
     demo.write_demo(str(root), seed=3, scale=0.1)
@@ -177,7 +177,7 @@ def tiny_run(ray_session, tiny_demo, tmp_path_factory):
     the CLI end to end and stage-by-stage resumption are what every later test starts from);
     returns (cfg, run dir, stage summaries)."""
     from dtl_ray import cli, config
-    from dtl_ray.layout import STAGES, RunLayout
+    from dtl_ray.contract.layout import STAGES, RunLayout
 
     out = tmp_path_factory.mktemp("runs")
     config_file = out / "tiny.yaml"
@@ -196,7 +196,7 @@ def copy_run(run_dir, dest, done):
     the early stages starts where they ended instead of running them again."""
     import shutil
 
-    from dtl_ray.layout import STAGES
+    from dtl_ray.contract.layout import STAGES
 
     assert list(done) == list(STAGES[:len(done)]), done
     skip = set(STAGES[len(done):])
@@ -225,7 +225,9 @@ def variant_run(ray_session, tmp_path_factory):
         kill_a_trial_after_its_first_epoch,
     )
 
-    from dtl_ray import config, demo, pipeline
+    from dtl_ray import config
+    from dtl_ray.data.pairs import demo
+    from dtl_ray.pipeline import runner
 
     root = tmp_path_factory.mktemp("variants")
     demo.write_demo(str(root / "data"), seed=2, scale=0.2, pair="partial")
@@ -245,7 +247,7 @@ def variant_run(ray_session, tmp_path_factory):
     thread, killed = kill_a_train_worker_after_first_checkpoint(run / "pretrain")
     scorer, scorers_killed = kill_a_scoring_actor(run / "score", run)
     trial, trials_killed = kill_a_trial_after_its_first_epoch(run / "finetune")
-    doc = pipeline.run(cfg)
+    doc = runner.run(cfg)
     for t in (thread, scorer, trial):
         t.join(timeout=30)
     return {"cfg": cfg, "run": run, "doc": doc, "bad": bad, "odd": odd, "killed": killed,
@@ -295,7 +297,9 @@ def other_run(ray_session, s3_server, tmp_path_factory):
     import torch
     import torchvision
 
-    from dtl_ray import cli, config, data, pipeline
+    from dtl_ray import cli, config
+    from dtl_ray.data import readers
+    from dtl_ray.pipeline import runner
 
     tmp_path = tmp_path_factory.mktemp("other")
     folders = tmp_path / "d"
@@ -314,6 +318,6 @@ def other_run(ray_session, s3_server, tmp_path_factory):
         # every stage resizes the 40 px images' shorter side to 36 and crops the centre 32
         "model.image_size=32", "model.resize_size=36", *SMALL_SEARCH]
     cfg = config.load_config(overrides=overrides)
-    manifest = data.build_manifest(str(folders / "src"), str(folders / "tgt"),
+    manifest = readers.build_manifest(str(folders / "src"), str(folders / "tgt"),
                                    cfg.data.extensions)
-    return cfg, manifest, pipeline.run(cfg)
+    return cfg, manifest, runner.run(cfg)

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from dtl_ray import data
-from dtl_ray.layout import RunLayout
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.data import readers
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,12 @@ def test_adversarial_mode_reports_the_gap_and_a_dann_row(adversarial_run):
     assert adv["before"] != adv["after"]
     assert adv["after"]["proxy_a_distance"] == doc["discriminate"]["proxy_a_distance"]
     assert "dann" in doc["evaluate"]["baselines"]
-    pred = data.read_parquet_df(RunLayout(run).predictions)
+    pred = readers.read_parquet_df(RunLayout(run).predictions)
     assert doc["evaluate"]["baselines"]["dann"]["target_test_accuracy"] == pytest.approx(
         (pred["pred__dann"] == pred["label"]).mean())
     assert os.path.exists(os.path.join(run, "discriminate", "dann_model.pt"))
     # the adapted model differs from the pretrained one and seeded fine-tuning
-    from dtl_ray import checkpoints
+    from dtl_ray.storage import checkpoints
 
     a, _ = checkpoints.read_classifier(RunLayout(run).pretrain_model)
     b, meta = checkpoints.read_classifier(RunLayout(run).dann_model)

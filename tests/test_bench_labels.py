@@ -6,8 +6,10 @@ import os
 import pytest
 from conftest import tiny_overrides
 
-from dtl_ray import config, data, demo, storage
-from dtl_ray.layout import RunLayout
+from dtl_ray import config, storage
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.data import readers, samples
+from dtl_ray.data.pairs import demo
 from dtl_ray.tools import bench_labels
 
 
@@ -26,23 +28,23 @@ def test_relabel_moves_rows_and_refuses_others(tiny_run, tmp_path):
     bench_labels.copy_upstream(run_dir, dest.root)
     assert sorted(os.listdir(dest.root)) == sorted(
         ["classes.json", "manifest.parquet", "rejected.parquet", *bench_labels.UPSTREAM])
-    before = data.load_manifest(dest)
+    before = readers.load_manifest(dest)
     unl = before.rows("target", "unlabeled")
-    paths = list(unl[data.PATH].iloc[[0, 3, 5]])
+    paths = list(unl[samples.PATH].iloc[[0, 3, 5]])
     assert bench_labels.relabel(dest, paths, lambda p: demo.unlabeled_class("standard", p)) == 3
-    after = data.load_manifest(dest)
-    moved = after.table[after.table[data.PATH].isin(paths)]
-    assert (moved[data.SPLIT] == "train").all()
-    assert [after.classes[i] for i in moved[data.LABEL]] == [
-        demo.unlabeled_class("standard", p) for p in moved[data.PATH]]
+    after = readers.load_manifest(dest)
+    moved = after.table[after.table[samples.PATH].isin(paths)]
+    assert (moved[samples.SPLIT] == "train").all()
+    assert [after.classes[i] for i in moved[samples.LABEL]] == [
+        demo.unlabeled_class("standard", p) for p in moved[samples.PATH]]
     assert len(after.rows("target", "train")) == len(before.rows("target", "train")) + 3
     assert len(after.rows("target", "unlabeled")) == len(unl) - 3
     # the base run is untouched
-    assert len(data.load_manifest(RunLayout(run_dir)).rows("target", "unlabeled")) == len(unl)
+    assert len(readers.load_manifest(RunLayout(run_dir)).rows("target", "unlabeled")) == len(unl)
     with pytest.raises(config.ConfigError, match="1 of the 1 images"):
         bench_labels.relabel(dest, paths[:1], lambda p: "bars")  # no longer unlabeled
     with pytest.raises(config.ConfigError, match=r"classes \['nope'\]"):
-        bench_labels.relabel(dest, list(unl[data.PATH].iloc[[1]]), lambda p: "nope")
+        bench_labels.relabel(dest, list(unl[samples.PATH].iloc[[1]]), lambda p: "nope")
 
 
 def test_pick_run_fine_tunes_again_with_the_picked_labels(tiny_run, tmp_path):
@@ -66,7 +68,7 @@ def test_pick_run_fine_tunes_again_with_the_picked_labels(tiny_run, tmp_path):
     base_train = summaries["finetune"]
     layout = RunLayout(os.path.join(out, "tiny-suggested6"))
     doc = storage.read_json(layout.report_json)
-    assert rec["labeled"] == data.load_manifest(RunLayout(run_dir)).counts()["target"][
+    assert rec["labeled"] == readers.load_manifest(RunLayout(run_dir)).counts()["target"][
         "train"] + 6
     # the upstream stages were kept, not run again: their summaries are the base run's
     for stage in bench_labels.UPSTREAM:
@@ -76,7 +78,7 @@ def test_pick_run_fine_tunes_again_with_the_picked_labels(tiny_run, tmp_path):
     assert doc["evaluate"]["method"]["target_test_accuracy"] == rec["accuracy"]["method"]
     assert sum(rec["classes"].values()) == 6
     # the picks are out of the unlabeled pool the fine-tuning pseudo-labels
-    pseudo = data.read_parquet_df(layout.pseudo_labels)
-    ids = data.load_manifest(layout).table.set_index(data.PATH).loc[
-        list(picked["suggested"]["path"]), data.SAMPLE_ID]
-    assert not pseudo[data.SAMPLE_ID].isin(set(ids)).any()
+    pseudo = readers.read_parquet_df(layout.pseudo_labels)
+    ids = readers.load_manifest(layout).table.set_index(samples.PATH).loc[
+        list(picked["suggested"]["path"]), samples.SAMPLE_ID]
+    assert not pseudo[samples.SAMPLE_ID].isin(set(ids)).any()

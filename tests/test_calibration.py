@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from dtl_ray import calibration
+from dtl_ray.method import calibration
 
 
 def _ids(n, prefix="source/train/c/"):

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from dtl_ray import builders, checkpoints, config, models
+from dtl_ray import config
+from dtl_ray.method import builders, models
+from dtl_ray.storage import checkpoints
 
 
 def test_classifier_round_trip_and_meta(tmp_path):

@@ -77,7 +77,7 @@ def test_gpus_asked_for_on_a_cluster_without_any(ray_session, tiny_demo, tmp_pat
                       "worker, scaling.num_workers=2); the cluster can hold 0 (its nodes and "
                       "what its autoscaler can add): set scaling.use_gpu=false or give the "
                       "cluster GPU nodes")
-    from dtl_ray.layout import RunLayout
+    from dtl_ray.contract.layout import RunLayout
 
     layout = RunLayout(str(tmp_path / "out" / "run"))
     assert os.path.exists(layout.manifest)  # (the run's folder is where this looks)

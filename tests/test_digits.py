@@ -3,7 +3,9 @@
 import numpy as np
 from PIL import Image
 
-from dtl_ray import cli, data, demo, digits
+from dtl_ray import cli
+from dtl_ray.data import readers
+from dtl_ray.data.pairs import demo, digits
 
 
 def test_fonts_draw_ten_different_digits():
@@ -29,7 +31,7 @@ def test_digits_pair_layout_counts_and_determinism(tmp_path):
     assert counts["source/train"] == 100 and counts["source/val"] == 10
     assert counts["target/train"] == 50 and counts["target/unlabeled"] == 20
     assert counts["target/val"] == 10 and counts["target/test"] == 100
-    m = data.build_manifest(str(out / "source"), str(out / "target"), [".png"])
+    m = readers.build_manifest(str(out / "source"), str(out / "target"), [".png"])
     assert m.classes == digits.CLASSES == demo.target_classes("digits")
     assert m.counts()["target"] == {"train": 50, "unlabeled": 20, "val": 10, "test": 100}
     # no MNIST digit is in two target splits

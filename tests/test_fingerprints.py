@@ -1,7 +1,7 @@
 """Which settings each stage's outputs depend on."""
 
-from dtl_ray import fingerprints
 from dtl_ray.config import load_config
+from dtl_ray.pipeline import fingerprints
 
 BASE = {"source": {"uri": "/data/s"}, "target": {"uri": "/data/t"}}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dtl_ray.layout import STAGES, RunLayout
+from dtl_ray.contract.layout import STAGES, RunLayout
 
 
 def test_paths_are_under_the_run_and_in_their_stage(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from dtl_ray import models
+from dtl_ray.method import models
 
 
 @pytest.mark.parametrize("layer,dim", [(None, 64), ("block2", 32), ("block1", 16)])
@@ -71,7 +71,7 @@ def test_set_trainable_modes():
 def test_gradient_reversal_flips_the_backbones_gradient_only():
     import torch
 
-    from dtl_ray import models
+    from dtl_ray.method import models
 
     torch.manual_seed(0)
     g, disc = models.SmallCNN(), models.Discriminator(64, 16).eval()  # no dropout draws
@@ -113,7 +113,9 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
     folder; the classifier every stage builds starts from exactly those tensors."""
     import torchvision.models._api as api
 
-    from dtl_ray import builders, config, pipeline
+    from dtl_ray import config
+    from dtl_ray.method import builders
+    from dtl_ray.pipeline import runner
 
     reference = torchvision.models.resnet18(weights=None).state_dict()
     calls = []
@@ -127,7 +129,7 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
         cfg = config.load_config(overrides=[
             "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
             "model.backbone=resnet18", f"model.weights={name}"])
-        cfg = pipeline.resolve_weights(pipeline.absolute(cfg))
+        cfg = runner.resolve_weights(runner.absolute(cfg))
         assert cfg.model.weights == str(tmp_path / "r" / "weights" / f"{name}.pth")
         # the weights' transforms (resize 256, crop 224) at the default image size 224
         assert cfg.model.frame == (224, 256)
@@ -136,7 +138,7 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
         for k, v in reference.items():
             if not k.startswith("fc."):  # (the head is replaced)
                 assert torch.equal(got[k], v), k
-        again = pipeline.resolve_weights(config.load_config(overrides=[
+        again = runner.resolve_weights(config.load_config(overrides=[
             "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
             "model.backbone=resnet18", f"model.weights={name}"]))
         assert again.model.weights == cfg.model.weights
@@ -145,7 +147,7 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
     assert calls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url] * 3
     # another image size keeps the weights' ratio; a resize_size given is kept
     for extra, frame in (("model.image_size=64", (64, 73)), ("model.resize_size=300", (224, 300))):
-        cfg = pipeline.resolve_weights(config.load_config(overrides=[
+        cfg = runner.resolve_weights(config.load_config(overrides=[
             "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
             "model.backbone=resnet18", "model.weights=DEFAULT", extra]))
         assert cfg.model.frame == frame, extra

@@ -6,7 +6,10 @@ import boto3
 import numpy as np
 import pytest
 
-from dtl_ray import cli, data, demo, packing, scoring
+from dtl_ray import cli, storage
+from dtl_ray.data import packing, readers
+from dtl_ray.data.pairs import demo
+from dtl_ray.method import scoring
 
 pytestmark = pytest.mark.slow
 BUCKET = "dtl-packed"
@@ -27,9 +30,9 @@ def test_pack_writes_shards_and_a_manifest(packed):
     src, tgt = packed
     index = packing.read_index(src)
     assert len(index) == 210 + 28 and set(index["split"]) == {"train", "val"}
-    manifest = data.storage.read_json(f"{src}/{packing.MANIFEST}")
+    manifest = storage.read_json(f"{src}/{packing.MANIFEST}")
     assert manifest["domain"] == "source" and len(manifest["shards"]) == 4  # 238 rows / 64
-    assert data.storage.read_json(f"{tgt}/{packing.MANIFEST}")["domain"] == "target"
+    assert storage.read_json(f"{tgt}/{packing.MANIFEST}")["domain"] == "target"
     assert index["shard"].str.endswith(".parquet").all()
     assert (index["split"] + "/" + index["rel_path"]).is_unique
 
@@ -48,14 +51,14 @@ def test_pack_shuffles_rows_across_shards(packed):
         share = rows["label"].value_counts(normalize=True).reindex(overall.index, fill_value=0)
         assert rows["label"].nunique() == len(overall), shard
         assert 0.5 * (share - overall).abs().sum() < 0.25, (shard, share.round(2).to_dict())
-    manifest = data.storage.read_json(f"{src}/{packing.MANIFEST}")
+    manifest = storage.read_json(f"{src}/{packing.MANIFEST}")
     assert manifest["shuffle_seed"] == 0
 
 
 def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
     cfg, run, _ = tiny_run
-    folder = data.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
-    pk = data.build_manifest(*packed, [".png"])
+    folder = readers.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    pk = readers.build_manifest(*packed, [".png"])
     a = folder.table.sort_values("sample_id").reset_index(drop=True)
     b = pk.table.sort_values("sample_id").reset_index(drop=True)
     assert list(a["sample_id"]) == list(b["sample_id"])
@@ -66,7 +69,7 @@ def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
         cfg.scaling, cfg.model.image_size,
         os.path.join(run, "discriminate", "discriminator.pt")).select_columns(
         ["sample_id", "p_target", "weight", "pred", "confidence"]).to_pandas()
-    reference = data.read_parquet_df(os.path.join(run, "score", "scores"))
+    reference = readers.read_parquet_df(os.path.join(run, "score", "scores"))
     both = reference.merge(scored, on="sample_id", suffixes=("", "_packed"))
     assert len(both) == len(reference) == len(pk.table)
     for col in ("p_target", "weight", "confidence"):
@@ -80,11 +83,11 @@ def test_packed_training_rows_are_shuffled(ray_session, tmp_path):
     demo.write_demo(str(tmp_path / "d"), seed=4, scale=0.5)
     src = str(tmp_path / "packed")
     packing.pack(str(tmp_path / "d" / "source"), src, rows_per_shard=128, seed=None)
-    m = data.build_manifest(src, str(tmp_path / "d" / "target"), [".png"])
+    m = readers.build_manifest(src, str(tmp_path / "d" / "target"), [".png"])
     rows = m.rows("source", "train")  # 1,050 rows, decoded in 256-row blocks
     freq = np.bincount(rows["label"], minlength=len(m.classes)) / len(rows)
-    ds = data.training_dataset(rows, 8, "always", ["image", "label"], seed=3)
-    batches = list(data.epoch_batches(ds.iterator(), 16, 0, 3, buffer_batches=2))
+    ds = readers.training_dataset(rows, 8, "always", ["image", "label"], seed=3)
+    batches = list(readers.epoch_batches(ds.iterator(), 16, 0, 3, buffer_batches=2))
     first = np.concatenate([b["label"] for b in batches[:4]])
     seen = np.bincount(first, minlength=len(m.classes)) / len(first)
     assert 0.5 * np.abs(seen - freq).sum() < 0.3, (seen, freq)  # pack order: about 0.8
@@ -97,23 +100,23 @@ def test_packed_subset_reads_the_shards_own_columns(packed, ray_session):
     shard's columns) and the run's column joined by id; only the wanted split comes back;
     the member table a shard's tasks fetch holds the ids and the run's columns only."""
     src, tgt = packed
-    m = data.build_manifest(src, tgt, [".png"])
+    m = readers.build_manifest(src, tgt, [".png"])
     rows = m.rows("source", "train").iloc[::3].copy()  # a third of train, every shard
     rows["w"] = np.arange(len(rows), dtype=float) / 7
-    got = data.to_dataset(rows, 8).to_pandas().sort_values("sample_id")
+    got = readers.to_dataset(rows, 8).to_pandas().sort_values("sample_id")
     want = rows.sort_values("sample_id")
     assert list(got["sample_id"]) == list(want["sample_id"])
     for c in ("split", "path", "domain", "label", "w"):
         assert list(got[c]) == list(want[c]), c
     assert (got["error"] == "").all() and all(i.shape == (8, 8, 3) for i in got["image"])
     # the same rows decoded in this process (a trial's cell) give the same pixels
-    here = data.decode_here(rows, 8, data.Reading(), ["sample_id", "image", "w"])
+    here = readers.decode_here(rows, 8, readers.Reading(), ["sample_id", "image", "w"])
     order = np.argsort(here["sample_id"])
     np.testing.assert_array_equal(np.stack(got["image"].to_numpy()), here["image"][order])
     np.testing.assert_array_equal(got["w"].to_numpy(), here["w"][order])
     # the val split only: no train row comes back (the filter is on the split column)
     val = m.rows("source", "val")
-    assert sorted(data.to_dataset(val, 8).to_pandas()["sample_id"]) == sorted(val["sample_id"])
+    assert sorted(readers.to_dataset(val, 8).to_pandas()["sample_id"]) == sorted(val["sample_id"])
     # per shard: the wanted rows' ids and the run's columns (not the shard's own)
     shards = packing.members_by_shard(rows)
     assert len(shards) == 4 and all(t.num_rows <= 64 and t.column_names == ["sample_id", "label",

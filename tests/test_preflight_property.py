@@ -10,8 +10,9 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dtl_ray import checkpoints, cli, config
-from dtl_ray.fingerprints import flat
+from dtl_ray import cli, config
+from dtl_ray.pipeline.fingerprints import flat
+from dtl_ray.storage import checkpoints
 
 EXAMPLES = int(os.environ.get("DTL_RAY_PROPERTY_EXAMPLES", "300"))
 
@@ -61,7 +62,7 @@ CONFIG_FILES = st.one_of(
 def files(tiny_demo, tmp_path_factory):
     """Files a `model.weights` or a config may point at: a real classifier checkpoint, a
     discriminator, text, random bytes, a folder, nothing."""
-    from dtl_ray import builders
+    from dtl_ray.method import builders
 
     root = tmp_path_factory.mktemp("prop")
     net = builders.classifier(config.ModelConfig(backbone="smallcnn", image_size=32), 2)

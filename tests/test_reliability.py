@@ -13,8 +13,10 @@ import torch
 from conftest import SECRET, SMALL_SEARCH, cli_args, copy_run, tiny_overrides
 from faults import add_bad_images, registered_checkpoint, wait_for
 
-from dtl_ray import checkpoints, cli, data, storage
-from dtl_ray.layout import RunLayout
+from dtl_ray import cli, storage
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.data import readers, samples
+from dtl_ray.storage import checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +52,8 @@ def test_killed_scoring_actors_lose_no_row(variant_run):
     assert killed.get("pids") and not killed["stage_done_at_kill"], killed
     sc = doc["score"]
     assert sc["rows_in"] == sc["rows_out"] + sc["rows_rejected"]
-    scores = data.read_parquet_df(str(run / "score" / "scores"))
-    manifest = data.load_manifest(RunLayout(str(run)))
+    scores = readers.read_parquet_df(str(run / "score" / "scores"))
+    manifest = readers.load_manifest(RunLayout(str(run)))
     assert scores["sample_id"].is_unique and len(scores) == sc["rows_out"]
     assert sc["rows_in"] == len(manifest.table) + 1  # (1: the file with a non-UTF-8 name)
 
@@ -74,7 +76,7 @@ def test_killed_trials_resume_from_their_progress(variant_run):
 
 def test_bad_images_are_rejected_row_by_row(faulty_run):
     doc, run, bad, odd, _ = faulty_run
-    rejected = data.read_parquet_df(str(run / "rejected.parquet"))
+    rejected = readers.read_parquet_df(str(run / "rejected.parquet"))
     assert sorted(os.path.basename(p) for p in rejected["path"]) == bad  # no `._gray.png`
     assert (rejected["error"] != "").all()
     reason = dict(zip(rejected["path"].map(os.path.basename), rejected["error"]))
@@ -83,7 +85,7 @@ def test_bad_images_are_rejected_row_by_row(faulty_run):
     assert doc["data"]["rejected"] == len(bad) == 6
     sc = doc["score"]
     assert sc["rows_rejected"] == 6 and sc["rows_in"] == sc["rows_out"] + 6
-    scores = data.read_parquet_df(str(run / "score" / "scores"))
+    scores = readers.read_parquet_df(str(run / "score" / "scores"))
     names = {os.path.basename(p) for p in scores["path"]}
     assert set(odd) <= names and not set(bad) & names  # converted ones are scored
 
@@ -149,8 +151,8 @@ def test_driver_killed_in_pretraining_resumes_its_train_run(ray_session, tiny_ru
     assert [c["epoch"] for c in s["curve"]] == [c["epoch"] for c in ref["curve"]] == [0, 1]
     # the same rows as the uninterrupted run (the weights differ: the resumed epoch draws
     # another data order)
-    assert data.load_manifest(layout).table.equals(
-        data.load_manifest(RunLayout(tiny_run[1])).table)
+    assert readers.load_manifest(layout).table.equals(
+        readers.load_manifest(RunLayout(tiny_run[1])).table)
     state, _ = checkpoints.read_classifier(str(run / "pretrain" / "model.pt"))
     assert state
 
@@ -200,9 +202,9 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
     kill_driver_when(args, env, trial_progress, "the search saved a trial's epoch")
     assert layout.is_done("score") and not layout.is_done("finetune")
     # the killed score stage, run again: the rows and scores of the uninterrupted run
-    ref = data.read_parquet_df(os.path.join(tiny_run[1], "score", "scores")).sort_values(
+    ref = readers.read_parquet_df(os.path.join(tiny_run[1], "score", "scores")).sort_values(
         "sample_id")
-    got = data.read_parquet_df(str(run / "score" / "scores")).sort_values("sample_id")
+    got = readers.read_parquet_df(str(run / "score" / "scores")).sort_values("sample_id")
     assert list(got["sample_id"]) == list(ref["sample_id"])
     for col in ("p_target", "logit_target", "weight", "confidence"):
         np.testing.assert_allclose(got[col], ref[col], rtol=1e-5, atol=1e-6)
@@ -221,12 +223,12 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
         assert f"[dtl-ray] {stage}: already done, skipped" in second.stdout
     resumed = re.search(r"\[finetune\] resuming the search: (\d+) of (\d+) trials", second.stdout)
     assert resumed and int(resumed.group(1)) >= 1, second.stdout[-3000:]
-    manifest = data.load_manifest(RunLayout(str(run)))
-    scores = data.read_parquet_df(str(run / "score" / "scores"))
+    manifest = readers.load_manifest(RunLayout(str(run)))
+    scores = readers.read_parquet_df(str(run / "score" / "scores"))
     assert scores["sample_id"].is_unique and len(scores) == len(manifest.table)
-    cand = data.read_parquet_df(str(run / "select" / "candidates.parquet"))
+    cand = readers.read_parquet_df(str(run / "select" / "candidates.parquet"))
     assert cand["sample_id"].is_unique
-    trials = data.read_parquet_df(str(run / "finetune" / "trials.parquet"))
+    trials = readers.read_parquet_df(str(run / "finetune" / "trials.parquet"))
     assert trials["trial_id"].is_unique
     doc = storage.read_json(str(run / "report.json"))
     assert doc["finetune"]["trials"] == len(trials) and "verdict" in doc
@@ -292,7 +294,7 @@ def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
     map task) and the actor task (the scorers) again, and every row comes out."""
     import ray.data
 
-    from dtl_ray import samples
+    from dtl_ray.data import samples
 
     # (classes and functions defined here are pickled by value: workers cannot import tests)
     class _FailsOnce:
@@ -303,7 +305,7 @@ def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
             self.marker = str(marker)
 
         def __call__(self, batch):
-            from dtl_ray import samples
+            from dtl_ray.data import samples
 
             with open(self.marker, "a") as f:
                 f.write("x")
@@ -312,7 +314,7 @@ def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
                     raise samples.TransientReadError("s3://b/k.png: OSError: HTTP status 503")
             return batch
 
-    data.configure_context()
+    readers.configure_context()
     rows = [{"i": i} for i in range(6)]
 
     task = _FailsOnce(tmp_path / "task")
@@ -336,13 +338,13 @@ def test_user_errors_raised_inside_ray_are_found(ray_session):
     import ray.data
 
     def _raises_data_error(batch):
-        raise data.DataError("3 image(s) read well before cannot be read now, e.g. /d/x.png")
+        raise samples.DataError("3 image(s) read well before cannot be read now, e.g. /d/x.png")
 
-    data.configure_context()
+    readers.configure_context()
     with pytest.raises(Exception) as info:
         ray.data.range(4).map_batches(_raises_data_error).materialize()
     inner = cli.user_error(info.value)
-    assert isinstance(inner, data.DataError)
+    assert isinstance(inner, samples.DataError)
     assert cli._one_line(inner) == ("3 image(s) read well before cannot be read now, e.g. "
                                     "/d/x.png")
     assert cli.user_error(RuntimeError("a bug")) is None
@@ -378,12 +380,12 @@ def test_the_first_pass_that_decodes_an_image_finds_it(ray_session, tiny_demo, t
     assert "over data.max_rejected_fraction=0" in err[-1] and victim.name in err[-1]
     layout = RunLayout(str(tmp_path / "out" / "changed"))
     assert not layout.is_done("pretrain")
-    listed = data.read_parquet_df(layout.rejected)
+    listed = readers.read_parquet_df(layout.rejected)
     assert [os.path.basename(p) for p in listed["path"]] == [victim.name]
     assert list(listed["found_in"]) == ["pretrain"] and listed["error"].iloc[0]
     victim.write_bytes(good)  # fixed: the same command reads every image
     assert cli.main(args) == 0
-    assert layout.is_done("pretrain") and len(data.read_parquet_df(layout.rejected)) == 0
+    assert layout.is_done("pretrain") and len(readers.read_parquet_df(layout.rejected)) == 0
 
 
 def test_the_credentials_patch_holds_only_during_the_search():
@@ -391,10 +393,10 @@ def test_the_credentials_patch_holds_only_during_the_search():
     and gets them back after (the patch is not process-wide any more)."""
     from ray.tune.execution import class_cache
 
-    from dtl_ray import raytune
+    from dtl_ray.raykit import tune
 
     before = set(class_cache.ENV_VARS_TO_PROPAGATE)
     assert "AWS_SECRET_ACCESS_KEY" in before  # Ray copies it: there is something to keep out
-    with raytune.credentials_kept_out_of_ray_logs():
-        assert not raytune.SECRETS & set(class_cache.ENV_VARS_TO_PROPAGATE)
+    with tune.credentials_kept_out_of_ray_logs():
+        assert not tune.SECRETS & set(class_cache.ENV_VARS_TO_PROPAGATE)
     assert set(class_cache.ENV_VARS_TO_PROPAGATE) == before

@@ -3,8 +3,8 @@ choice in words (it used to be a raw dict)."""
 
 from PIL import Image
 
-from dtl_ray import report
-from dtl_ray.layout import RunLayout
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.pipeline import report
 
 BEST = {"trial_id": "t1", "arm": "method", "strategy": "discriminator", "source_fraction": 0.25,
         "target_fraction": 0.5, "lr": 0.003, "train_layers": "all", "candidate_weight": 1.0,

@@ -4,13 +4,14 @@ import dataclasses
 
 import pytest
 
-from dtl_ray import pipeline, results
-from dtl_ray.layout import STAGES
+from dtl_ray.contract import results
+from dtl_ray.contract.layout import STAGES
+from dtl_ray.pipeline import runner
 
 
 def test_every_stage_has_a_result_type_and_a_run():
     assert list(results.RESULTS) == list(STAGES)
-    assert list(pipeline._stage_runs()) == list(STAGES)
+    assert list(runner._stage_runs()) == list(STAGES)
 
 
 def test_results_round_trip_and_optional_parts_are_left_out():

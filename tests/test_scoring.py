@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dtl_ray import calibration, checkpoints, models
-from dtl_ray.scoring import Scorer
+from dtl_ray.method import calibration, models
+from dtl_ray.method.scoring import Scorer
+from dtl_ray.storage import checkpoints
 
 
 def _fold_discriminators(in_dim, k):

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dtl_ray import search
 from dtl_ray.config import FinetuneConfig
+from dtl_ray.method import design
 
 
 def _scores():
@@ -28,18 +28,18 @@ def _unlabeled():
 def test_cells_cover_every_arm_and_fraction():
     f = FinetuneConfig(strategies=["discriminator", "random"], source_fractions=[0.25, 0.5],
                        target_fractions=[0.0, 0.3])
-    cells = search.make_cells(f, default_target_fraction=0.4)
-    assert cells[:2] == [search.Cell("target_only", "none", 0.0, 0.0),
-                         search.Cell("all_source", "all", 1.0, 0.0)]
+    cells = design.make_cells(f, default_target_fraction=0.4)
+    assert cells[:2] == [design.Cell("target_only", "none", 0.0, 0.0),
+                         design.Cell("all_source", "all", 1.0, 0.0)]
     grid = [(c.strategy, c.source_fraction, c.target_fraction) for c in cells
             if c.arm in ("method", "random_subset")]
     assert grid == [(s, sf, tf) for s in ("discriminator", "random") for sf in (0.0, 0.25, 0.5)
                     for tf in (0.0, 0.3) if sf or tf]
     assert [c for c in cells if c.arm == "self_training"] == [
-        search.Cell("self_training", "confidence", 0.0, 0.3)]
-    assert {c.arm for c in cells} == set(search.ARMS)
+        design.Cell("self_training", "confidence", 0.0, 0.3)]
+    assert {c.arm for c in cells} == set(design.ARMS)
     # no positive target fraction searched: self-training still runs, at select's fraction
-    only_zero = search.make_cells(FinetuneConfig(target_fractions=[0.0]), 0.4)
+    only_zero = design.make_cells(FinetuneConfig(target_fractions=[0.0]), 0.4)
     assert [c.target_fraction for c in only_zero if c.arm == "self_training"] == [0.4]
     assert all(c.source_fraction > 0 for c in only_zero if c.arm == "method")
 
@@ -47,11 +47,11 @@ def test_cells_cover_every_arm_and_fraction():
 def test_settings_are_drawn_once_and_shared():
     f = FinetuneConfig(lr=[1e-3, 3e-3], train_layers=["all", "head"], candidate_weight=[1.0],
                        num_samples=3)
-    a, b = search.settings_grid(f, seed=1), search.settings_grid(f, seed=1)
+    a, b = design.settings_grid(f, seed=1), design.settings_grid(f, seed=1)
     assert a == b and len(a) == 3
     assert len({tuple(s.values()) for s in a}) == 3  # fewer than the grid: no repeats
     assert all(s["lr"] in (1e-3, 3e-3) and s["train_layers"] in ("all", "head") for s in a)
-    big = search.settings_grid(FinetuneConfig(lr=[1e-3], train_layers=["all"],
+    big = design.settings_grid(FinetuneConfig(lr=[1e-3], train_layers=["all"],
                                               candidate_weight=[1.0], num_samples=3), 0)
     assert big == [{"lr": 1e-3, "train_layers": "all", "candidate_weight": 1.0}] * 3
 
@@ -59,11 +59,11 @@ def test_settings_are_drawn_once_and_shared():
 def test_members_give_random_and_confidence_cells_the_methods_sizes():
     scores, unl = _scores(), _unlabeled()
     classes = [0, 1]
-    method = search.members(search.Cell("method", "discriminator", 0.25, 0.5), scores, unl,
+    method = design.members(design.Cell("method", "discriminator", 0.25, 0.5), scores, unl,
                             classes, seed=0, confidence_floor=0.6, balanced=False)
-    rand = search.members(search.Cell("random_subset", "random", 0.25, 0.5), scores, unl,
+    rand = design.members(design.Cell("random_subset", "random", 0.25, 0.5), scores, unl,
                           classes, seed=0, confidence_floor=0.6, balanced=False)
-    conf = search.members(search.Cell("self_training", "confidence", 0.0, 0.5), scores, unl,
+    conf = design.members(design.Cell("self_training", "confidence", 0.0, 0.5), scores, unl,
                           classes, seed=0, confidence_floor=0.6, balanced=False)
     # 14 source rows in classes 0 and 1; a quarter is 4 (rounded from 3.5): the heaviest ones
     assert list(method[0]["sample_id"]) == [f"source/train/s{i:02d}" for i in (0, 1, 3, 4)]
@@ -74,7 +74,7 @@ def test_members_give_random_and_confidence_cells_the_methods_sizes():
     assert len(method[1]) == 5 and (method[1]["confidence"] >= 0.6).all()
     assert len(rand[1]) == len(conf[1]) == len(method[1])
     assert list(conf[1]["confidence"]) == sorted(unl["confidence"], reverse=True)[:5]
-    everything = search.members(search.Cell("all_source", "all", 1.0, 0.0), scores, unl,
+    everything = design.members(design.Cell("all_source", "all", 1.0, 0.0), scores, unl,
                                 classes, seed=0, confidence_floor=0.6, balanced=False)
     assert len(everything[0]) == 14 and everything[1].empty
 
@@ -87,10 +87,10 @@ def test_train_set_rows_labels_and_weights():
     ids = list(labeled["sample_id"]) + list(src["sample_id"]) + list(tgt["sample_id"])
     pos = {s: 10 + i for i, s in enumerate(reversed(ids))}
     local = {0: 1, 1: 0}  # global class id -> index among the target's classes
-    ts = search.train_set(labeled, src, tgt, pos, local, weight_by_w=True)
+    ts = design.train_set(labeled, src, tgt, pos, local, weight_by_w=True)
     assert ts.index.tolist() == [pos[s] for s in ids]
     assert ts.label.tolist() == [0, 1, 1, 0, 0]
     assert ts.labeled.tolist() == [True, True, False, False, False]
     assert ts.weight.tolist() == pytest.approx([1, 1, 20 / 19.5, 19 / 19.5, 1])
-    plain = search.train_set(labeled, src, tgt, pos, local, weight_by_w=False)
+    plain = design.train_set(labeled, src, tgt, pos, local, weight_by_w=False)
     assert plain.weight.tolist() == [1.0] * 5

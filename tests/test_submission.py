@@ -2,13 +2,13 @@
 
 import shlex
 
-from dtl_ray import submission
+from dtl_ray.pipeline import jobs
 
 
 def test_entrypoint_quotes_every_argument():
     odd = ["name=it's", "source.uri=/data/set #2", "finetune.lr=[0.1, 0.3]", "x=$(rm -rf ~)"]
-    cmd = submission.entrypoint_command("config.yaml", odd, ["score", "select"])
+    cmd = jobs.entrypoint_command("config.yaml", odd, ["score", "select"])
     assert shlex.split(cmd) == ["python", "-m", "dtl_ray", "run", "config.yaml",
                                 "--set", odd[0], "--set", odd[1], "--set", odd[2],
                                 "--set", odd[3], "--stages", "score,select"]
-    assert submission.entrypoint_command("c.yaml") == "python -m dtl_ray run c.yaml"
+    assert jobs.entrypoint_command("c.yaml") == "python -m dtl_ray run c.yaml"

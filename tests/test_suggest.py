@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dtl_ray import cli, suggest
+from dtl_ray import cli
+from dtl_ray.inference import suggest
 
 
 def test_value_is_the_mean_percentile_rank_and_a_missing_view_is_left_out():

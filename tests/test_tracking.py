@@ -14,8 +14,9 @@ import urllib.request
 import pytest
 from conftest import cli_args, copy_run, tiny_overrides
 
-from dtl_ray import cli, data
-from dtl_ray.layout import STAGES
+from dtl_ray import cli, storage
+from dtl_ray.contract.layout import STAGES
+from dtl_ray.data import readers
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +104,7 @@ def test_a_run_is_logged_to_mlflow_and_tensorboard(mlflow_server, tiny_run, tiny
     parent = parents[0]
     assert parent.info.run_name == "tracked" and parent.info.status == "FINISHED"
     assert parent.data.params["model.backbone"] == "smallcnn"
-    doc = data.storage.read_json(str(run / "report.json"))
+    doc = storage.read_json(str(run / "report.json"))
     assert parent.data.metrics["method.target_test_accuracy"] == pytest.approx(
         doc["evaluate"]["method"]["target_test_accuracy"])
     stages = {r.info.run_name: r for r in runs
@@ -115,7 +116,7 @@ def test_a_run_is_logged_to_mlflow_and_tensorboard(mlflow_server, tiny_run, tiny
     assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [0, 1]  # 2 epochs
     trials = [r for r in runs
               if r.data.tags.get("mlflow.parentRunId") == stages["finetune"].info.run_id]
-    table = data.read_parquet_df(str(run / "finetune" / "trials.parquet"))
+    table = readers.read_parquet_df(str(run / "finetune" / "trials.parquet"))
     assert len(trials) == len(table) == doc["finetune"]["trials"] > 0
     for t in trials:
         history = client.get_metric_history(t.info.run_id, "val_accuracy")

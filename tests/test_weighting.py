@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dtl_ray import weighting
+from dtl_ray.method import weighting
 
 
 def test_density_ratio_hand_computed():

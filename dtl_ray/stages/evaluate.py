@@ -12,11 +12,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from dtl_ray import data, scoring, storage
-from dtl_ray import results as results_mod
+from dtl_ray import storage
 from dtl_ray.config import ScalingConfig
-from dtl_ray.layout import RunLayout
-from dtl_ray.results import EvaluateResult
+from dtl_ray.contract import results as results_mod
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.results import EvaluateResult
+from dtl_ray.data import readers
+from dtl_ray.method import scoring
 
 __all__ = ["run", "measure"]
 
@@ -45,7 +47,7 @@ def run(layout: RunLayout, scaling: ScalingConfig, image_size: int, max_pixels: 
     import ray.data
 
     t0 = time.time()
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     classes = manifest.target_classes
     uris = {"source_only": layout.pretrain_model}
     if storage.exists(layout.dann_model):
@@ -57,14 +59,14 @@ def run(layout: RunLayout, scaling: ScalingConfig, image_size: int, max_pixels: 
     for c in ft.by_cell:
         uris[c["model"]] = layout.model(c["model"])
     test = manifest.rows("target", "test")
-    df = data.to_dataset(test, image_size, max_pixels=max_pixels).map_batches(
+    df = readers.to_dataset(test, image_size, max_pixels=max_pixels).map_batches(
         scoring.MultiEvaluator,
         fn_constructor_kwargs={"model_uris": uris, "classes": classes,
                                "use_gpu": scaling.use_gpu},
         compute=ray.data.ActorPoolStrategy(size=1), batch_size=batch_size,
         batch_format="numpy", num_cpus=scaling.cpus_per_worker,
         num_gpus=1 if scaling.use_gpu else 0).to_pandas()
-    data.write_parquet_df(df, layout.predictions)
+    readers.write_parquet_df(df, layout.predictions)
     results = {k: measure(df, k, classes, manifest.classes) for k in uris}
     base = {k: {m: results[k][m] for m in ("target_test_accuracy", "transfer_loss",
                                            "per_class_accuracy")}

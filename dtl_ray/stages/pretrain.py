@@ -10,10 +10,13 @@ import time
 
 import torch
 
-from dtl_ray import builders, checkpoints, data, loops, raytrain
 from dtl_ray.config import DataConfig, ModelConfig, PretrainConfig, ScalingConfig
-from dtl_ray.layout import RunLayout
-from dtl_ray.results import PretrainResult
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.results import PretrainResult
+from dtl_ray.data import readers
+from dtl_ray.method import builders, loops
+from dtl_ray.raykit import train
+from dtl_ray.storage import checkpoints
 
 __all__ = ["run", "train_fn"]
 
@@ -30,7 +33,7 @@ def _val(model, it, batch_size: int, device) -> tuple[float, float]:
             correct += float((logits.argmax(1) == y).sum())
             loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             total += len(y)
-    correct, total, loss_sum = raytrain.allreduce_sum([correct, total, loss_sum], device)
+    correct, total, loss_sum = train.allreduce_sum([correct, total, loss_sum], device)
     return correct / max(total, 1), loss_sum / max(total, 1)
 
 
@@ -41,28 +44,28 @@ def train_fn(config: dict) -> dict:
     import ray.train.torch
 
     pre, dcfg, seed = config["pretrain"], config["data"], config["seed"]
-    rank, _ = raytrain.world()
-    raytrain.set_threads(config["cpus"])
+    rank, _ = train.world()
+    train.set_threads(config["cpus"])
     torch.manual_seed(seed)
     model = builders.classifier(config["model"], config["num_classes"])
     if config["use_gpu"]:  # faster convolutions under bf16 autocast
         model = model.to(memory_format=torch.channels_last)
-    device = raytrain.device()
+    device = train.device()
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=pre.lr, weight_decay=pre.weight_decay)
     start, best = 0, {"accuracy": -1.0, "epoch": -1, "state": None}
     resumed: list[int] = []
-    restored = raytrain.restore()
+    restored = train.restore()
     if restored is not None:
         state, meta = restored
         resumed = list(meta.get("resumed_from", [])) + [meta["epoch"] + 1]
-        raytrain.unwrap(model).load_state_dict(state["model"])
+        train.unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = meta["epoch"] + 1
         best = {"accuracy": meta["best_accuracy"], "epoch": meta["best_epoch"],
                 "state": state["best"]}
         if rank == 0:
-            raytrain.say(f"[pretrain] resuming after epoch {start} from checkpoint")
+            train.say(f"[pretrain] resuming after epoch {start} from checkpoint")
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     aug = builders.augment(pre)
     train_it, val_it = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
@@ -70,24 +73,24 @@ def train_fn(config: dict) -> dict:
     history = list(restored[1].get("history", [])) if restored else []
     for epoch in range(start, pre.epochs):
         t0 = time.time()
-        batches = ((b["image"], b["label"]) for b in data.epoch_batches(
+        batches = ((b["image"], b["label"]) for b in readers.epoch_batches(
             train_it, bs, epoch, seed, dcfg.shuffle_buffer))
         stats = loops.train_epoch(model, batches, opt, aug, gen, device)
         acc, loss = _val(model, val_it, 4 * bs, device)
         if acc > best["accuracy"]:
-            best = {"accuracy": acc, "epoch": epoch, "state": raytrain.cpu_state(model)}
+            best = {"accuracy": acc, "epoch": epoch, "state": train.cpu_state(model)}
         metrics = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                    "val_accuracy": acc, "val_loss": loss, "best_val_accuracy": best["accuracy"],
                    "best_epoch": best["epoch"], "seconds": time.time() - t0}
         if rank == 0:
-            raytrain.say(f"[pretrain] epoch {epoch + 1}/{pre.epochs}  "
+            train.say(f"[pretrain] epoch {epoch + 1}/{pre.epochs}  "
                   f"train loss {stats['loss']:.3f} acc {stats['accuracy']:.3f}  "
                   f"source val acc {acc:.3f} loss {loss:.3f}  ({metrics['seconds']:.1f}s)")
         history.append({k: float(metrics[k]) for k in ("epoch", "train_loss", "val_accuracy",
                                                         "val_loss", "seconds")})
-        state = {"model": raytrain.cpu_state(model), "best": best["state"],
+        state = {"model": train.cpu_state(model), "best": best["state"],
                  "optimizer": opt.state_dict()}
-        raytrain.report_epoch(metrics, state, {"epoch": epoch, "best_accuracy": best["accuracy"],
+        train.report_epoch(metrics, state, {"epoch": epoch, "best_accuracy": best["accuracy"],
                                                "best_epoch": best["epoch"], "history": history,
                                                "resumed_from": resumed})
     return {"history": history}
@@ -105,18 +108,18 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
         scaling: ScalingConfig, seed: int) -> PretrainResult:
     """Pretrains on source train, keeps the best source-val epoch. Returns the summary."""
     t0 = time.time()
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     cols = ["image", "label"]
     size, cache = model.frame, data_cfg.cache
-    reading = data.reading(layout, data_cfg.max_image_pixels, data_cfg.max_rejected_fraction,
+    reading = readers.reading(layout, data_cfg.max_image_pixels, data_cfg.max_rejected_fraction,
                            STAGE)
     datasets = {
-        "train": data.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed,
+        "train": readers.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed,
                                        reading),
-        "val": data.training_dataset(manifest.rows("source", "val"), size, cache, cols, None,
+        "val": readers.training_dataset(manifest.rows("source", "val"), size, cache, cols, None,
                                      reading),
     }
-    result = raytrain.fit(train_fn, scaling, *layout.train_run(STAGE), datasets, loop_config(
+    result = train.fit(train_fn, scaling, *layout.train_run(STAGE), datasets, loop_config(
         model, data_cfg, pretrain, scaling, seed, len(manifest.classes)),
         progress=("pretrain epochs", pretrain.epochs))
     if result.error is not None:

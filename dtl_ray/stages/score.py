@@ -12,11 +12,12 @@ import time
 
 import pandas as pd
 
-from dtl_ray import console, data, rejects, scoring, storage
+from dtl_ray import console, storage
 from dtl_ray.config import ScalingConfig, ScoreConfig
-from dtl_ray.layout import RunLayout
-from dtl_ray.results import ScoreResult
-from dtl_ray.scorefiles import (
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.results import ScoreResult
+from dtl_ray.data import readers, rejects, samples
+from dtl_ray.data.scorefiles import (
     REJECTED_COLUMNS,
     ROWS_PER_FILE,
     SCHEMA,
@@ -26,6 +27,7 @@ from dtl_ray.scorefiles import (
     read_scores,
     write_table,
 )
+from dtl_ray.method import scoring
 
 __all__ = ["run", "read_scores", "SCORE_COLUMNS"]
 
@@ -47,7 +49,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     import ray.data
 
     t0 = time.time()
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     model_uri = layout.backbone_model(adapted=adapted)
     scored = scoring.score_dataset(manifest.table, model_uri, manifest.target_classes, score,
                                    scaling, image_size, layout.discriminator, max_pixels)
@@ -64,7 +66,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         batch_format="pandas", batch_size=per_file, num_cpus=0,
         # (no CPU asked: the scoring actors may hold every one)
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=WRITERS),
-        max_task_retries=data.TASK_RETRIES["max_retries"])
+        max_task_retries=samples.TASK_RETRIES["max_retries"])
 
     rejected, n_out, capped, parts = [], 0, 0, 0
     wsum: dict[str, float] = {}
@@ -112,13 +114,13 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         **{rejects.FOUND_IN: STAGE}).reindex(columns=rejects.COLUMNS).to_dict("records")))
     listed = rejects.table(ledger, layout.root)
     # files the listing rejected (names) are inputs too: rows_in == rows_out + rows_rejected
-    unlisted = listed[~listed[data.SAMPLE_ID].isin(manifest.table[data.SAMPLE_ID])]
+    unlisted = listed[~listed[samples.SAMPLE_ID].isin(manifest.table[samples.SAMPLE_ID])]
     rejected = pd.concat([unlisted.reindex(columns=REJECTED_COLUMNS), rejected],
                          ignore_index=True)
     total += len(unlisted)
     rejects.save(layout)
     if error:  # the limit holds in this pass too
-        raise data.DataError(error)
+        raise samples.DataError(error)
     return ScoreResult(
         rows_in=int(total), rows_out=int(n_out), rows_rejected=int(len(rejected)),
         rejected_examples=rejected.head(5)[["path", "error"]].to_dict("records"),

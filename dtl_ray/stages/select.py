@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 
-from dtl_ray import data, weighting
 from dtl_ray.config import SelectConfig
-from dtl_ray.layout import RunLayout
-from dtl_ray.results import SelectResult
-from dtl_ray.scorefiles import read_scores
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.results import SelectResult
+from dtl_ray.data import readers
+from dtl_ray.data.scorefiles import read_scores
+from dtl_ray.method import weighting
 
 __all__ = ["run"]
 
@@ -21,7 +22,7 @@ __all__ = ["run"]
 def run(layout: RunLayout, s: SelectConfig) -> SelectResult:
     """Writes the candidates table; returns sizes and per-class kept fractions."""
     t0 = time.time()
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     scores = read_scores(layout)
     classes = manifest.target_classes
     src = weighting.select_source(scores, classes, s.rule, s.fraction, s.threshold, s.per_class,
@@ -30,7 +31,7 @@ def run(layout: RunLayout, s: SelectConfig) -> SelectResult:
     n_target = int(round(s.target_fraction * len(unlabeled)))
     tgt = weighting.select_target(unlabeled, "discriminator", n_target, s.confidence_floor)
     cand = weighting.candidates(src, tgt)
-    data.write_parquet_df(cand, layout.candidates)
+    readers.write_parquet_df(cand, layout.candidates)
     source_train = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
     totals = source_train.groupby("label").size()
     kept = src.groupby("label").size().reindex(totals.index, fill_value=0)

@@ -21,7 +21,10 @@ import time
 
 import numpy as np
 
-from dtl_ray import config, data, demo, pipeline, report, storage
+from dtl_ray import config, storage
+from dtl_ray.data import readers
+from dtl_ray.data.pairs import demo
+from dtl_ray.pipeline import report, runner
 
 __all__ = ["run", "summarise", "seed_config", "accuracies", "mean_sd"]
 
@@ -59,12 +62,12 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
     name, args = seed_config(config_path, seed, out, pair, overrides)
     cfg = config.load_config(config_path, [f"name={name}", *args])
     print(f"[bench] seed {seed}: {name}", flush=True)
-    doc = pipeline.run(cfg)
-    layout = pipeline.run_layout(pipeline.absolute(cfg))
+    doc = runner.run(cfg)
+    layout = runner.run_layout(runner.absolute(cfg))
     ev = doc["evaluate"]
     acc = accuracies(doc)
-    trials = data.read_parquet_df(layout.trials)
-    scores = data.read_parquet_df(layout.scores,
+    trials = readers.read_parquet_df(layout.trials)
+    scores = readers.read_parquet_df(layout.scores,
                                   columns=["domain", "split", "p_target"])
     hist_edges = np.linspace(0, 1, 21)
     hists = {f"{d}/{s}": np.histogram(g["p_target"].dropna(), bins=hist_edges)[0].tolist()

@@ -31,8 +31,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from dtl_ray import config, data, demo, pipeline, storage, suggest
-from dtl_ray.layout import STAGES, RunLayout
+from dtl_ray import config, storage
+from dtl_ray.contract.layout import STAGES, RunLayout
+from dtl_ray.data import readers, samples
+from dtl_ray.data.pairs import demo
+from dtl_ray.inference import suggest
+from dtl_ray.pipeline import runner
 from dtl_ray.tools import bench
 
 __all__ = ["ROWS", "PICKS", "run", "picks", "pick_run", "relabel", "copy_upstream", "summarise"]
@@ -71,22 +75,22 @@ def relabel(layout: RunLayout, paths: list[str], class_of) -> int:
         config.ConfigError: a path that is not an unlabeled target image of the run, or a
             class the run does not know.
     """
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     t = manifest.table
     index = {p: i for i, p in enumerate(manifest.classes)}
-    rows = t.index[(t[data.DOMAIN] == "target") & (t[data.SPLIT] == "unlabeled")
-                   & t[data.PATH].isin(set(paths))]
+    rows = t.index[(t[samples.DOMAIN] == "target") & (t[samples.SPLIT] == "unlabeled")
+                   & t[samples.PATH].isin(set(paths))]
     if len(rows) != len(set(paths)):
         raise config.ConfigError(f"{len(set(paths)) - len(rows)} of the {len(set(paths))} "
                                  f"images to label are not unlabeled target images of "
                                  f"{layout.root}")
-    labels = [class_of(p) for p in t.loc[rows, data.PATH]]
+    labels = [class_of(p) for p in t.loc[rows, samples.PATH]]
     unknown = sorted(set(labels) - set(index))
     if unknown:
         raise config.ConfigError(f"classes {unknown} are not classes of {layout.root}")
-    t.loc[rows, data.SPLIT] = "train"
-    t.loc[rows, data.LABEL] = [index[c] for c in labels]
-    data.save_manifest(manifest, layout)
+    t.loc[rows, samples.SPLIT] = "train"
+    t.loc[rows, samples.LABEL] = [index[c] for c in labels]
+    readers.save_manifest(manifest, layout)
     return len(rows)
 
 
@@ -120,7 +124,7 @@ def pick_run(cfg_args: list[str], config_path: str | None, base_root: str, name:
         moved = relabel(layout, list(picked["path"]), class_of)
         print(f"[bench-labels] {name}: {moved} images moved to target/train", flush=True)
     cfg = config.load_config(config_path, [*cfg_args, f"name={name}"])
-    doc = pipeline.run(cfg)
+    doc = runner.run(cfg)
     truth = [class_of(p) for p in picked["path"]]
     return {"name": name, "accuracy": _rows(doc),
             "labeled": doc["data"]["target"]["train"],
@@ -140,7 +144,7 @@ def _seed(config_path: str | None, seed: int, out: str, pair: str, budget: int,
           overrides: list[str]) -> dict:
     name, args = bench.seed_config(config_path, seed, out, pair, overrides)
     print(f"[bench-labels] seed {seed}: base run {name}", flush=True)
-    base_doc = pipeline.run(config.load_config(config_path, [*args, f"name={name}"]))
+    base_doc = runner.run(config.load_config(config_path, [*args, f"name={name}"]))
     base_root = os.path.join(out, name)
 
     def class_of(path: str) -> str:

@@ -29,9 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dtl_ray import checkpoints, data, models, scoring, storage
+from dtl_ray import storage
 from dtl_ray.config import ConfigError, PipelineConfig
-from dtl_ray.layout import STAGES, RunLayout
+from dtl_ray.contract.layout import STAGES, RunLayout
+from dtl_ray.data import readers
+from dtl_ray.method import models, scoring
+from dtl_ray.storage import checkpoints
 from dtl_ray.tools.memory import PeakMemory
 from dtl_ray.tools.plain import score_plain, train_plain
 
@@ -65,7 +68,7 @@ def machine() -> dict:
 def bench_rows(data_uri: str, n: int) -> tuple[pd.DataFrame, list[str], list[int]]:
     """`n` manifest rows over the files of the demo pair at `data_uri` (repeated, each with its
     own sample id), the class names and the target classes."""
-    m = data.build_manifest(storage.join(data_uri, "source"), storage.join(data_uri, "target"),
+    m = readers.build_manifest(storage.join(data_uri, "source"), storage.join(data_uri, "target"),
                             [".png", ".jpg", ".jpeg"])
     base = m.table
     reps = -(-n // len(base))
@@ -100,7 +103,7 @@ def _stage_run_dir(uri: str, rows: pd.DataFrame, classes: list[str], backbone: s
     """A fresh run folder holding what the score stage reads: manifest and the two models
     (their URIs are returned)."""
     shutil.rmtree(uri, ignore_errors=True)
-    data.save_manifest(data.Manifest(table=rows, classes=classes), RunLayout(uri))
+    readers.save_manifest(readers.Manifest(table=rows, classes=classes), RunLayout(uri))
     return save_models(uri, backbone, len(classes), image_size)
 
 
@@ -125,19 +128,19 @@ def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
 def train_ray(cfg: PipelineConfig, run_uri: str, rows: pd.DataFrame, val: pd.DataFrame,
               num_classes: int, epochs: int, workers: int) -> dict:
     """`epochs` epochs of the pretrain stage's own train loop under TorchTrainer."""
-    from dtl_ray import raytrain
+    from dtl_ray.raykit import train
     from dtl_ray.stages import pretrain
 
     cfg = replace(cfg, scaling=replace(cfg.scaling, num_workers=workers),
                   pretrain=replace(cfg.pretrain, epochs=epochs))
     cols = ["image", "label"]
     size = cfg.model.image_size
-    datasets = {"train": data.training_dataset(rows, size, "always", cols, cfg.seed),
-                "val": data.training_dataset(val, size, "always", cols, None)}
+    datasets = {"train": readers.training_dataset(rows, size, "always", cols, cfg.seed),
+                "val": readers.training_dataset(val, size, "always", cols, None)}
     stage_uri = storage.join(run_uri, f"train-{workers}w")
     shutil.rmtree(stage_uri, ignore_errors=True)
     t0 = time.time()
-    result = raytrain.fit(pretrain.train_fn, cfg.scaling, stage_uri, "train", datasets,
+    result = train.fit(pretrain.train_fn, cfg.scaling, stage_uri, "train", datasets,
                           pretrain.loop_config(cfg.model, cfg.data, cfg.pretrain, cfg.scaling,
                                                cfg.seed, num_classes))
     wall = time.time() - t0
@@ -167,8 +170,8 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
     """All figures; returns the perf document (also written to `<out>/perf.json`)."""
     import ray
 
-    from dtl_ray import demo as demo_mod
-    from dtl_ray import pipeline
+    from dtl_ray.data.pairs import demo as demo_mod
+    from dtl_ray.pipeline import runner
 
     out = os.path.abspath(out)
     out_json = os.path.join(out, "perf.json")
@@ -185,7 +188,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         storage.write_json(storage.join(data_uri, "_SEED_0"),
                            demo_mod.write_demo(data_uri, seed=0))
     cpus = os.cpu_count() or 1
-    pipeline.ensure_ray()
+    runner.ensure_ray()
     cpus = int(ray.cluster_resources().get("CPU", cpus))
     size, backbone = cfg.model.image_size, cfg.model.backbone
     figures["settings"] = {"backbone": backbone, "image_size": size, "n": n,
@@ -242,7 +245,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
             **mem}, out_json)
 
     if "train" in want:
-        m = data.build_manifest(storage.join(data_uri, "source"),
+        m = readers.build_manifest(storage.join(data_uri, "source"),
                                 storage.join(data_uri, "target"), [".png"])
         tr, va = m.rows("source", "train"), m.rows("source", "val")
         k = len(m.classes)
@@ -260,14 +263,14 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         _emit(figures, "train", fig, out_json)
 
     if "demo" in want and demo:
-        run_cfg = pipeline.absolute(replace(cfg, name="demo", storage=out,
+        run_cfg = runner.absolute(replace(cfg, name="demo", storage=out,
                                             source=replace(cfg.source,
                                                            uri=storage.join(data_uri, "source")),
                                             target=replace(cfg.target,
                                                            uri=storage.join(data_uri, "target"))))
         shutil.rmtree(os.path.join(out, "demo"), ignore_errors=True)
         t0 = time.time()
-        doc = pipeline.run(run_cfg)
+        doc = runner.run(run_cfg)
         wall = time.time() - t0
         stages = {k: doc[k]["seconds"] for k in STAGES if k in doc}
         _emit(figures, "demo", {

@@ -71,7 +71,9 @@ def measure_one(factor: float, out: str, store_mb: int, overrides: list[str]) ->
     object store capped at `store_mb`), the whole pipeline; returns the figures."""
     import ray
 
-    from dtl_ray import config, pipeline, rayenv
+    from dtl_ray import config
+    from dtl_ray.pipeline import runner
+    from dtl_ray.raykit import connect
 
     data = os.path.join(out, f"data-{factor:g}x")
     marker = os.path.join(data, "_COUNTS.json")
@@ -90,12 +92,12 @@ def measure_one(factor: float, out: str, store_mb: int, overrides: list[str]) ->
         f"name=run-{factor:g}x", *SHORT, *overrides])
     ray.init(address="local", num_cpus=min(2, os.cpu_count() or 2),
              object_store_memory=store_mb * 2**20, dashboard_host="127.0.0.1",
-             logging_level="WARNING", runtime_env=rayenv.runtime_env())
+             logging_level="WARNING", runtime_env=connect.runtime_env())
     watch = StoreWatch()
     watch.start()
     t0 = time.time()
     try:
-        doc = pipeline.run(cfg)
+        doc = runner.run(cfg)
     finally:
         watch.stopped.set()
         watch.join()

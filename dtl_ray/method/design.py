@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dtl_ray import finetuning, weighting
 from dtl_ray.config import FinetuneConfig
-from dtl_ray.samples import SAMPLE_ID
+from dtl_ray.data.samples import SAMPLE_ID
+from dtl_ray.method import target_fit, weighting
 
 __all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "members_table",
            "as_train_set", "train_set"]
@@ -113,17 +113,17 @@ def members_table(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, l
         "labeled": np.arange(n) < len(labeled)})
 
 
-def as_train_set(members: pd.DataFrame, pos: dict | None = None) -> finetuning.TrainSet:
+def as_train_set(members: pd.DataFrame, pos: dict | None = None) -> target_fit.TrainSet:
     """A members table as a TrainSet (`pos`: sample_id -> row of an image array; default:
     the table's own row order)."""
     index = (np.array([pos[i] for i in members[SAMPLE_ID]], dtype=np.int64) if pos is not None
              else np.arange(len(members), dtype=np.int64))
-    return finetuning.TrainSet(index=index, label=members["y"].to_numpy(np.int64),
+    return target_fit.TrainSet(index=index, label=members["y"].to_numpy(np.int64),
                                weight=members["w"].to_numpy(np.float64),
                                labeled=members["labeled"].to_numpy(bool))
 
 
 def train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,
-              local: dict, weight_by_w: bool) -> finetuning.TrainSet:
+              local: dict, weight_by_w: bool) -> target_fit.TrainSet:
     """`members_table` as rows of an image array (`pos`: sample_id -> row)."""
     return as_train_set(members_table(labeled, src, tgt, local, weight_by_w), pos)

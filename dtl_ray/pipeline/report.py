@@ -7,14 +7,16 @@ import io
 
 import numpy as np
 
-from dtl_ray import data, storage, weighting
+from dtl_ray import storage
 from dtl_ray.config import PipelineConfig
-from dtl_ray.layout import STAGES, RunLayout
+from dtl_ray.contract.layout import STAGES, RunLayout
+from dtl_ray.data import readers
+from dtl_ray.method import weighting
 
 __all__ = ["build", "write", "render", "verdict"]
 
 
-def build(cfg: PipelineConfig, manifest: data.Manifest, s: dict, seconds: float) -> dict:
+def build(cfg: PipelineConfig, manifest: readers.Manifest, s: dict, seconds: float) -> dict:
     """The report document from the stage summaries (missing stages are left out)."""
     counts = manifest.counts()
     doc = {
@@ -161,7 +163,7 @@ def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     made = []
     if storage.exists(layout.scores):
-        from dtl_ray.scorefiles import read_scores
+        from dtl_ray.data.scorefiles import read_scores
 
         scores = read_scores(layout)
         made.append(("p_target_hist.png", "p_target of source and target samples",
@@ -170,7 +172,7 @@ def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
                      _plot_ranked(scores)))
     if storage.exists(layout.trials):
         made.append(("val_vs_fraction.png", "target val accuracy against fraction",
-                     _plot_fractions(data.read_parquet_df(layout.trials), doc)))
+                     _plot_fractions(readers.read_parquet_df(layout.trials), doc)))
     method = (doc.get("evaluate") or {}).get("method") or {}
     if method.get("confusion"):
         made.append(("confusion_method.png", "the method's confusion matrix on target test "

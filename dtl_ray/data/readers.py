@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dtl_ray import packing, rejects, storage
-from dtl_ray.layout import RunLayout
-from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for readers of data)
-    COLUMNS,
+from dtl_ray import storage
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.data import packing, rejects
+from dtl_ray.data.samples import (
     DEFAULT_MAX_PIXELS,
     DOMAIN,
     ERROR,
@@ -32,14 +32,12 @@ from dtl_ray.samples import (  # noqa: F401  (the vocabulary, re-exported for re
     UNLABELED,
     DataError,
     decode_batch,
-    decode_image,
     drop_rejected,
-    rejected_image,
     sample_id,
     side,
 )
 
-__all__ = ["Manifest", "Reading", "reading", "build_manifest", "decode_batch", "to_dataset",
+__all__ = ["Manifest", "Reading", "reading", "build_manifest", "to_dataset",
            "dataset_parts", "good_rows", "drop_failed", "decode_here", "collect", "permuted",
            "training_dataset", "epoch_batches", "save_manifest", "load_manifest", "read_parquet_df",
            "write_parquet_df", "configure_context"]

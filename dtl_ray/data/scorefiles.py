@@ -81,9 +81,10 @@ def read_scores(layout, columns: list[str] | None = None) -> pd.DataFrame:
     """The scores table of a run (`RunLayout`), IWAN weights normalised: the files are written
     once, as rows are scored; IWAN's divisor (the mean weight over source train) is known only
     at the end and kept in the score stage's summary instead of rewriting the files."""
-    from dtl_ray import data, weighting
+    from dtl_ray.data import readers
+    from dtl_ray.method import weighting
 
-    scores = data.read_parquet_df(layout.scores, columns)
+    scores = readers.read_parquet_df(layout.scores, columns)
     if "weight" in scores and layout.is_done("score"):
         divisor = float(layout.summary("score").get("weight_divisor", 1.0))
         if divisor != 1.0:

@@ -9,19 +9,12 @@ import time
 
 import yaml
 
-from dtl_ray import (
-    console,
-    data,
-    fingerprints,
-    lease,
-    rejects,
-    report,
-    results,
-    storage,
-    tracking,
-)
+from dtl_ray import console, storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
-from dtl_ray.layout import STAGES, RunLayout
+from dtl_ray.contract import results
+from dtl_ray.contract.layout import STAGES, RunLayout
+from dtl_ray.data import readers, rejects
+from dtl_ray.pipeline import fingerprints, lease, report, tracking
 
 __all__ = ["STAGES", "run", "ensure_ray", "run_layout"]
 
@@ -52,7 +45,7 @@ def run_layout(cfg: PipelineConfig) -> RunLayout:
 
 def absolute(cfg: PipelineConfig) -> PipelineConfig:
     """Local paths made absolute: Ray workers do not share the driver's working directory."""
-    from dtl_ray import models
+    from dtl_ray.method import models
 
     def fix(uri: str | None) -> str | None:
         return None if uri is None else (storage.local_path(uri) or uri)
@@ -82,7 +75,7 @@ def resolve_weights(cfg: PipelineConfig, download: bool = True) -> PipelineConfi
     Raises:
         models.ModelError: a name the backbone does not have.
     """
-    from dtl_ray import models
+    from dtl_ray.method import models
 
     name = cfg.model.weights
     if not models.is_weights_name(name) or (storage.local_path(name) and storage.exists(
@@ -125,20 +118,20 @@ def ensure_ray(env: dict[str, str] | None = None) -> None:
     """
     import ray
 
-    from dtl_ray import rayenv
+    from dtl_ray.raykit import connect
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
     kwargs = {} if address else {"dashboard_host": "127.0.0.1"}
-    kwargs["runtime_env"] = rayenv.runtime_env(env)
+    kwargs["runtime_env"] = connect.runtime_env(env)
     # "local": never attach by accident to another cluster started on this machine
     ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
 
 
 def check_uris(cfg: PipelineConfig) -> None:
     """Every URI is reachable (and storage writable) before anything starts."""
-    from dtl_ray import models
+    from dtl_ray.method import models
 
     storage.check_access(cfg.source.uri)
     storage.check_access(cfg.target.uri)
@@ -155,7 +148,7 @@ def check_resources(cfg: PipelineConfig) -> None:
     Raises:
         ConfigError: naming the key to change.
     """
-    from dtl_ray import capacity
+    from dtl_ray.raykit import capacity
 
     s = cfg.scaling
     request = {"CPU": s.cpus_per_worker, "GPU": 1 if s.use_gpu else 0}
@@ -190,12 +183,12 @@ def _write_config(cfg: PipelineConfig, layout: RunLayout) -> None:
     storage.write_bytes(path, text.encode())
 
 
-def _manifest(cfg: PipelineConfig, layout: RunLayout) -> data.Manifest:
+def _manifest(cfg: PipelineConfig, layout: RunLayout) -> readers.Manifest:
     """The run's manifest: listed afresh until a stage has finished, then kept (so a resumed
     run sees the samples its finished stages saw, and a fixed folder is seen before)."""
     if layout.is_done(STAGES[0]) and storage.exists(layout.manifest):
-        return data.load_manifest(layout)
-    return data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
+        return readers.load_manifest(layout)
+    return readers.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -203,7 +196,7 @@ def preflight(cfg: PipelineConfig) -> None:
     layers and image sizes the backbone cannot take fail here, before anything is written."""
     import torch
 
-    from dtl_ray import builders, models
+    from dtl_ray.method import builders, models
 
     model = builders.classifier(cfg.model, 2)
     x = torch.rand(2, 3, cfg.model.image_size, cfg.model.image_size)
@@ -273,7 +266,7 @@ def check(cfg: PipelineConfig, stages: list[str] | None = None,
     check_uris(cfg)
     tracking.check(cfg)
     preflight(cfg)
-    manifest = data.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
+    manifest = readers.build_manifest(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
     names = manifest.unreadable_names
     return {**manifest.counts(), "unreadable_names": 0 if names is None else len(names)}
 
@@ -286,7 +279,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
     Raises:
         ConfigError: an unknown stage, a stage whose upstream has not finished, or a finished
             stage made with other settings.
-        data.DataError: problems with the input folders.
+        samples.DataError: problems with the input folders.
     """
     wanted = _check_stages(stages, restart_from)
     t0 = time.time()
@@ -322,18 +315,18 @@ def _run_held(cfg: PipelineConfig, layout: RunLayout, wanted, restart_from: str 
 
 
 def _run_listed(cfg: PipelineConfig, layout: RunLayout, wanted, env: dict, t0: float,
-                manifest: data.Manifest) -> dict:
+                manifest: readers.Manifest) -> dict:
     """`run` once the run's data are listed (and the run holds the console)."""
     counts = manifest.counts()
     console.say(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source "
                 f"{counts['source']}; target {counts['target']}")
-    data.save_manifest(manifest, layout)
+    readers.save_manifest(manifest, layout)
     if manifest.unreadable_names is not None:  # listed afresh: no stage has read it yet
         rejects.start(layout, manifest.unreadable_names)
     _write_config(cfg, layout)
     ensure_ray(env)
     check_resources(cfg)
-    data.configure_context()
+    readers.configure_context()
     rejects.open_ledger(layout, cfg.data.max_rejected_fraction, fresh=True)
     tracker = tracking.Tracker(cfg, layout) if cfg.tracking.mlflow else None
     if tracker:

@@ -30,8 +30,8 @@ import time
 
 from dtl_ray import storage
 from dtl_ray.config import ConfigError, PipelineConfig, to_dict
-from dtl_ray.fingerprints import flat
-from dtl_ray.layout import STAGES, RunLayout
+from dtl_ray.contract.layout import STAGES, RunLayout
+from dtl_ray.pipeline.fingerprints import flat
 
 __all__ = ["check", "tracking_uri", "Tracker", "tensorboard"]
 
@@ -81,11 +81,12 @@ def _trial_histories(layout: RunLayout, done=lambda row: False) -> list[tuple[di
     """(trial row, per-epoch history) of every finished trial that is not `done(row)` (logged
     already), from the trial table and the trials' progress files (each holds the trial's
     weights too: only the ones needed are read)."""
-    from dtl_ray import checkpoints, data
+    from dtl_ray.data import readers
+    from dtl_ray.storage import checkpoints
 
     if not storage.exists(layout.trials):
         return []
-    table = data.read_parquet_df(layout.trials)
+    table = readers.read_parquet_df(layout.trials)
     out = []
     for row in table.to_dict("records"):
         if done(row):

@@ -6,8 +6,9 @@ section it depends on, not from the whole pipeline config.
 
 from __future__ import annotations
 
-from dtl_ray import checkpoints, loops, models
 from dtl_ray.config import ModelConfig, PretrainConfig
+from dtl_ray.method import loops, models
+from dtl_ray.storage import checkpoints
 
 __all__ = ["augment", "initial_weights", "classifier", "load_classifier"]
 

@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import builders, calibration, checkpoints, dann, data, loops, models, raytrain
 from dtl_ray.config import (
     DataConfig,
     DiscriminateConfig,
@@ -29,8 +28,13 @@ from dtl_ray.config import (
     PretrainConfig,
     ScalingConfig,
 )
-from dtl_ray.layout import RunLayout
-from dtl_ray.results import DiscriminateResult
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.results import DiscriminateResult
+from dtl_ray.data import readers
+from dtl_ray.method import builders, calibration, loops, models
+from dtl_ray.raykit import train
+from dtl_ray.stages.discriminate import dann
+from dtl_ray.storage import checkpoints
 
 __all__ = ["run", "domain_rows"]
 
@@ -49,7 +53,7 @@ class _Sections:
     seed: int
 
 
-def domain_rows(manifest: data.Manifest) -> pd.DataFrame:
+def domain_rows(manifest: readers.Manifest) -> pd.DataFrame:
     """Source train (is_target 0) and target train + unlabeled (is_target 1)."""
     src = manifest.rows("source", "train").assign(is_target=0)
     tgt = manifest.rows("target", ["train", "unlabeled"]).assign(is_target=1)
@@ -101,7 +105,7 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, d: DiscriminateConfig, bs: int, 
     disc = ray.train.torch.prepare_model(models.Discriminator(x.shape[1], d.hidden),
                                          move_to_device=device)
     opt = torch.optim.Adam(disc.parameters(), lr=d.lr)
-    steps = int(raytrain.allreduce_min(math.ceil(len(x) / bs), device))
+    steps = int(train.allreduce_min(math.ceil(len(x) / bs), device))
     gen = torch.Generator().manual_seed(seed)
     loss_sum = 0.0
     for _epoch in range(d.epochs):
@@ -116,7 +120,7 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, d: DiscriminateConfig, bs: int, 
             loss.backward()
             opt.step()
             loss_sum += float(loss)
-    return raytrain.unwrap(disc).eval(), loss_sum / max(steps, 1)
+    return train.unwrap(disc).eval(), loss_sum / max(steps, 1)
 
 
 @torch.no_grad()
@@ -129,7 +133,7 @@ def train_fn(config: dict) -> dict:
     on every fold but its own (cross-fitting) and calibrated on its own fold's out-of-fold
     scores. `config`: the `discriminate` section, `batch_size`, `seed`, `cpus`,
     `pretrain_model`, domain sizes. A checkpoint after each fold; a retry resumes there."""
-    rank, device, model = raytrain.classifier_worker(config)
+    rank, device, model = train.classifier_worker(config)
     d = config["discriminate"]
     tap = models.FeatureTap(model.backbone, d.layer).eval().to(device)
     for p in tap.parameters():
@@ -145,31 +149,31 @@ def train_fn(config: dict) -> dict:
     w_pos, w_neg = ((n_s + n_t) / (2 * n_t), (n_s + n_t) / (2 * n_s)) if d.balanced else (1, 1)
     k = max(1, d.folds)
     states, oof = [], []  # per fold: D's weights; (out-of-fold logits, labels)
-    restored = raytrain.restore()
+    restored = train.restore()
     if restored is not None:
         state, _ = restored
         states = list(state["folds"])
         oof = [(z.numpy(), zy.numpy()) for z, zy in state["oof"]]
     for j in range(len(states), k):
-        train = fold != j if k > 1 else torch.ones_like(fold, dtype=torch.bool)
-        disc, loss = _fit_fold(x[train], y[train], d, bs, device,
+        fit_rows = fold != j if k > 1 else torch.ones_like(fold, dtype=torch.bool)
+        disc, loss = _fit_fold(x[fit_rows], y[fit_rows], d, bs, device,
                                config["seed"] * 1000 + 31 * j + rank, w_pos, w_neg)
         # without folds, D is calibrated on the held-out part (then its ECE is in-sample)
         mine = (x[fold == j], y[fold == j]) if k > 1 else (hx, hy)
         z = _gather(_logits(disc, mine[0]))
         zy = _gather(mine[1].cpu().numpy())
-        states.append(raytrain.cpu_state(disc))
+        states.append(train.cpu_state(disc))
         oof.append((z, zy))
         metrics = {"fold": j, "train_loss": loss,
                    "oof_auc": loops.roc_auc(calibration.sigmoid(z), zy)}
         if rank == 0:
-            raytrain.say(f"[discriminate] D {j + 1}/{k}  loss {loss:.3f}  "
+            train.say(f"[discriminate] D {j + 1}/{k}  loss {loss:.3f}  "
                          f"{'out-of-fold' if k > 1 else 'held-out'} AUC "
                          f"{metrics['oof_auc']:.3f} on {len(z)} rows")
         last = j == k - 1
         if last:
             metrics.update(_final_metrics(states, oof, hx, hy, d.hidden, device))
-        raytrain.report_epoch(metrics, {"folds": states, "oof": [
+        train.report_epoch(metrics, {"folds": states, "oof": [
             (torch.from_numpy(z), torch.from_numpy(zy)) for z, zy in oof]},
                               {"epoch": j, "metrics": metrics, "in_dim": int(x.shape[1])})
     return {}
@@ -203,20 +207,20 @@ def _final_metrics(states: list[dict], oof: list, hx: torch.Tensor, hy: torch.Te
     return out
 
 
-def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
+def _adapt(s: _Sections, layout: RunLayout, manifest: readers.Manifest,
            rows: pd.DataFrame) -> list:
     """The DANN run; saves the adapted classifier, returns its epoch history."""
     pretrain_model = layout.pretrain_model
     size, cache, seed = s.model.frame, s.data.cache, s.seed
-    reading = data.reading(layout, s.data.max_image_pixels, s.data.max_rejected_fraction,
+    reading = readers.reading(layout, s.data.max_image_pixels, s.data.max_rejected_fraction,
                            STAGE)
     src = manifest.rows("source", "train")
-    datasets = {"source": data.training_dataset(src, size, cache, ["image", "label"], seed,
+    datasets = {"source": readers.training_dataset(src, size, cache, ["image", "label"], seed,
                                                 reading),
-                "target": data.training_dataset(rows[rows["is_target"] == 1], size, cache,
+                "target": readers.training_dataset(rows[rows["is_target"] == 1], size, cache,
                                                 ["image"], seed, reading)}
     steps = math.ceil(len(src) / s.scaling.num_workers / s.data.batch_size)
-    result = raytrain.fit(dann.dann_fn, s.scaling, *layout.train_run(STAGE, "dann"), datasets, {
+    result = train.fit(dann.dann_fn, s.scaling, *layout.train_run(STAGE, "dann"), datasets, {
         "discriminate": s.discriminate, "pretrain": s.pretrain, "data": s.data, "seed": seed,
         "cpus": s.scaling.cpus_per_worker, "pretrain_model": pretrain_model,
         "source_steps": steps})
@@ -235,15 +239,15 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: data.Manifest,
 
 def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
                    rows: pd.DataFrame, held: np.ndarray,
-                   reading: data.Reading) -> tuple[dict, dict]:
+                   reading: readers.Reading) -> tuple[dict, dict]:
     """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
     cols = ["image", "is_target", "fold"]
     size, cache, seed = s.model.frame, s.data.cache, s.seed
     rows = rows.assign(fold=calibration.fold_of(rows["sample_id"], ~held,
                                                 s.discriminate.folds))
-    datasets = {"train": data.training_dataset(rows[~held], size, cache, cols, seed, reading),
-                "heldout": data.training_dataset(rows[held], size, cache, cols, None, reading)}
-    result = raytrain.fit(train_fn, s.scaling, *train_run, datasets, {
+    datasets = {"train": readers.training_dataset(rows[~held], size, cache, cols, seed, reading),
+                "heldout": readers.training_dataset(rows[held], size, cache, cols, None, reading)}
+    result = train.fit(train_fn, s.scaling, *train_run, datasets, {
         "discriminate": s.discriminate, "batch_size": s.data.batch_size, "seed": seed,
         "cpus": s.scaling.cpus_per_worker, "pretrain_model": model_uri,
         "n_source": int((rows[~held]["is_target"] == 0).sum()),
@@ -268,7 +272,7 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     t0 = time.time()
     s = _Sections(discriminate, model, data_cfg, pretrain, scaling, seed)
     d = discriminate
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     pretrain_model = layout.pretrain_model
     classifier, _ = builders.load_classifier(pretrain_model)
     models.FeatureTap(classifier.backbone, d.layer)  # a bad layer fails here, clearly
@@ -277,7 +281,7 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     n_source = int((rows["is_target"] == 0).sum())
     n_target = int((rows["is_target"] == 1).sum())
     # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
-    reading = data.reading(layout, data_cfg.max_image_pixels,
+    reading = readers.reading(layout, data_cfg.max_image_pixels,
                            data_cfg.max_rejected_fraction, STAGE)
     state, meta = _discriminator(s, layout.train_run(STAGE), pretrain_model, rows, held, reading)
     scoring_model, adversarial = pretrain_model, {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import yaml
 
 from dtl_ray import storage
-from dtl_ray.layout import RunLayout
+from dtl_ray.contract.layout import RunLayout
 
 __all__ = ["submit", "Submission", "entrypoint_command"]
 
@@ -37,7 +37,7 @@ class Submission:
 
 def _config_dict(config) -> dict:
     from dtl_ray import config as config_mod
-    from dtl_ray import pipeline
+    from dtl_ray.pipeline import runner
 
     if isinstance(config, str):
         cfg = config_mod.load_config(config)
@@ -45,7 +45,7 @@ def _config_dict(config) -> dict:
         cfg = config_mod.load_config(base=config)
     else:
         cfg = config
-    return config_mod.to_dict(pipeline.absolute(cfg))
+    return config_mod.to_dict(runner.absolute(cfg))
 
 
 def entrypoint_command(config_file: str, overrides: list[str] | None = None,

@@ -10,7 +10,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import builders, data, loops, models, raytrain
+from dtl_ray.data import readers
+from dtl_ray.method import builders, loops, models
+from dtl_ray.raykit import train
 
 __all__ = ["dann_fn"]
 
@@ -20,7 +22,7 @@ def _cycle(it, batch_size: int, seed: int, buffer_batches: int):
     epoch = 0
     while True:
         n = 0
-        for b in data.epoch_batches(it, batch_size, epoch, seed, buffer_batches):
+        for b in readers.epoch_batches(it, batch_size, epoch, seed, buffer_batches):
             n += 1
             yield b
         epoch += 1
@@ -33,15 +35,15 @@ def dann_fn(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    rank, device, model = raytrain.classifier_worker(config)
+    rank, device, model = train.classifier_worker(config)
     d, dcfg, seed = config["discriminate"], config["data"], config["seed"]
     net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
     # called as a whole: DDP syncs every gradient
     net = ray.train.torch.prepare_model(net, move_to_device=device)
-    inner = raytrain.unwrap(net)
+    inner = train.unwrap(net)
     opt = torch.optim.AdamW(net.parameters(), lr=d.dann_lr, weight_decay=1e-4)
     start, history = 0, []
-    restored = raytrain.restore()
+    restored = train.restore()
     if restored is not None:
         state, rmeta = restored
         inner.load_state_dict(state["net"])
@@ -57,7 +59,7 @@ def dann_fn(config: dict) -> dict:
         t0 = time.time()
         loops.train_mode(net)
         sums = {"cls": 0.0, "dom": 0.0, "acc": 0.0, "n": 0, "dom_acc": 0.0}
-        for step, b in enumerate(data.epoch_batches(src_it, bs, epoch, seed,
+        for step, b in enumerate(readers.epoch_batches(src_it, bs, epoch, seed,
                                                     dcfg.shuffle_buffer)):
             t = next(tgt)
             progress = (epoch * steps_per_epoch + step) / (d.dann_epochs * steps_per_epoch)
@@ -89,11 +91,11 @@ def dann_fn(config: dict) -> dict:
                    "seconds": time.time() - t0}
         history.append(metrics)
         if rank == 0:
-            raytrain.say(f"[dann] epoch {epoch + 1}/{d.dann_epochs}  class loss "
+            train.say(f"[dann] epoch {epoch + 1}/{d.dann_epochs}  class loss "
                          f"{metrics['class_loss']:.3f} acc {metrics['source_accuracy']:.3f}  "
                          f"domain loss {metrics['domain_loss']:.3f} acc "
                          f"{metrics['domain_accuracy']:.3f}  ({metrics['seconds']:.1f}s)")
-        raytrain.report_epoch(metrics, {"net": raytrain.cpu_state(net),
+        train.report_epoch(metrics, {"net": train.cpu_state(net),
                                         "optimizer": opt.state_dict()},
                               {"epoch": epoch, "history": history})
     return {}

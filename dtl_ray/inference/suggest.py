@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dtl_ray import builders, data, loops, samples, storage
+from dtl_ray import storage
+from dtl_ray.data import readers, samples
+from dtl_ray.method import builders, loops
 
 __all__ = ["Embedder", "Pool", "rank", "pick", "score_pool", "write", "suggest"]
 
@@ -48,7 +50,7 @@ class Embedder:
         import torch
         import torch.nn.functional as F
 
-        batch = data.decode_batch(batch, self.image_size, self.max_pixels)
+        batch = samples.decode_batch(batch, self.image_size, self.max_pixels)
         ok = batch["error"] == ""
         n, out = len(ok), {"sample_id": batch["sample_id"], "path": batch["path"],
                            "error": batch["error"]}
@@ -163,26 +165,27 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     import ray
     import ray.data
 
-    from dtl_ray import pipeline, predict
+    from dtl_ray.inference import predict
+    from dtl_ray.pipeline import runner
 
     layout, cfg, names, model_uri = predict._run(run_dir, arm)
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     unl, lab = manifest.rows("target", "unlabeled"), manifest.rows("target", "train")
     if unl.empty:
         raise predict.RunError(f"run {run_dir} has no unlabeled target images to suggest from")
     dcfg = cfg.get("data", {})
-    pipeline.ensure_ray()
-    data.configure_context()
-    rows = pd.concat([unl, lab])[[data.SAMPLE_ID, data.DOMAIN, data.SPLIT, data.PATH]]
+    runner.ensure_ray()
+    readers.configure_context()
+    rows = pd.concat([unl, lab])[[samples.SAMPLE_ID, samples.DOMAIN, samples.SPLIT, samples.PATH]]
     chunks = [rows.iloc[i:i + 256].reset_index(drop=True) for i in range(0, len(rows), 256)]
     cpus = int(ray.cluster_resources().get("CPU", 1))
     emb = ray.data.from_pandas(chunks).map_batches(
         Embedder, fn_constructor_kwargs={
             "model_uri": model_uri, "image_size": predict.frame(cfg),
-            "max_pixels": int(dcfg.get("max_image_pixels", data.DEFAULT_MAX_PIXELS))},
+            "max_pixels": int(dcfg.get("max_image_pixels", samples.DEFAULT_MAX_PIXELS))},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)),
         batch_size=64, batch_format="numpy",
-        max_task_retries=data.TASK_RETRIES["max_retries"])
+        max_task_retries=samples.TASK_RETRIES["max_retries"])
     got = {k: [] for k in ("sample_id", "path", "error", "confidence", "entropy", "pred",
                            "feature")}
     for b in emb.iter_batches(batch_format="numpy", batch_size=None):
@@ -191,13 +194,13 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     feats = np.concatenate(got["feature"])
     table = pd.DataFrame({k: np.concatenate(v) for k, v in got.items() if k != "feature"})
     ok = (table["error"] == "").to_numpy()
-    is_lab = table["sample_id"].isin(set(lab[data.SAMPLE_ID])).to_numpy()
+    is_lab = table["sample_id"].isin(set(lab[samples.SAMPLE_ID])).to_numpy()
     cand = np.flatnonzero(ok & ~is_lab)
     labeled = feats[ok & is_lab]
     p = np.full(len(cand), np.nan)
     if storage.exists(layout.scores):
-        scores = data.read_parquet_df(layout.scores, [data.SAMPLE_ID, "p_target"])
-        p = (scores.set_index(data.SAMPLE_ID)["p_target"]
+        scores = readers.read_parquet_df(layout.scores, [samples.SAMPLE_ID, "p_target"])
+        p = (scores.set_index(samples.SAMPLE_ID)["p_target"]
              .reindex(table["sample_id"].iloc[cand]).to_numpy(float))
     f_c = feats[cand]
     dist = (np.maximum(1.0 - (f_c @ labeled.T).max(axis=1), 0.0) if len(labeled)

@@ -12,8 +12,10 @@ from collections.abc import Callable
 
 import torch
 
-from dtl_ray import builders, checkpoints, storage
+from dtl_ray import storage
 from dtl_ray.config import ScalingConfig
+from dtl_ray.method import builders
+from dtl_ray.storage import checkpoints
 
 __all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "say", "device",
            "backend"]

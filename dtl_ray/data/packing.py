@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dtl_ray import storage
-from dtl_ray.samples import (
+from dtl_ray.data.samples import (
     DEFAULT_MAX_PIXELS,
     ERROR,
     IMAGE,

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtl_ray import builders, calibration, checkpoints, data, loops, models, weighting
 from dtl_ray.config import ScalingConfig, ScoreConfig
+from dtl_ray.data import readers, samples
+from dtl_ray.method import builders, calibration, loops, models, weighting
+from dtl_ray.storage import checkpoints
 
 __all__ = ["Scorer", "MultiEvaluator", "actor_pool", "score_dataset"]
 
@@ -30,7 +32,7 @@ class Scorer:
 
     Rejected rows (non-empty `error`) pass through with NaN scores so none is lost.
     Predictions are over `classes` (global ids; the target's classes), returned as global ids.
-    A batch without an `image` column is decoded here first (`data.decode_batch`), so the
+    A batch without an `image` column is decoded here first (`samples.decode_batch`), so the
     actor reads, decodes and scores in one step.
     """
 
@@ -38,7 +40,7 @@ class Scorer:
                  n_source: int = 1, n_target: int = 1, clip: float = 0.01, cap: float = 20.0,
                  use_gpu: bool = False, image_size: int | None = None,
                  weighting: str = "density_ratio",
-                 max_pixels: int = data.DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = samples.DEFAULT_MAX_PIXELS) -> None:
         self.device = _device(use_gpu)
         self.image_size, self.max_pixels = image_size, max_pixels
         self.weighting = weighting
@@ -61,7 +63,7 @@ class Scorer:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "image" not in batch:
-            batch = data.decode_batch(batch, self.image_size, self.max_pixels)
+            batch = samples.decode_batch(batch, self.image_size, self.max_pixels)
         ok = batch["error"] == ""
         n = len(ok)
         out = {k: v for k, v in batch.items() if k != "image"}
@@ -151,7 +153,7 @@ def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool,
     pool then grows as far as Ray Data and the autoscaler take it)."""
     if requested > 0:
         return requested
-    from dtl_ray import capacity
+    from dtl_ray.raykit import capacity
 
     most = capacity.most("GPU" if use_gpu else "CPU")
     if most is None:
@@ -163,7 +165,7 @@ def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool,
 
 def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
                   scaling: ScalingConfig, image_size: int, disc_uri: str | None = None,
-                  max_pixels: int = data.DEFAULT_MAX_PIXELS):
+                  max_pixels: int = samples.DEFAULT_MAX_PIXELS):
     """The lazy Ray Dataset of `rows` decoded and scored by an actor pool of `Scorer`s.
 
     On CPU, the actors read and decode image-folder rows themselves: no image bytes go
@@ -186,7 +188,7 @@ def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
                       spare_cpus=0 if in_actor else 1)
     # blocks small enough that every actor gets several (balance), at most 512 rows
     block = int(min(512, max(score.batch_size, -(-len(rows) // (4 * (size or 8))))))
-    parts = [ds for _, ds in data.dataset_parts(rows, image_size, block,
+    parts = [ds for _, ds in readers.dataset_parts(rows, image_size, block,
                                                  decode_files=not in_actor,
                                                  max_pixels=max_pixels)]
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
@@ -207,7 +209,7 @@ def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
         batch_format="numpy",
         num_cpus=scaling.cpus_per_worker,
         num_gpus=1 if use_gpu else 0,
-        # a task that raised a transient read fault (`data.configure_context`) or lost its
+        # a task that raised a transient read fault (`readers.configure_context`) or lost its
         # actor is tried again, a bounded number of times
-        max_task_retries=data.TASK_RETRIES["max_retries"],
+        max_task_retries=samples.TASK_RETRIES["max_retries"],
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtl_ray.config import PipelineConfig, to_dict
-from dtl_ray.layout import STAGES
+from dtl_ray.contract.layout import STAGES
 
 __all__ = ["DEPENDS", "settings", "changes", "flat"]
 

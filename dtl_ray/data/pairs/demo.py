@@ -128,7 +128,7 @@ def target_classes(pair: str = "standard") -> list[str]:
     if pair == "partial":
         return list(PARTIAL_TARGET_CLASSES)
     if pair == "digits":
-        from dtl_ray import digits
+        from dtl_ray.data.pairs import digits
 
         return list(digits.CLASSES)
     raise ValueError(f"unknown demo pair {pair!r}: choose from {list(PAIRS)}")
@@ -140,7 +140,7 @@ def unlabeled_class(pair: str, path: str) -> str:
     The pipeline never reads it."""
     name = path.rsplit("/", 1)[-1]
     if pair == "digits":
-        from dtl_ray import digits
+        from dtl_ray.data.pairs import digits
 
         return digits.unlabeled_class(name)
     return name.rsplit("_", 2)[0]
@@ -162,7 +162,7 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
     """
     tgt_classes = target_classes(pair)
     if pair == "digits":
-        from dtl_ray import digits
+        from dtl_ray.data.pairs import digits
 
         return digits.write_digits(out_uri, seed=seed, scale=scale)
     rng = np.random.default_rng(seed)

@@ -28,16 +28,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from dtl_ray import (
-    builders,
-    checkpoints,
-    console,
-    data,
-    finetuning,
-    raytune,
-    search,
-    storage,
-)
+from dtl_ray import console, storage
 from dtl_ray.config import (
     DataConfig,
     FinetuneConfig,
@@ -47,10 +38,14 @@ from dtl_ray.config import (
     ScoreConfig,
     SelectConfig,
 )
-from dtl_ray.layout import RunLayout
-from dtl_ray.results import FinetuneResult
-from dtl_ray.samples import SAMPLE_ID, side
-from dtl_ray.scorefiles import read_scores
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.results import FinetuneResult
+from dtl_ray.data import readers, samples
+from dtl_ray.data.samples import SAMPLE_ID, side
+from dtl_ray.data.scorefiles import read_scores
+from dtl_ray.method import builders, design, target_fit
+from dtl_ray.raykit import tune
+from dtl_ray.storage import checkpoints
 
 __all__ = ["run", "trial_fn", "fit_cell"]
 
@@ -78,27 +73,27 @@ def _cell_inputs(members: pd.DataFrame, rows: pd.DataFrame, spec: dict) -> dict:
     a seeded order; source val (label-free choice) the same way."""
     size, reading = spec["image_size"], spec["reading"]
     m = members.merge(rows, on=SAMPLE_ID, how="inner")
-    lab = data.decode_here(m[m["labeled"]], size, reading, ["image", "y"])
+    lab = readers.decode_here(m[m["labeled"]], size, reading, ["image", "y"])
     cand_rows = m[~m["labeled"]]
     out = {"lab_images": lab["image"], "lab_y": np.asarray(lab["y"], np.int64),
            "n_candidates": int(len(cand_rows)), "cand": None, "cand_ds": None,
            "source_val": None, "source_val_ds": None}
     if len(cand_rows) and not _streams(len(cand_rows), spec):
-        c = data.decode_here(cand_rows, size, reading, ["image", "y", "w"])
+        c = readers.decode_here(cand_rows, size, reading, ["image", "y", "w"])
         out["cand"] = (c["image"], np.asarray(c["y"], np.int64), np.asarray(c["w"], float))
     elif len(cand_rows):
-        out["cand_ds"] = data.training_dataset(cand_rows, size, spec["cache"],
+        out["cand_ds"] = readers.training_dataset(cand_rows, size, spec["cache"],
                                                ["image", "y", "w"], spec["seed"], reading)
     sv = spec["source_val_rows"]
     if len(sv) and not _streams(len(sv), spec):
-        c = data.decode_here(sv, size, reading, ["image", "y", "w"])
+        c = readers.decode_here(sv, size, reading, ["image", "y", "w"])
         out["source_val"] = (c["image"], np.asarray(c["y"], np.int64), np.asarray(c["w"], float))
     elif len(sv):
-        out["source_val_ds"] = data.good_rows(sv, size, reading, ["image", "y", "w"])
+        out["source_val_ds"] = readers.good_rows(sv, size, reading, ["image", "y", "w"])
     return out
 
 
-def _batches_of(inputs: dict, settings: finetuning.Settings, shard, buffer: int):
+def _batches_of(inputs: dict, settings: target_fit.Settings, shard, buffer: int):
     """The `batches(epoch, rng)` function of a cell (`finetuning`), its candidates in memory
     or from `shard` (a dataset or a Train worker's shard), passes seeded by (seed, epoch, k)."""
     lab_images, lab_y = inputs["lab_images"], inputs["lab_y"]
@@ -107,18 +102,18 @@ def _batches_of(inputs: dict, settings: finetuning.Settings, shard, buffer: int)
         members = pd.DataFrame({"y": np.concatenate([lab_y, y]),
                                 "w": np.concatenate([np.ones(len(lab_y)), w]),
                                 "labeled": np.arange(len(lab_y) + len(y)) < len(lab_y)})
-        return finetuning.memory_batches(np.concatenate([lab_images, images]),
-                                         search.as_train_set(members), settings)
+        return target_fit.memory_batches(np.concatenate([lab_images, images]),
+                                         design.as_train_set(members), settings)
     bs = settings.batch_size
 
     def passes(epoch: int, k: int):  # the local shuffle buffer's seed: (seed, epoch, k)
-        return data.epoch_batches(shard, bs, epoch * 1_009 + k, settings.seed, buffer)
+        return readers.epoch_batches(shard, bs, epoch * 1_009 + k, settings.seed, buffer)
 
-    return finetuning.stream_batches(lab_images, lab_y, inputs["n_candidates"], passes, settings)
+    return target_fit.stream_batches(lab_images, lab_y, inputs["n_candidates"], passes, settings)
 
 
 def _source_val_of(inputs: dict, shard=None, batch_size: int = 256):
-    """The `source_val()` function of `finetuning.train`, or None."""
+    """The `source_val()` function of `target_fit.train`, or None."""
     if inputs["source_val"] is not None:
         images, y, w = inputs["source_val"]
         if not len(y):
@@ -135,11 +130,11 @@ def _source_val_of(inputs: dict, shard=None, batch_size: int = 256):
 def fit_cell(spec: dict, inputs: dict, device, resume=None, cand_shard=None, sv_shard=None,
              prepare=None):
     """Trains one cell with one setting (`spec["settings"]`); yields (metrics, state) per
-    epoch (`finetuning.train`)."""
-    model = finetuning.target_model(spec["pretrain_model"], spec["num_classes"])
+    epoch (`target_fit.train`)."""
+    model = target_fit.target_model(spec["pretrain_model"], spec["num_classes"])
     batches = _batches_of(inputs, spec["settings"], cand_shard if cand_shard is not None
                           else inputs["cand_ds"], spec["shuffle_buffer"])
-    return finetuning.train(model, batches, spec["val_images"], spec["val_labels"],
+    return target_fit.train(model, batches, spec["val_images"], spec["val_labels"],
                             spec["settings"], spec["augment"], device, resume,
                             _source_val_of(inputs, sv_shard), spec["label_free"], prepare)
 
@@ -152,12 +147,12 @@ def _train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from dtl_ray import raytrain
+    from dtl_ray.raykit import train
 
     spec, inputs = config["spec"], config["inputs"]
-    rank, world = raytrain.world()
-    raytrain.set_threads(spec["cpus"])
-    device = raytrain.device()
+    rank, world = train.world()
+    train.set_threads(spec["cpus"])
+    device = train.device()
     settings = dataclasses.replace(spec["settings"], seed=spec["settings"].seed + 7 * rank,
                                    epoch_samples=-(-spec["settings"].epoch_samples // world))
     spec = {**spec, "settings": settings}
@@ -232,7 +227,7 @@ def _fit_on_train(spec: dict, inputs: dict, workers: int, scaling: ScalingConfig
     ).fit()
 
 
-def _spec(setup: dict, cell: int, index: int, settings: finetuning.Settings) -> dict:
+def _spec(setup: dict, cell: int, index: int, settings: target_fit.Settings) -> dict:
     f = setup["finetune"]
     return {"settings": settings, "pretrain_model": setup["pretrain_model"],
             "num_classes": len(setup["classes"]), "val_images": setup["val_images"],
@@ -264,7 +259,7 @@ def trial_fn(config: dict, tables: dict, setup: dict) -> None:
     # where and when it ran, in every report (the trial table keeps the last)
     where = {"key": key, "node_id": ray.get_runtime_context().get_node_id(),
              "started_at": time.time()}
-    settings = finetuning.Settings(**setup["settings"][index], epochs=f.epochs,
+    settings = target_fit.Settings(**setup["settings"][index], epochs=f.epochs,
                                    batch_size=f.batch_size, mix_ratio=f.mix_ratio,
                                    epoch_samples=setup["epoch_samples"], seed=setup["seed"])
     spec = _spec(setup, cell, index, settings)
@@ -293,7 +288,7 @@ def trial_fn(config: dict, tables: dict, setup: dict) -> None:
 
 
 def _fit_teacher(setup: dict, members: pd.DataFrame, rows: pd.DataFrame,
-                 settings: finetuning.Settings, out_uri: str) -> None:
+                 settings: target_fit.Settings, out_uri: str) -> None:
     """Fits the teacher to the end (a Ray task, or a TorchTrainer with
     `finetune.teacher_workers`); its best state goes to `out_uri`."""
     import torch
@@ -318,7 +313,7 @@ def _leave_a_cpu_for_data(f: FinetuneConfig, scaling: ScalingConfig) -> int | No
     """Trials that stream read through Ray Data tasks, which need CPUs no trial holds: on a
     cluster without an autoscaler, at most as many trials as leave one CPU free (an
     autoscaler adds nodes for pending decode tasks: no cap there)."""
-    from dtl_ray import capacity
+    from dtl_ray.raykit import capacity
 
     if capacity.autoscaler_max() != {}:
         return None
@@ -361,7 +356,7 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, tables
     # same (they lie below max_t); a trial it stops at a rung is killed mid-epoch, and its
     # controller's death is what the cleaner watches for.
     max_t = f.epochs + 1 if f.workers_per_trial > 0 else f.epochs
-    cap = raytune.concurrency(f.max_concurrent_trials)
+    cap = tune.concurrency(f.max_concurrent_trials)
     if cap is None and setup["streams"]:
         cap = _leave_a_cpu_for_data(f, scaling)
     tuner = ray.tune.Tuner(
@@ -380,13 +375,13 @@ def _search(f: FinetuneConfig, scaling: ScalingConfig, layout: RunLayout, tables
         run_config=ray.tune.RunConfig(
             name=name, storage_path=root, storage_filesystem=fs, verbose=0,
             failure_config=ray.tune.FailureConfig(max_failures=scaling.max_failures),
-            callbacks=[raytune.trial_lines(total, settings)]),
+            callbacks=[tune.trial_lines(total, settings)]),
     )
-    with raytune.credentials_kept_out_of_ray_logs():
+    with tune.credentials_kept_out_of_ray_logs():
         return tuner.fit()
 
 
-def _trial_table(grid, cells: list[search.Cell], settings: list[dict],
+def _trial_table(grid, cells: list[design.Cell], settings: list[dict],
                  layout: RunLayout) -> tuple[pd.DataFrame, dict, dict]:
     """One row per trial (cell, settings, best val, best label-free risk), each trial's best
     weights on target val, and its weights with the lowest label-free risk."""
@@ -430,21 +425,22 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     shuffle buffer), `score` the pseudo-labelling pool's batch and actors."""
     import ray
 
-    from dtl_ray import raytrain, scoring
+    from dtl_ray.method import scoring
+    from dtl_ray.raykit import train
 
     t0 = time.time()
-    manifest = data.load_manifest(layout)
+    manifest = readers.load_manifest(layout)
     classes = manifest.target_classes
     local = {c: i for i, c in enumerate(classes)}
     scores = read_scores(layout)
     good = set(scores[SAMPLE_ID])  # the rows the score stage read (rejected ones are not)
     pretrain_model = layout.backbone_model(adapted=f.init == "adapted")
-    reading = data.reading(layout, dcfg.max_image_pixels, dcfg.max_rejected_fraction, STAGE)
+    reading = readers.reading(layout, dcfg.max_image_pixels, dcfg.max_rejected_fraction, STAGE)
     size = model.frame
     table = manifest.table
     labeled = manifest.rows("target", "train")
     labeled = labeled[labeled[SAMPLE_ID].isin(good)]
-    val = data.collect(data.good_rows(manifest.rows("target", "val"), size, reading,
+    val = readers.collect(readers.good_rows(manifest.rows("target", "val"), size, reading,
                                       ["image", "label"]))
     src_val = manifest.rows("source", "val").query("label in @classes")
     src_val = src_val[src_val[SAMPLE_ID].isin(good)].assign(
@@ -462,23 +458,23 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
              "source_val_rows": src_val, "progress": layout.progress,
              "train_uri": layout.stage(STAGE),
              # asked here, outside any trial's placement group (the probe needs a GPU)
-             "backend": (raytrain.backend(scaling.use_gpu)
+             "backend": (train.backend(scaling.use_gpu)
                          if f.workers_per_trial > 0 or f.teacher_workers > 0 else None)}
 
     # 1-2. teacher on labeled target + selected source candidates, then pseudo-labels
-    cand = data.read_parquet_df(layout.candidates)
+    cand = readers.read_parquet_df(layout.candidates)
     src_cand = scores[scores[SAMPLE_ID].isin(cand.loc[cand["pool"] == "source", SAMPLE_ID])]
     no_target = scores.iloc[:0].assign(pred=[])
-    teacher_members = search.members_table(labeled, src_cand, no_target, local, False)
+    teacher_members = design.members_table(labeled, src_cand, no_target, local, False)
     # the teacher gets a trial's budget: epochs as long as the all-source cell's
-    all_source, _ = search.members(search.Cell("all_source", "all", 1.0, 0.0), scores,
+    all_source, _ = design.members(design.Cell("all_source", "all", 1.0, 0.0), scores,
                                    scores.iloc[:0], classes, seed, 0.0)
-    budget = search.members_table(labeled, all_source, no_target, local, False)
-    teacher_settings = finetuning.Settings(
+    budget = design.members_table(labeled, all_source, no_target, local, False)
+    teacher_settings = target_fit.Settings(
         lr=f.lr[0], train_layers="all", epochs=f.epochs, batch_size=f.batch_size,
         mix_ratio=f.mix_ratio, seed=seed,
-        epoch_samples=finetuning.epoch_length([search.as_train_set(teacher_members),
-                                               search.as_train_set(budget)], f.mix_ratio))
+        epoch_samples=target_fit.epoch_length([design.as_train_set(teacher_members),
+                                               design.as_train_set(budget)], f.mix_ratio))
     teacher_state = storage.join(layout.stage(STAGE), "teacher-state.pt")
     # in a task, never in the driver (it decodes its cell); with teacher_workers it only
     # drives a TorchTrainer and holds no CPU
@@ -506,7 +502,7 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
                 .iter_batches(batch_format="pandas", batch_size=None):
             bad = b[b["error"] != ""]
             if len(bad):
-                raise data.DataError(
+                raise samples.DataError(
                     f"{len(bad)} unlabeled target image(s) read well before cannot be read "
                     f"now, e.g. {bad[SAMPLE_ID].iloc[0]} ({bad['error'].iloc[0]}): did the "
                     "data change during the run? Fix it and run with --restart-from pretrain")
@@ -516,20 +512,20 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     unlabeled = unlabeled.astype({"pred": np.int64, "confidence": np.float64})
     unlabeled = unl_rows[[SAMPLE_ID]].merge(unlabeled, on=SAMPLE_ID)  # the manifest's order
     unlabeled = unlabeled.merge(scores[[SAMPLE_ID, "p_target", "label"]], on=SAMPLE_ID)
-    data.write_parquet_df(unlabeled, layout.pseudo_labels)
+    readers.write_parquet_df(unlabeled, layout.pseudo_labels)
 
     # 3. the search: the cells' members (ids, labels, weights) are all the driver holds
-    cells = search.make_cells(f, select.target_fraction)
+    cells = design.make_cells(f, select.target_fraction)
     tables = []
     for i, cell in enumerate(cells):
-        src, tgt = search.members(cell, scores, unlabeled, classes, seed,
+        src, tgt = design.members(cell, scores, unlabeled, classes, seed,
                                   select.confidence_floor, select.balance_classes)
-        tables.append(search.members_table(labeled, src, tgt, local, f.weight_by_w)
+        tables.append(design.members_table(labeled, src, tgt, local, f.weight_by_w)
                       .assign(cell=i))
     members = pd.concat(tables, ignore_index=True)
-    data.write_parquet_df(members, storage.join(layout.stage(STAGE), "cells.parquet"))
-    settings = search.settings_grid(f, seed)
-    epoch_samples = finetuning.epoch_length([search.as_train_set(t) for t in tables],
+    readers.write_parquet_df(members, storage.join(layout.stage(STAGE), "cells.parquet"))
+    settings = design.settings_grid(f, seed)
+    epoch_samples = target_fit.epoch_length([design.as_train_set(t) for t in tables],
                                             f.mix_ratio)
     per_image = side(size) ** 2 * 3
     streams = any(int((~t["labeled"]).sum()) * per_image > f.in_memory_mb * 2**20
@@ -545,14 +541,14 @@ def run(layout: RunLayout, f: FinetuneConfig, select: SelectConfig, model: Model
     if trials.empty:
         raise RuntimeError(f"every fine-tuning trial failed: see {layout.search}")
     n_cand = {i: int((~t["labeled"]).sum()) for i, t in enumerate(tables)}
-    trials["n_candidates"] = [n_cand[cells.index(search.Cell(
+    trials["n_candidates"] = [n_cand[cells.index(design.Cell(
         r.arm, r.strategy, r.source_fraction, r.target_fraction))] for r in trials.itertuples()]
-    data.write_parquet_df(trials, layout.trials)
+    readers.write_parquet_df(trials, layout.trials)
     table = trials
 
     # 4. each arm's best trial on target val, and the overall choice
     chosen = {}
-    for arm in search.ARMS + ["chosen"]:
+    for arm in design.ARMS + ["chosen"]:
         sub = table if arm == "chosen" else table[table["arm"] == arm]
         if sub.empty:
             continue

@@ -1,0 +1,1 @@
+"""The stage contract: the run's layout and what each stage returns."""

@@ -1,0 +1,1 @@
+"""Reading the images: manifests, samples, readers, packed shards, rejects, score files."""

@@ -1,0 +1,1 @@
+"""The development pairs: generated demo shapes and real digits."""

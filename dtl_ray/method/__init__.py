@@ -1,0 +1,1 @@
+"""The method in plain PyTorch, pandas and numpy: no Ray."""

@@ -1,0 +1,1 @@
+"""The pipeline: runs the stages in order."""

@@ -1,0 +1,1 @@
+"""Ray plumbing: knows nothing of the method."""
