@@ -112,12 +112,12 @@ def score_stage(model_name: str, size: int, batch: int, images: int, files: int,
     import pandas as pd
 
     from dtl_ray import config
-    from dtl_ray.data import readers
-    from dtl_ray.pipeline import runner
+    from dtl_ray.data import manifests
+    from dtl_ray.raykit import connect
     from dtl_ray.tools import perf
 
     pool = _jpeg_pool(os.path.join(out, "gpu-images"), size + size // 8, files)
-    m = readers.build_manifest(os.path.join(pool, "source"), os.path.join(pool, "target"),
+    m = manifests.build(os.path.join(pool, "source"), os.path.join(pool, "target"),
                             [".jpg"])
     base = m.table
     reps = -(-images // len(base))
@@ -129,7 +129,7 @@ def score_stage(model_name: str, size: int, batch: int, images: int, files: int,
         f"source.uri={pool}/source", f"target.uri={pool}/target", f"model.backbone={model_name}",
         f"model.image_size={size}", f"score.batch_size={batch}",
         f"scaling.use_gpu={'true' if use_gpu else 'false'}"])
-    runner.ensure_ray()
+    connect.ensure_ray()
     return {"model": model_name, "image_size": size, "batch": batch, "files": files,
             **perf.score_ray(cfg, run_uri, 0)}
 

@@ -22,9 +22,10 @@ import os
 import tempfile
 import time
 
-from dtl_ray import config, storage
-from dtl_ray.data import readers
-from dtl_ray.pipeline import runner
+from dtl_ray import config, pipeline, storage
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.data import manifests
+from dtl_ray.pipeline import preflight
 from dtl_ray.tools import perf
 
 
@@ -40,11 +41,11 @@ def main() -> None:
         f"source.uri={os.path.abspath(args.data)}/source",
         f"target.uri={os.path.abspath(args.data)}/target", f"storage={out}", "name=cmp",
         *args.overrides])
-    cfg = runner.absolute(cfg)
+    cfg = preflight.absolute(cfg)
     t0 = time.time()
-    doc = runner.run(cfg, ["pretrain"])
+    doc = pipeline.run(cfg, ["pretrain"])
     ray_s = time.time() - t0
-    manifest = readers.load_manifest(runner.run_layout(cfg))
+    manifest = manifests.load(RunLayout.of(cfg.storage, cfg.name))
     rows, val = manifest.rows("source", "train"), manifest.rows("source", "val")
     result = {"images": len(rows), "epochs": cfg.pretrain.epochs,
               "pipeline": {"best_val_accuracy": doc["pretrain"]["source_val_accuracy"],

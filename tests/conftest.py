@@ -177,17 +177,18 @@ def tiny_run(ray_session, tiny_demo, tmp_path_factory):
     the CLI end to end and stage-by-stage resumption are what every later test starts from);
     returns (cfg, run dir, stage summaries)."""
     from dtl_ray import cli, config
-    from dtl_ray.contract.layout import STAGES, RunLayout
+    from dtl_ray.contract.layout import RunLayout
+    from dtl_ray.contract.registry import NAMES
 
     out = tmp_path_factory.mktemp("runs")
     config_file = out / "tiny.yaml"
     config_file.write_text("# Run: dtl-ray run tiny.yaml\nname: tiny\n")
     overrides = tiny_overrides(tiny_demo / "source", tiny_demo / "target", out, "tiny")
-    for stage in STAGES:
+    for stage in NAMES:
         assert cli.main(cli_args(config_file, overrides, "--stages", stage)) == 0, stage
     layout = RunLayout(os.path.join(out, "tiny"))
     return (config.load_config(str(config_file), overrides), layout.root,
-            {s: layout.summary(s) for s in STAGES})
+            {s: layout.summary(s) for s in NAMES})
 
 
 def copy_run(run_dir, dest, done):
@@ -196,10 +197,10 @@ def copy_run(run_dir, dest, done):
     the early stages starts where they ended instead of running them again."""
     import shutil
 
-    from dtl_ray.contract.layout import STAGES
+    from dtl_ray.contract.registry import NAMES
 
-    assert list(done) == list(STAGES[:len(done)]), done
-    skip = set(STAGES[len(done):])
+    assert list(done) == list(NAMES[:len(done)]), done
+    skip = set(NAMES[len(done):])
     shutil.copytree(run_dir, dest, ignore=lambda d, names: [
         n for n in names if d == str(run_dir) and (n in skip or (skip and n.startswith("report")))])
     return dest
@@ -225,9 +226,8 @@ def variant_run(ray_session, tmp_path_factory):
         kill_a_trial_after_its_first_epoch,
     )
 
-    from dtl_ray import config
+    from dtl_ray import config, pipeline
     from dtl_ray.data.pairs import demo
-    from dtl_ray.pipeline import runner
 
     root = tmp_path_factory.mktemp("variants")
     demo.write_demo(str(root / "data"), seed=2, scale=0.2, pair="partial")
@@ -247,7 +247,7 @@ def variant_run(ray_session, tmp_path_factory):
     thread, killed = kill_a_train_worker_after_first_checkpoint(run / "pretrain")
     scorer, scorers_killed = kill_a_scoring_actor(run / "score", run)
     trial, trials_killed = kill_a_trial_after_its_first_epoch(run / "finetune")
-    doc = runner.run(cfg)
+    doc = pipeline.run(cfg)
     for t in (thread, scorer, trial):
         t.join(timeout=30)
     return {"cfg": cfg, "run": run, "doc": doc, "bad": bad, "odd": odd, "killed": killed,
@@ -297,9 +297,8 @@ def other_run(ray_session, s3_server, tmp_path_factory):
     import torch
     import torchvision
 
-    from dtl_ray import cli, config
-    from dtl_ray.data import readers
-    from dtl_ray.pipeline import runner
+    from dtl_ray import cli, config, pipeline
+    from dtl_ray.data import manifests
 
     tmp_path = tmp_path_factory.mktemp("other")
     folders = tmp_path / "d"
@@ -318,6 +317,6 @@ def other_run(ray_session, s3_server, tmp_path_factory):
         # every stage resizes the 40 px images' shorter side to 36 and crops the centre 32
         "model.image_size=32", "model.resize_size=36", *SMALL_SEARCH]
     cfg = config.load_config(overrides=overrides)
-    manifest = readers.build_manifest(str(folders / "src"), str(folders / "tgt"),
+    manifest = manifests.build(str(folders / "src"), str(folders / "tgt"),
                                    cfg.data.extensions)
-    return cfg, manifest, runner.run(cfg)
+    return cfg, manifest, pipeline.run(cfg)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from dtl_ray.contract.layout import RunLayout
-from dtl_ray.data import readers
+from dtl_ray.storage import parquet
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_adversarial_mode_reports_the_gap_and_a_dann_row(adversarial_run):
     assert adv["before"] != adv["after"]
     assert adv["after"]["proxy_a_distance"] == doc["discriminate"]["proxy_a_distance"]
     assert "dann" in doc["evaluate"]["baselines"]
-    pred = readers.read_parquet_df(RunLayout(run).predictions)
+    pred = parquet.read_df(RunLayout(run).predictions)
     assert doc["evaluate"]["baselines"]["dann"]["target_test_accuracy"] == pytest.approx(
         (pred["pred__dann"] == pred["label"]).mean())
     assert os.path.exists(os.path.join(run, "discriminate", "dann_model.pt"))

@@ -6,10 +6,12 @@ import os
 import pytest
 from conftest import tiny_overrides
 
-from dtl_ray import config, storage
+from dtl_ray import storage
 from dtl_ray.contract.layout import RunLayout
-from dtl_ray.data import readers, samples
+from dtl_ray.data import manifests, samples
 from dtl_ray.data.pairs import demo
+from dtl_ray.errors import ConfigError
+from dtl_ray.storage import parquet
 from dtl_ray.tools import bench_labels
 
 
@@ -28,11 +30,11 @@ def test_relabel_moves_rows_and_refuses_others(tiny_run, tmp_path):
     bench_labels.copy_upstream(run_dir, dest.root)
     assert sorted(os.listdir(dest.root)) == sorted(
         ["classes.json", "manifest.parquet", "rejected.parquet", *bench_labels.UPSTREAM])
-    before = readers.load_manifest(dest)
+    before = manifests.load(dest)
     unl = before.rows("target", "unlabeled")
     paths = list(unl[samples.PATH].iloc[[0, 3, 5]])
     assert bench_labels.relabel(dest, paths, lambda p: demo.unlabeled_class("standard", p)) == 3
-    after = readers.load_manifest(dest)
+    after = manifests.load(dest)
     moved = after.table[after.table[samples.PATH].isin(paths)]
     assert (moved[samples.SPLIT] == "train").all()
     assert [after.classes[i] for i in moved[samples.LABEL]] == [
@@ -40,10 +42,10 @@ def test_relabel_moves_rows_and_refuses_others(tiny_run, tmp_path):
     assert len(after.rows("target", "train")) == len(before.rows("target", "train")) + 3
     assert len(after.rows("target", "unlabeled")) == len(unl) - 3
     # the base run is untouched
-    assert len(readers.load_manifest(RunLayout(run_dir)).rows("target", "unlabeled")) == len(unl)
-    with pytest.raises(config.ConfigError, match="1 of the 1 images"):
+    assert len(manifests.load(RunLayout(run_dir)).rows("target", "unlabeled")) == len(unl)
+    with pytest.raises(ConfigError, match="1 of the 1 images"):
         bench_labels.relabel(dest, paths[:1], lambda p: "bars")  # no longer unlabeled
-    with pytest.raises(config.ConfigError, match=r"classes \['nope'\]"):
+    with pytest.raises(ConfigError, match=r"classes \['nope'\]"):
         bench_labels.relabel(dest, list(unl[samples.PATH].iloc[[1]]), lambda p: "nope")
 
 
@@ -68,7 +70,7 @@ def test_pick_run_fine_tunes_again_with_the_picked_labels(tiny_run, tmp_path):
     base_train = summaries["finetune"]
     layout = RunLayout(os.path.join(out, "tiny-suggested6"))
     doc = storage.read_json(layout.report_json)
-    assert rec["labeled"] == readers.load_manifest(RunLayout(run_dir)).counts()["target"][
+    assert rec["labeled"] == manifests.load(RunLayout(run_dir)).counts()["target"][
         "train"] + 6
     # the upstream stages were kept, not run again: their summaries are the base run's
     for stage in bench_labels.UPSTREAM:
@@ -78,7 +80,7 @@ def test_pick_run_fine_tunes_again_with_the_picked_labels(tiny_run, tmp_path):
     assert doc["evaluate"]["method"]["target_test_accuracy"] == rec["accuracy"]["method"]
     assert sum(rec["classes"].values()) == 6
     # the picks are out of the unlabeled pool the fine-tuning pseudo-labels
-    pseudo = readers.read_parquet_df(layout.pseudo_labels)
-    ids = readers.load_manifest(layout).table.set_index(samples.PATH).loc[
+    pseudo = parquet.read_df(layout.pseudo_labels)
+    ids = manifests.load(layout).table.set_index(samples.PATH).loc[
         list(picked["suggested"]["path"]), samples.SAMPLE_ID]
     assert not pseudo[samples.SAMPLE_ID].isin(set(ids)).any()

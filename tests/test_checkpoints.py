@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dtl_ray import config
+from dtl_ray.errors import CheckpointError
 from dtl_ray.method import builders, models
 from dtl_ray.storage import checkpoints
 
@@ -30,15 +31,15 @@ def test_a_discriminator_is_not_taken_for_a_classifier(tmp_path):
     assert len(states) == 2 and set(states[1]) == set(disc.state_dict())
     with pytest.raises(ValueError, match="one"):
         checkpoints.save_discriminator(uri, [disc.state_dict()], [], 0.2, None, 64, 8, 1, 1, True)
-    with pytest.raises(checkpoints.CheckpointError, match="not a classifier"):
+    with pytest.raises(CheckpointError, match="not a classifier"):
         checkpoints.read_classifier(uri)
     # the same file given as model.weights: one clear error, not a KeyError from deep inside
     cfg = config.load_config(overrides=["source.uri=s", "target.uri=t", "model.backbone=smallcnn",
                                         f"model.weights={uri}"])
-    with pytest.raises(checkpoints.CheckpointError, match="not a classifier"):
+    with pytest.raises(CheckpointError, match="not a classifier"):
         builders.classifier(cfg.model, 3)
     classifier_uri = str(tmp_path / "m.pt")
     checkpoints.save_classifier(classifier_uri, models.build_classifier("smallcnn", 2).state_dict(),
                                 "smallcnn", [0, 1])
-    with pytest.raises(checkpoints.CheckpointError, match="not a discriminator"):
+    with pytest.raises(CheckpointError, match="not a discriminator"):
         checkpoints.read_discriminator(classifier_uri)

@@ -4,7 +4,8 @@ import os
 import pytest
 
 from dtl_ray import config
-from dtl_ray.config import ConfigError, load_config
+from dtl_ray.config import load_config
+from dtl_ray.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = {"source": {"uri": "/data/s"}, "target": {"uri": "/data/t"}}

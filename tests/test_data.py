@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dtl_ray.data import readers, rejects, samples
+from dtl_ray.data import decode, manifests, readers, rejects, samples
 from dtl_ray.data.pairs import demo
+from dtl_ray.errors import DataError
+from dtl_ray.storage import parquet
 
 
 def _png(mode, size=(10, 12), value=100):
@@ -27,7 +29,7 @@ def test_demo_is_deterministic_and_has_the_layout(tmp_path):
     fb = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
     assert fa == fb
     assert (tmp_path / "a" / fa[0]).read_bytes() == (tmp_path / "b" / fa[0]).read_bytes()
-    m = readers.build_manifest(str(tmp_path / "a" / "source"), str(tmp_path / "a" / "target"),
+    m = manifests.build(str(tmp_path / "a" / "source"), str(tmp_path / "a" / "target"),
                             [".png"])
     assert m.classes == sorted(demo.SHARED_CLASSES + demo.SOURCE_ONLY_CLASSES)
     target_names = [m.classes[c] for c in m.target_classes]
@@ -35,7 +37,7 @@ def test_demo_is_deterministic_and_has_the_layout(tmp_path):
 
 
 def test_manifest_ids_labels_and_unlabeled(tiny_demo):
-    m = readers.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    m = manifests.build(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
     t = m.table
     assert t["sample_id"].is_unique
     row = t[t["split"] == "train"].iloc[0]
@@ -43,7 +45,7 @@ def test_manifest_ids_labels_and_unlabeled(tiny_demo):
     assert (t[t["split"] == "unlabeled"]["label"] == samples.UNLABELED).all()
     circle = m.classes.index("circle")
     assert (t[t["path"].str.contains("/circle/")]["label"] == circle).all()
-    again = readers.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    again = manifests.build(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
     assert list(again.table["sample_id"]) == list(t["sample_id"])
 
 
@@ -59,17 +61,17 @@ FULL = ["s/train/a/1.png", "s/val/a/1.png", "t/train/a/1.png", "t/val/a/1.png",
 
 
 def test_layout_errors_are_clear(tmp_path):
-    with pytest.raises(samples.DataError, match="source folder not found"):
-        readers.build_manifest(str(tmp_path / "nope"), str(tmp_path), [".png"])
+    with pytest.raises(DataError, match="source folder not found"):
+        manifests.build(str(tmp_path / "nope"), str(tmp_path), [".png"])
     _layout(tmp_path / "r1", FULL[:-1])
-    with pytest.raises(samples.DataError, match="target split 'test' is empty"):
-        readers.build_manifest(str(tmp_path / "r1/s"), str(tmp_path / "r1/t"), [".png"])
+    with pytest.raises(DataError, match="target split 'test' is empty"):
+        manifests.build(str(tmp_path / "r1/s"), str(tmp_path / "r1/t"), [".png"])
     _layout(tmp_path / "r2", FULL + ["t/train/zebra/1.png"])
-    with pytest.raises(samples.DataError, match=r"target class\(es\) \['zebra'\]"):
-        readers.build_manifest(str(tmp_path / "r2/s"), str(tmp_path / "r2/t"), [".png"])
+    with pytest.raises(DataError, match=r"target class\(es\) \['zebra'\]"):
+        manifests.build(str(tmp_path / "r2/s"), str(tmp_path / "r2/t"), [".png"])
     _layout(tmp_path / "r3", FULL + ["t/test/b/1.png", "s/train/b/1.png"])
-    with pytest.raises(samples.DataError, match=r"target test has class\(es\) \['b'\]"):
-        readers.build_manifest(str(tmp_path / "r3/s"), str(tmp_path / "r3/t"), [".png"])
+    with pytest.raises(DataError, match=r"target test has class\(es\) \['b'\]"):
+        manifests.build(str(tmp_path / "r3/s"), str(tmp_path / "r3/t"), [".png"])
 
 
 def test_decode_converts_modes_and_rejects_bad_files(tmp_path):
@@ -79,13 +81,13 @@ def test_decode_converts_modes_and_rejects_bad_files(tmp_path):
     for name, blob in files.items():
         (tmp_path / name).write_bytes(blob)
     batch = {"path": np.array([str(tmp_path / n) for n in files], dtype=object)}
-    out = samples.decode_batch(batch, image_size=8)
+    out = decode.decode_batch(batch, image_size=8)
     assert out["image"].shape == (len(files), 8, 8, 3) and out["image"].dtype == np.uint8
     errors = dict(zip(files, out["error"]))
     assert [n for n, e in errors.items() if e] == ["empty.png", "text.png", "cut.png"]
     assert "empty file" in errors["empty.png"]
     assert out["image"][list(files).index("deep.png")].max() == 255  # 16-bit scaled, not clipped
-    assert samples.drop_rejected(out)["image"].shape[0] == 5
+    assert decode.drop_rejected(out)["image"].shape[0] == 5
 
 
 def test_resize_then_centre_crop_is_torchvisions(tmp_path):
@@ -99,12 +101,12 @@ def test_resize_then_centre_crop_is_torchvisions(tmp_path):
         im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         buf = io.BytesIO()
         im.save(buf, format="PNG")
-        got = samples.decode_image(buf.getvalue(), (20, 23))
+        got = decode.decode_image(buf.getvalue(), (20, 23))
         want = np.asarray(T.Compose([T.Resize(23), T.CenterCrop(20)])(im))
         assert got.shape == (20, 20, 3)
         np.testing.assert_array_equal(got, want, err_msg=f"{w}x{h}")
     (tmp_path / "a.png").write_bytes(b"no")
-    out = samples.decode_batch({"path": np.array([str(tmp_path / "a.png")], dtype=object)},
+    out = decode.decode_batch({"path": np.array([str(tmp_path / "a.png")], dtype=object)},
                             image_size=(20, 23))
     assert out["image"].shape == (1, 20, 20, 3) and out["error"][0]
 
@@ -112,17 +114,17 @@ def test_resize_then_centre_crop_is_torchvisions(tmp_path):
 def test_a_memory_fault_is_not_a_rejected_image(tmp_path, monkeypatch):
     """Running out of memory says nothing about the file: the task must fail (and be
     retried by Ray: `TransientReadError` is in its retry list), not drop the row."""
-    from dtl_ray.data import samples
+    from dtl_ray.data import decode
 
     (tmp_path / "ok.png").write_bytes(_png("RGB"))
 
     def no_memory(raw, size, max_pixels):
         raise MemoryError()
 
-    monkeypatch.setattr(samples, "decode_image", no_memory)
-    with pytest.raises(samples.TransientReadError, match="ok.png: MemoryError"):
-        samples.decode_batch({"path": np.array([str(tmp_path / "ok.png")], dtype=object)}, 8)
-    assert samples.TransientReadError in samples.TASK_RETRIES["retry_exceptions"]
+    monkeypatch.setattr(decode, "decode_image", no_memory)
+    with pytest.raises(decode.TransientReadError, match="ok.png: MemoryError"):
+        decode.decode_batch({"path": np.array([str(tmp_path / "ok.png")], dtype=object)}, 8)
+    assert decode.TransientReadError in decode.TASK_RETRIES["retry_exceptions"]
 
 
 def test_images_over_the_pixel_limit_are_rejected_before_decoding(tmp_path):
@@ -136,12 +138,12 @@ def test_images_over_the_pixel_limit_are_rejected_before_decoding(tmp_path):
     (tmp_path / "big.png").write_bytes(big.getvalue())
     (tmp_path / "ok.png").write_bytes(_png("RGB"))
     batch = {"path": np.array([str(tmp_path / n) for n in ("big.png", "ok.png")], dtype=object)}
-    out = samples.decode_batch(batch, 8, max_pixels=1_000_000)
+    out = decode.decode_batch(batch, 8, max_pixels=1_000_000)
     assert out["error"][0].startswith("too many pixels: 2000x1500 = 3,000,000 pixels")
     assert "data.max_image_pixels" in out["error"][0] and out["error"][1] == ""
-    assert (samples.decode_batch(batch, 8)["error"] == "").all()  # the default takes it
+    assert (decode.decode_batch(batch, 8)["error"] == "").all()  # the default takes it
     bomb = Image.DecompressionBombError("Image size (200000000 pixels) exceeds limit")
-    assert samples.reject_reason(bomb, "x.png").startswith("too many pixels: ")
+    assert decode.reject_reason(bomb, "x.png").startswith("too many pixels: ")
 
 
 def _failed_batch():
@@ -186,7 +188,7 @@ def test_a_pass_reports_failed_rows_to_the_runs_ledger(ray_session):
     reading = readers.Reading(ledger=ledger, root="/r", stage="pretrain")
     assert list(readers.drop_failed(_failed_batch(), reading)["sample_id"]) == ["s/train/a",
                                                                             "s/train/c"]
-    assert list(samples.drop_rejected(_failed_batch())["sample_id"]) == ["s/train/a", "s/train/c"]
+    assert list(decode.drop_rejected(_failed_batch())["sample_id"]) == ["s/train/a", "s/train/c"]
     readers.configure_context()
     batches = []
     for i in range(3):  # two failed rows each: 3 rejected of 20 after the first (limit 2)
@@ -202,7 +204,7 @@ def test_a_pass_reports_failed_rows_to_the_runs_ledger(ray_session):
     from dtl_ray import cli
 
     error = cli.user_error(info.value)
-    assert isinstance(error, samples.DataError)
+    assert isinstance(error, DataError)
     assert "over data.max_rejected_fraction=0.1" in str(error)
     listed = ray.get(ledger.rows.remote("/r"))
     assert {r["found_in"] for r in listed} == {"pretrain"} and len(listed) >= 3
@@ -223,7 +225,7 @@ def _first_batches(ds, batch_size, epoch, seed, n_batches):
 def test_training_order_mixes_classes_and_is_redrawn_each_epoch(ray_session, tiny_demo):
     """The manifest is sorted by class; training batches must not be (the bug: pretraining saw
     512-row blocks of one or two classes and barely learned)."""
-    m = readers.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    m = manifests.build(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
     one = m.rows("source", "train")
     # 15 copies under distinct ids, still sorted by class: 3,150 rows, 7 blocks of 512
     rows = pd.concat([one.assign(sample_id=one["sample_id"] + f"#{k}") for k in range(15)])
@@ -259,7 +261,7 @@ def test_train_workers_get_a_new_mixed_order_each_epoch(ray_session, tiny_demo, 
             seen[str(epoch)] = [int(v) for b in batches for v in b["label"]]
             train.report_epoch({"epoch": epoch}, {}, {"labels": seen})
 
-    m = readers.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    m = manifests.build(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
     one = m.rows("source", "train")
     rows = pd.concat([one.assign(sample_id=one["sample_id"] + f"#{k}") for k in range(15)])
     rows = rows.sort_values("label", kind="stable").reset_index(drop=True)
@@ -292,11 +294,11 @@ def test_names_that_are_not_utf8_become_rejected_rows(tmp_path):
     with open(bad, "wb") as f:
         f.write(_png("RGB"))
     (tmp_path / "s" / "train" / "a" / "._2.png").write_bytes(b"\x00\x05\x16\x07")
-    m = readers.build_manifest(str(tmp_path / "s"), str(tmp_path / "t"), [".png"])
+    m = manifests.build(str(tmp_path / "s"), str(tmp_path / "t"), [".png"])
     assert sorted(m.table[m.table["domain"] == "source"]["sample_id"]) == [
         "source/train/a/1.png", "source/train/a/2.png", "source/val/a/1.png"]
     names = m.unreadable_names
     assert list(names["sample_id"]) == ["source/train/a/caf\\xe9.png"]
     assert names["path"].iloc[0].endswith("/s/train/a/caf\\xe9.png")
     assert names["error"].iloc[0] == "file name is not valid UTF-8: rename it"
-    readers.write_parquet_df(names, str(tmp_path / "rejected.parquet"))  # Parquet takes it
+    parquet.write_df(names, str(tmp_path / "rejected.parquet"))  # Parquet takes it

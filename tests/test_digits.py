@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from dtl_ray import cli
-from dtl_ray.data import readers
+from dtl_ray.data import manifests
 from dtl_ray.data.pairs import demo, digits
 
 
@@ -25,13 +25,13 @@ def test_mnist_comes_from_the_installed_package():
 
 def test_digits_pair_layout_counts_and_determinism(tmp_path):
     out = tmp_path / "pair"
-    assert cli.main(["demo-data", str(out), "--pair", "digits", "--scale", "0.02",
+    assert cli.main(["demo-data", "--out", str(out), "--pair", "digits", "--scale", "0.02",
                      "--seed", "1"]) == 0
     counts = digits.write_digits(str(tmp_path / "again"), seed=1, scale=0.02)
     assert counts["source/train"] == 100 and counts["source/val"] == 10
     assert counts["target/train"] == 50 and counts["target/unlabeled"] == 20
     assert counts["target/val"] == 10 and counts["target/test"] == 100
-    m = readers.build_manifest(str(out / "source"), str(out / "target"), [".png"])
+    m = manifests.build(str(out / "source"), str(out / "target"), [".png"])
     assert m.classes == digits.CLASSES == demo.target_classes("digits")
     assert m.counts()["target"] == {"train": 50, "unlabeled": 20, "val": 10, "test": 100}
     # no MNIST digit is in two target splits

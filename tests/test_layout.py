@@ -2,7 +2,8 @@
 
 import pytest
 
-from dtl_ray.contract.layout import STAGES, RunLayout
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.registry import NAMES
 
 
 def test_paths_are_under_the_run_and_in_their_stage(tmp_path):
@@ -29,7 +30,7 @@ def test_unknown_stages_and_train_runs_are_refused(tmp_path):
 
 def test_done_markers_hold_the_summary(tmp_path):
     lay = RunLayout(str(tmp_path / "run"))
-    assert not any(lay.is_done(s) for s in STAGES)
+    assert not any(lay.is_done(s) for s in NAMES)
     lay.mark_done("score", {"rows_out": 7})
     assert lay.is_done("score") and not lay.is_done("select")
     assert lay.summary("score") == {"rows_out": 7}

@@ -11,7 +11,8 @@ import pytest
 from conftest import cli_args, tiny_overrides
 
 from dtl_ray import cli, storage
-from dtl_ray.pipeline.lease import Lease, LeaseError
+from dtl_ray.errors import LeaseError
+from dtl_ray.pipeline.lease import Lease
 
 
 def _foreign(uri, renewed_ago, host="other-node", pid=4242):

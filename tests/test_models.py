@@ -2,6 +2,7 @@ import pytest
 import torch
 import torchvision
 
+from dtl_ray.errors import ModelError
 from dtl_ray.method import models
 
 
@@ -23,9 +24,9 @@ def test_resnet18_tap_shapes(layer, dim):
 
 def test_unknown_layer_and_backbone_are_clear_errors():
     g, _ = models.build_backbone("smallcnn")
-    with pytest.raises(models.ModelError, match="not a node of the backbone"):
+    with pytest.raises(ModelError, match="not a node of the backbone"):
         models.FeatureTap(g, "block9")
-    with pytest.raises(models.ModelError, match="unknown backbone 'resnet19'"):
+    with pytest.raises(ModelError, match="unknown backbone 'resnet19'"):
         models.build_backbone("resnet19")
 
 
@@ -38,7 +39,7 @@ def test_torchvision_weights_load_from_a_local_state_dict(tmp_path):
 
 
 def test_weights_of_another_model_are_refused():
-    with pytest.raises(models.ModelError, match="do not fit resnet18"):
+    with pytest.raises(ModelError, match="do not fit resnet18"):
         models.build_backbone("resnet18", torchvision.models.resnet34(weights=None).state_dict())
 
 
@@ -115,7 +116,7 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
 
     from dtl_ray import config
     from dtl_ray.method import builders
-    from dtl_ray.pipeline import runner
+    from dtl_ray.pipeline import preflight
 
     reference = torchvision.models.resnet18(weights=None).state_dict()
     calls = []
@@ -129,7 +130,7 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
         cfg = config.load_config(overrides=[
             "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
             "model.backbone=resnet18", f"model.weights={name}"])
-        cfg = runner.resolve_weights(runner.absolute(cfg))
+        cfg = preflight.resolve_weights(preflight.absolute(cfg))
         assert cfg.model.weights == str(tmp_path / "r" / "weights" / f"{name}.pth")
         # the weights' transforms (resize 256, crop 224) at the default image size 224
         assert cfg.model.frame == (224, 256)
@@ -138,7 +139,7 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
         for k, v in reference.items():
             if not k.startswith("fc."):  # (the head is replaced)
                 assert torch.equal(got[k], v), k
-        again = runner.resolve_weights(config.load_config(overrides=[
+        again = preflight.resolve_weights(config.load_config(overrides=[
             "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
             "model.backbone=resnet18", f"model.weights={name}"]))
         assert again.model.weights == cfg.model.weights
@@ -147,7 +148,7 @@ def test_weights_by_name_are_resolved_downloaded_once_and_loaded(tmp_path, monke
     assert calls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url] * 3
     # another image size keeps the weights' ratio; a resize_size given is kept
     for extra, frame in (("model.image_size=64", (64, 73)), ("model.resize_size=300", (224, 300))):
-        cfg = runner.resolve_weights(config.load_config(overrides=[
+        cfg = preflight.resolve_weights(config.load_config(overrides=[
             "source.uri=/s", "target.uri=/t", f"storage={tmp_path}", "name=r",
             "model.backbone=resnet18", "model.weights=DEFAULT", extra]))
         assert cfg.model.frame == frame, extra

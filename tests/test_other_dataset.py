@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import OTHER_COUNTS
 
-from dtl_ray.data import readers
 from dtl_ray.inference import predict
 from dtl_ray.method import builders
+from dtl_ray.storage import parquet
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_a_torchvision_backbone_on_jpeg_folders_packed_and_on_s3(other_run):
     # every image of the local folders, read from the shards and the bucket, with the
     # folders' labels and ids
     assert doc["score"]["rows_in"] == doc["score"]["rows_out"] == n
-    scores = readers.read_parquet_df(f"{cfg.storage}/other/score/scores")
+    scores = parquet.read_df(f"{cfg.storage}/other/score/scores")
     joined = folders.table[["sample_id", "label"]].merge(
         scores[["sample_id", "label"]], on="sample_id", suffixes=("", "_packed"))
     assert len(joined) == n and (joined["label"] == joined["label_packed"]).all()

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from dtl_ray import cli, storage
-from dtl_ray.data import packing, readers
+from dtl_ray.data import manifests, packing, readers
 from dtl_ray.data.pairs import demo
 from dtl_ray.method import scoring
+from dtl_ray.raykit import pools
+from dtl_ray.storage import parquet
 
 pytestmark = pytest.mark.slow
 BUCKET = "dtl-packed"
@@ -57,19 +59,21 @@ def test_pack_shuffles_rows_across_shards(packed):
 
 def test_packed_and_folder_readings_agree(packed, tiny_demo, tiny_run):
     cfg, run, _ = tiny_run
-    folder = readers.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
-    pk = readers.build_manifest(*packed, [".png"])
+    folder = manifests.build(str(tiny_demo / "source"), str(tiny_demo / "target"), [".png"])
+    pk = manifests.build(*packed, [".png"])
     a = folder.table.sort_values("sample_id").reset_index(drop=True)
     b = pk.table.sort_values("sample_id").reset_index(drop=True)
     assert list(a["sample_id"]) == list(b["sample_id"])
     assert list(a["label"]) == list(b["label"]) and folder.classes == pk.classes
     # the same models give the same scores on the packed bytes as on the files
-    scored = scoring.score_dataset(
-        pk.table, os.path.join(run, "pretrain", "model.pt"), pk.target_classes, cfg.score,
-        cfg.scaling, cfg.model.image_size,
-        os.path.join(run, "discriminate", "discriminator.pt")).select_columns(
+    kwargs = scoring.scorer_kwargs(
+        os.path.join(run, "pretrain", "model.pt"), pk.target_classes, cfg.score, False,
+        cfg.model.image_size, os.path.join(run, "discriminate", "discriminator.pt"))
+    scored = pools.actor_map(
+        pk.table, scoring.Scorer, kwargs, cfg.score, cfg.scaling,
+        cfg.model.image_size).select_columns(
         ["sample_id", "p_target", "weight", "pred", "confidence"]).to_pandas()
-    reference = readers.read_parquet_df(os.path.join(run, "score", "scores"))
+    reference = parquet.read_df(os.path.join(run, "score", "scores"))
     both = reference.merge(scored, on="sample_id", suffixes=("", "_packed"))
     assert len(both) == len(reference) == len(pk.table)
     for col in ("p_target", "weight", "confidence"):
@@ -83,7 +87,7 @@ def test_packed_training_rows_are_shuffled(ray_session, tmp_path):
     demo.write_demo(str(tmp_path / "d"), seed=4, scale=0.5)
     src = str(tmp_path / "packed")
     packing.pack(str(tmp_path / "d" / "source"), src, rows_per_shard=128, seed=None)
-    m = readers.build_manifest(src, str(tmp_path / "d" / "target"), [".png"])
+    m = manifests.build(src, str(tmp_path / "d" / "target"), [".png"])
     rows = m.rows("source", "train")  # 1,050 rows, decoded in 256-row blocks
     freq = np.bincount(rows["label"], minlength=len(m.classes)) / len(rows)
     ds = readers.training_dataset(rows, 8, "always", ["image", "label"], seed=3)
@@ -100,7 +104,7 @@ def test_packed_subset_reads_the_shards_own_columns(packed, ray_session):
     shard's columns) and the run's column joined by id; only the wanted split comes back;
     the member table a shard's tasks fetch holds the ids and the run's columns only."""
     src, tgt = packed
-    m = readers.build_manifest(src, tgt, [".png"])
+    m = manifests.build(src, tgt, [".png"])
     rows = m.rows("source", "train").iloc[::3].copy()  # a third of train, every shard
     rows["w"] = np.arange(len(rows), dtype=float) / 7
     got = readers.to_dataset(rows, 8).to_pandas().sort_values("sample_id")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from dtl_ray.contract.layout import RunLayout
-from dtl_ray.data import readers
+from dtl_ray.data import manifests
 from dtl_ray.data.pairs import demo
 from dtl_ray.data.scorefiles import read_scores
+from dtl_ray.storage import parquet
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +35,14 @@ def test_partial_run_keeps_shared_classes_and_iwan_weights_average_one(partial_r
     # together its per-class shares make up exactly the top `select.fraction` of source train
     # the files hold IWAN's weights before normalisation (written once, by the writer actors
     # as the rows were scored); `read_scores` divides by the mean the stage recorded at the end
-    files = readers.read_parquet_df(os.path.join(run, "score", "scores"))
+    files = parquet.read_df(os.path.join(run, "score", "scores"))
     scores = read_scores(RunLayout(run))
     assert list(scores["sample_id"]) == list(files["sample_id"])
     divisor = doc["score"]["weight_divisor"]
     assert divisor > 0 and divisor != 1.0 and doc["score"]["files"] >= 1
     np.testing.assert_allclose(scores["weight"], files["weight"] / divisor)
     src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
-    m = readers.load_manifest(RunLayout(run))
+    m = manifests.load(RunLayout(run))
     sizes = src.groupby("label").size()
     top = sum(sel["ranked_fraction_per_class"][m.classes[c]] * n for c, n in sizes.items())
     assert top == pytest.approx(round(cfg.select.fraction * len(src)))

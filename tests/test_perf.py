@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import cli, config
-from dtl_ray.data import readers
+from dtl_ray.data import manifests
+from dtl_ray.storage import parquet
 from dtl_ray.tools import perf
 
 
@@ -27,8 +28,8 @@ def test_plain_loop_and_score_stage_give_the_same_scores(ray_session, tiny_demo,
     # start-up ends with the first scored batch: it came back with at most a batch per actor
     assert 0 < ray_fig["images_per_second"] and 0 < ray_fig["steady_images_per_second"]
     assert ray_fig["steady_images_per_second"] >= ray_fig["images_per_second"]
-    a = readers.read_parquet_df(f"{run_uri}/score/scores").sort_values("sample_id")
-    b = readers.read_parquet_df(str(tmp_path / "plain")).sort_values("sample_id")
+    a = parquet.read_df(f"{run_uri}/score/scores").sort_values("sample_id")
+    b = parquet.read_df(str(tmp_path / "plain")).sort_values("sample_id")
     assert list(a["sample_id"]) == list(b["sample_id"])
     for c in ("p_target", "weight", "confidence", "entropy"):
         np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-5, atol=1e-7)
@@ -63,7 +64,7 @@ def test_peak_memory_tree_holds_child_processes():
 
 def test_bench_rows_repeat_files_under_new_ids(tiny_demo):
     rows, _, _ = perf.bench_rows(str(tiny_demo), 1000)
-    base = readers.build_manifest(str(tiny_demo / "source"), str(tiny_demo / "target"),
+    base = manifests.build(str(tiny_demo / "source"), str(tiny_demo / "target"),
                                [".png"]).table
     assert len(rows) == 1000 and rows["sample_id"].is_unique
     assert set(rows["path"]) <= set(base["path"])

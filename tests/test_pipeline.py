@@ -8,14 +8,15 @@ import pandas as pd
 import pytest
 from conftest import cli_args, copy_run, tiny_overrides
 
-from dtl_ray import cli, config, storage
+from dtl_ray import cli, config, pipeline, storage
+from dtl_ray.contract import registry
 from dtl_ray.contract.layout import RunLayout
-from dtl_ray.data import readers, samples
+from dtl_ray.data import decode, manifests
+from dtl_ray.errors import ConfigError
 from dtl_ray.method import design
 from dtl_ray.method.calibration import heldout_mask
 from dtl_ray.method.scoring import Scorer
-from dtl_ray.pipeline import runner
-from dtl_ray.storage import checkpoints
+from dtl_ray.storage import checkpoints, parquet
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def test_discriminate_stage(tiny_run):
     assert d["n_source"] == 210 and d["n_target"] == 6 + 36
     # the held-out figures agree with the saved D as the score stage applied it: the same
     # held-out rows, the same predictions (another process, another code path)
-    scores = readers.read_parquet_df(RunLayout(run).scores)
+    scores = parquet.read_df(RunLayout(run).scores)
     pool = scores[((scores["domain"] == "source") & (scores["split"] == "train"))
                   | ((scores["domain"] == "target") & scores["split"].isin(["train", "unlabeled"]))]
     held = pool[heldout_mask(pool["sample_id"], cfg.discriminate.heldout_fraction)]
@@ -58,8 +59,8 @@ def test_discriminate_stage(tiny_run):
 def test_score_stage_accounts_for_every_row(tiny_run):
     _, run, s = tiny_run
     sc = s["score"]
-    manifest = readers.load_manifest(RunLayout(run))
-    scores = readers.read_parquet_df(os.path.join(run, "score", "scores"))
+    manifest = manifests.load(RunLayout(run))
+    scores = parquet.read_df(os.path.join(run, "score", "scores"))
     assert sc["rows_in"] == len(manifest.table) == sc["rows_out"] + sc["rows_rejected"]
     assert sc["rows_rejected"] == 0
     assert sorted(scores["sample_id"]) == sorted(manifest.table["sample_id"])
@@ -73,15 +74,15 @@ def test_score_stage_accounts_for_every_row(tiny_run):
     # of the rows each), named by its rows (a retried call writes the same file), no row twice
     parts = sorted(os.listdir(os.path.join(run, "score", "scores")))
     assert len(parts) == sc["files"] >= 4 and all(p.startswith("part-") for p in parts)
-    assert sum(len(readers.read_parquet_df(os.path.join(run, "score", "scores", p)))
+    assert sum(len(parquet.read_df(os.path.join(run, "score", "scores", p)))
                for p in parts) == len(scores) == scores["sample_id"].nunique()
     assert sc["weight_divisor"] == 1.0  # (density-ratio weights: no normalisation)
 
 
 def test_select_stage(tiny_run):
     _, run, s = tiny_run
-    manifest = readers.load_manifest(RunLayout(run))
-    cand = readers.read_parquet_df(os.path.join(run, "select", "candidates.parquet"))
+    manifest = manifests.load(RunLayout(run))
+    cand = parquet.read_df(os.path.join(run, "select", "candidates.parquet"))
     assert len(cand) == s["select"]["n_candidates"] > 0
     assert set(cand["pool"]) <= {"source", "target"}
     assert cand["label"].isin(manifest.target_classes).all()  # crescent never transferred
@@ -94,7 +95,7 @@ def test_select_stage(tiny_run):
 
 def test_finetune_stage_covers_every_cell(tiny_run):
     cfg, run, s = tiny_run
-    trials = readers.read_parquet_df(os.path.join(run, "finetune", "trials.parquet"))
+    trials = parquet.read_df(os.path.join(run, "finetune", "trials.parquet"))
     cells = design.make_cells(cfg.finetune, cfg.select.target_fraction)
     assert len(trials) == s["finetune"]["trials"] == len(cells)
     assert set(trials["arm"]) == set(design.ARMS)
@@ -115,12 +116,12 @@ def test_the_teachers_pseudo_labels_are_its_predictions(tiny_run):
     applied by the scoring callable to the files here gives the same labels."""
     _, run, s = tiny_run
     layout = RunLayout(run)
-    manifest = readers.load_manifest(layout)
-    pseudo = readers.read_parquet_df(layout.pseudo_labels).sort_values("sample_id")
+    manifest = manifests.load(layout)
+    pseudo = parquet.read_df(layout.pseudo_labels).sort_values("sample_id")
     unlabeled = manifest.rows("target", "unlabeled").sort_values("sample_id")
     assert list(pseudo["sample_id"]) == list(unlabeled["sample_id"])
     assert len(pseudo) == s["finetune"]["pseudo_labeled"] == 36
-    batch = samples.decode_batch({c: unlabeled[c].to_numpy() for c in unlabeled.columns}, 32)
+    batch = decode.decode_batch({c: unlabeled[c].to_numpy() for c in unlabeled.columns}, 32)
     ref = Scorer(layout.teacher, manifest.target_classes)(batch)
     assert (pseudo["pred"].to_numpy() == ref["pred"]).all()
     np.testing.assert_allclose(pseudo["confidence"], ref["confidence"], atol=1e-4)
@@ -133,7 +134,7 @@ def test_evaluate_and_report(tiny_run):
                                     "random_subset", "self_training"}
     assert ev["test_images"] == 30
     # accuracies agree with the saved per-image predictions
-    pred = readers.read_parquet_df(RunLayout(run).predictions)
+    pred = parquet.read_df(RunLayout(run).predictions)
     assert len(pred) == 30
     for name, acc in [("method", ev["method"]["target_test_accuracy"]),
                       *[(k, v["target_test_accuracy"]) for k, v in ev["baselines"].items()]]:
@@ -154,8 +155,8 @@ def test_evaluate_and_report(tiny_run):
 def test_a_stage_without_its_upstream_is_refused(ray_session, tiny_demo, tmp_path):
     cfg = config.load_config(overrides=tiny_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path, "early"))
-    with pytest.raises(config.ConfigError, match="needs \\['pretrain'"):
-        runner.run(cfg, ["discriminate"])
+    with pytest.raises(ConfigError, match="needs \\['pretrain'"):
+        pipeline.run(cfg, ["discriminate"])
 
 
 def test_cli_rerun_of_a_finished_run_skips_every_stage(tiny_run, tiny_demo, tmp_path, capsys):
@@ -163,17 +164,17 @@ def test_cli_rerun_of_a_finished_run_skips_every_stage(tiny_run, tiny_demo, tmp_
     # tiny_run ran every stage through the CLI: the report is there
     assert os.path.exists(RunLayout(run).report_json)
     assert os.path.exists(RunLayout(run).report_html)
-    copy = copy_run(run, tmp_path / "cli", runner.STAGES)
+    copy = copy_run(run, tmp_path / "cli", registry.NAMES)
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text("# Run: dtl-ray run tiny.yaml\nname: cli\n")
     args = cli_args(cfg_file, tiny_overrides(tiny_demo / "source", tiny_demo / "target",
                                              tmp_path, "cli"))
     layout = RunLayout(str(copy))
-    marks = {s: os.path.getmtime(layout.done(s)) for s in runner.STAGES}
+    marks = {s: os.path.getmtime(layout.done(s)) for s in registry.NAMES}
     capsys.readouterr()
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    for s in runner.STAGES:
+    for s in registry.NAMES:
         assert f"[dtl-ray] {s}: already done, skipped" in out
         assert os.path.getmtime(layout.done(s)) == marks[s]
     os.remove(layout.report_html)
@@ -185,7 +186,7 @@ def test_cli_rerun_of_a_finished_run_skips_every_stage(tiny_run, tiny_demo, tmp_
 def test_a_finished_stage_with_other_settings_is_refused_then_restarted(tiny_run, tiny_demo,
                                                                         tmp_path, capsys):
     _, run, local = tiny_run
-    copy = copy_run(run, tmp_path / "changed", runner.STAGES)
+    copy = copy_run(run, tmp_path / "changed", registry.NAMES)
     layout = RunLayout(str(copy))
     assert layout.settings("select")["select.fraction"] == 0.25  # recorded with the outputs
     cfg_file = tmp_path / "tiny.yaml"
@@ -196,7 +197,7 @@ def test_a_finished_stage_with_other_settings_is_refused_then_restarted(tiny_run
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stage 'select'" in err[0], err
     assert "select.fraction: 0.25 -> 0.5" in err[0] and "--restart-from select" in err[0]
-    assert all(layout.is_done(s) for s in runner.STAGES)  # nothing was touched
+    assert all(layout.is_done(s) for s in registry.NAMES)  # nothing was touched
     # a key no stage depends on (scaling) changes nothing
     assert cli.main(cli_args(cfg_file, overrides + ["scaling.max_failures=1"],
                              "--stages", "evaluate")) == 0
@@ -216,10 +217,10 @@ def test_label_free_choice_is_reported_beside_the_labeled_one(tiny_run):
     assert free["criterion"] == cfg.finetune.label_free == "dev"
     assert free["trial_id"] == ft["trial_id"] and np.isfinite(ft["risk"])
     assert ft["source_val_images"] > 0
-    pred = readers.read_parquet_df(RunLayout(run).predictions)
+    pred = parquet.read_df(RunLayout(run).predictions)
     assert free["target_test_accuracy"] == pytest.approx(
         (pred["pred__label_free"] == pred["label"]).mean())
-    trials = readers.read_parquet_df(os.path.join(run, "finetune", "trials.parquet"))
+    trials = parquet.read_df(os.path.join(run, "finetune", "trials.parquet"))
     assert ft["risk"] == pytest.approx(trials["best_free_risk"].min())
     assert os.path.exists(os.path.join(run, "finetune", "models", "label_free.pt"))
     html = open(os.path.join(run, "report.html")).read()

@@ -66,7 +66,7 @@ def new_images(tiny_demo, tmp_path_factory):
 def predicted(tiny_run, new_images, tmp_path_factory):
     """`dtl-ray predict` on the new images (CSV), once for the module."""
     out = tmp_path_factory.mktemp("pred") / "pred.csv"
-    assert cli.main(["predict", tiny_run[1], str(new_images), str(out)]) == 0
+    assert cli.main(["predict", tiny_run[1], str(new_images), "--out", str(out)]) == 0
     df = pd.read_csv(out)
     df["error"] = df["error"].fillna("")
     return df
@@ -93,7 +93,7 @@ def test_predict_labels_new_images_and_lists_the_unreadable(tiny_run, new_images
 
 def test_an_export_loads_without_dtl_ray_and_predicts_the_same(tiny_run, predicted, tmp_path):
     model_file = tmp_path / "model.pt"
-    assert cli.main(["export", tiny_run[1], str(model_file)]) == 0
+    assert cli.main(["export", tiny_run[1], "--out", str(model_file)]) == 0
     ref = predicted[predicted["error"] == ""].sort_values("path")
     # a fresh process that never imports dtl_ray (an import of it would fail there)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -108,10 +108,12 @@ def test_an_export_loads_without_dtl_ray_and_predicts_the_same(tiny_run, predict
 
 
 def test_predict_and_export_errors_are_one_line(tiny_run, tmp_path, capsys):
-    assert cli.main(["predict", str(tmp_path), str(tmp_path), str(tmp_path / "o.csv")]) == 2
+    out = ["--out", str(tmp_path / "o.csv")]
+    assert cli.main(["predict", str(tmp_path), str(tmp_path), *out]) == 2
     assert "is not a dtl-ray run" in capsys.readouterr().err
-    assert cli.main(["export", tiny_run[1], str(tmp_path / "m.pt"), "--model", "nope"]) == 2
+    assert cli.main(["export", tiny_run[1], "--out", str(tmp_path / "m.pt"), "--model",
+                     "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no model 'nope'" in err[0]
-    assert cli.main(["predict", tiny_run[1], str(tmp_path / "none"), str(tmp_path / "o.csv")]) == 2
+    assert cli.main(["predict", tiny_run[1], str(tmp_path / "none"), *out]) == 2
     assert "images not found" in capsys.readouterr().err

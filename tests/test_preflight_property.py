@@ -95,11 +95,17 @@ def test_preflight_is_accepted_or_one_line(files, tmp_path_factory, text, overri
     if stages is not None:
         args.append(f"--stages={stages}")
     out, err = io.StringIO(), io.StringIO()
+    env = dict(os.environ)  # `s3.endpoint_url`/`s3.region` are set in the process environment
+    # (for the workers a run starts): without this, an example's `s3.region=1e-4` reached the
+    # S3 tests that ran after this one in the same session
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = cli.main(args)
         except SystemExit as e:  # argparse's own errors: usage line + error line
             code = e.code
+        finally:
+            os.environ.clear()
+            os.environ.update(env)
     lines = err.getvalue().strip().splitlines()
     assert "Traceback" not in err.getvalue()
     event("accepted" if code == 0 else "refused: " + " ".join(lines[-1].split()[2:4]))

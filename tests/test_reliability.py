@@ -15,8 +15,9 @@ from faults import add_bad_images, registered_checkpoint, wait_for
 
 from dtl_ray import cli, storage
 from dtl_ray.contract.layout import RunLayout
-from dtl_ray.data import readers, samples
-from dtl_ray.storage import checkpoints
+from dtl_ray.data import decode, manifests, readers
+from dtl_ray.errors import CheckpointError, DataError
+from dtl_ray.storage import checkpoints, parquet
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +53,8 @@ def test_killed_scoring_actors_lose_no_row(variant_run):
     assert killed.get("pids") and not killed["stage_done_at_kill"], killed
     sc = doc["score"]
     assert sc["rows_in"] == sc["rows_out"] + sc["rows_rejected"]
-    scores = readers.read_parquet_df(str(run / "score" / "scores"))
-    manifest = readers.load_manifest(RunLayout(str(run)))
+    scores = parquet.read_df(str(run / "score" / "scores"))
+    manifest = manifests.load(RunLayout(str(run)))
     assert scores["sample_id"].is_unique and len(scores) == sc["rows_out"]
     assert sc["rows_in"] == len(manifest.table) + 1  # (1: the file with a non-UTF-8 name)
 
@@ -76,7 +77,7 @@ def test_killed_trials_resume_from_their_progress(variant_run):
 
 def test_bad_images_are_rejected_row_by_row(faulty_run):
     doc, run, bad, odd, _ = faulty_run
-    rejected = readers.read_parquet_df(str(run / "rejected.parquet"))
+    rejected = parquet.read_df(str(run / "rejected.parquet"))
     assert sorted(os.path.basename(p) for p in rejected["path"]) == bad  # no `._gray.png`
     assert (rejected["error"] != "").all()
     reason = dict(zip(rejected["path"].map(os.path.basename), rejected["error"]))
@@ -85,7 +86,7 @@ def test_bad_images_are_rejected_row_by_row(faulty_run):
     assert doc["data"]["rejected"] == len(bad) == 6
     sc = doc["score"]
     assert sc["rows_rejected"] == 6 and sc["rows_in"] == sc["rows_out"] + 6
-    scores = readers.read_parquet_df(str(run / "score" / "scores"))
+    scores = parquet.read_df(str(run / "score" / "scores"))
     names = {os.path.basename(p) for p in scores["path"]}
     assert set(odd) <= names and not set(bad) & names  # converted ones are scored
 
@@ -151,8 +152,8 @@ def test_driver_killed_in_pretraining_resumes_its_train_run(ray_session, tiny_ru
     assert [c["epoch"] for c in s["curve"]] == [c["epoch"] for c in ref["curve"]] == [0, 1]
     # the same rows as the uninterrupted run (the weights differ: the resumed epoch draws
     # another data order)
-    assert readers.load_manifest(layout).table.equals(
-        readers.load_manifest(RunLayout(tiny_run[1])).table)
+    assert manifests.load(layout).table.equals(
+        manifests.load(RunLayout(tiny_run[1])).table)
     state, _ = checkpoints.read_classifier(str(run / "pretrain" / "model.pt"))
     assert state
 
@@ -202,9 +203,9 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
     kill_driver_when(args, env, trial_progress, "the search saved a trial's epoch")
     assert layout.is_done("score") and not layout.is_done("finetune")
     # the killed score stage, run again: the rows and scores of the uninterrupted run
-    ref = readers.read_parquet_df(os.path.join(tiny_run[1], "score", "scores")).sort_values(
+    ref = parquet.read_df(os.path.join(tiny_run[1], "score", "scores")).sort_values(
         "sample_id")
-    got = readers.read_parquet_df(str(run / "score" / "scores")).sort_values("sample_id")
+    got = parquet.read_df(str(run / "score" / "scores")).sort_values("sample_id")
     assert list(got["sample_id"]) == list(ref["sample_id"])
     for col in ("p_target", "logit_target", "weight", "confidence"):
         np.testing.assert_allclose(got[col], ref[col], rtol=1e-5, atol=1e-6)
@@ -223,12 +224,12 @@ def test_driver_killed_mid_search_resumes_to_the_same_outputs(ray_session, tiny_
         assert f"[dtl-ray] {stage}: already done, skipped" in second.stdout
     resumed = re.search(r"\[finetune\] resuming the search: (\d+) of (\d+) trials", second.stdout)
     assert resumed and int(resumed.group(1)) >= 1, second.stdout[-3000:]
-    manifest = readers.load_manifest(RunLayout(str(run)))
-    scores = readers.read_parquet_df(str(run / "score" / "scores"))
+    manifest = manifests.load(RunLayout(str(run)))
+    scores = parquet.read_df(str(run / "score" / "scores"))
     assert scores["sample_id"].is_unique and len(scores) == len(manifest.table)
-    cand = readers.read_parquet_df(str(run / "select" / "candidates.parquet"))
+    cand = parquet.read_df(str(run / "select" / "candidates.parquet"))
     assert cand["sample_id"].is_unique
-    trials = readers.read_parquet_df(str(run / "finetune" / "trials.parquet"))
+    trials = parquet.read_df(str(run / "finetune" / "trials.parquet"))
     assert trials["trial_id"].is_unique
     doc = storage.read_json(str(run / "report.json"))
     assert doc["finetune"]["trials"] == len(trials) and "verdict" in doc
@@ -243,9 +244,9 @@ def test_crafted_pickle_runs_no_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"state": Evil()}, path)
-    with pytest.raises(checkpoints.CheckpointError, match="not a loadable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
         checkpoints.load_weights(str(path))
-    with pytest.raises(checkpoints.CheckpointError):
+    with pytest.raises(CheckpointError):
         checkpoints.load(str(path))
     assert not marker.exists()
 
@@ -294,7 +295,6 @@ def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
     map task) and the actor task (the scorers) again, and every row comes out."""
     import ray.data
 
-    from dtl_ray.data import samples
 
     # (classes and functions defined here are pickled by value: workers cannot import tests)
     class _FailsOnce:
@@ -305,13 +305,13 @@ def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
             self.marker = str(marker)
 
         def __call__(self, batch):
-            from dtl_ray.data import samples
+            from dtl_ray.data import decode
 
             with open(self.marker, "a") as f:
                 f.write("x")
             with open(self.marker) as f:
                 if len(f.read()) == 1:
-                    raise samples.TransientReadError("s3://b/k.png: OSError: HTTP status 503")
+                    raise decode.TransientReadError("s3://b/k.png: OSError: HTTP status 503")
             return batch
 
     readers.configure_context()
@@ -319,7 +319,7 @@ def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
 
     task = _FailsOnce(tmp_path / "task")
     out = ray.data.from_items(rows, override_num_blocks=1).map_batches(
-        lambda b: task(b), batch_size=None, **samples.TASK_RETRIES).take_all()
+        lambda b: task(b), batch_size=None, **decode.TASK_RETRIES).take_all()
     assert sorted(r["i"] for r in out) == list(range(6))
     assert (tmp_path / "task").read_text() == "xx"  # failed once, retried once
 
@@ -327,7 +327,7 @@ def test_ray_retries_a_read_that_failed_transiently(ray_session, tmp_path):
     out = ray.data.from_items(rows, override_num_blocks=1).map_batches(
         _FailsOnce, fn_constructor_kwargs={"marker": marker}, batch_size=None,
         compute=ray.data.ActorPoolStrategy(size=1),
-        max_task_retries=samples.TASK_RETRIES["max_retries"]).take_all()
+        max_task_retries=decode.TASK_RETRIES["max_retries"]).take_all()
     assert sorted(r["i"] for r in out) == list(range(6))
     assert marker.read_text() == "xx"
 
@@ -338,13 +338,13 @@ def test_user_errors_raised_inside_ray_are_found(ray_session):
     import ray.data
 
     def _raises_data_error(batch):
-        raise samples.DataError("3 image(s) read well before cannot be read now, e.g. /d/x.png")
+        raise DataError("3 image(s) read well before cannot be read now, e.g. /d/x.png")
 
     readers.configure_context()
     with pytest.raises(Exception) as info:
         ray.data.range(4).map_batches(_raises_data_error).materialize()
     inner = cli.user_error(info.value)
-    assert isinstance(inner, samples.DataError)
+    assert isinstance(inner, DataError)
     assert cli._one_line(inner) == ("3 image(s) read well before cannot be read now, e.g. "
                                     "/d/x.png")
     assert cli.user_error(RuntimeError("a bug")) is None
@@ -380,12 +380,12 @@ def test_the_first_pass_that_decodes_an_image_finds_it(ray_session, tiny_demo, t
     assert "over data.max_rejected_fraction=0" in err[-1] and victim.name in err[-1]
     layout = RunLayout(str(tmp_path / "out" / "changed"))
     assert not layout.is_done("pretrain")
-    listed = readers.read_parquet_df(layout.rejected)
+    listed = parquet.read_df(layout.rejected)
     assert [os.path.basename(p) for p in listed["path"]] == [victim.name]
     assert list(listed["found_in"]) == ["pretrain"] and listed["error"].iloc[0]
     victim.write_bytes(good)  # fixed: the same command reads every image
     assert cli.main(args) == 0
-    assert layout.is_done("pretrain") and len(readers.read_parquet_df(layout.rejected)) == 0
+    assert layout.is_done("pretrain") and len(parquet.read_df(layout.rejected)) == 0
 
 
 def test_the_credentials_patch_holds_only_during_the_search():

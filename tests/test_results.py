@@ -4,14 +4,7 @@ import dataclasses
 
 import pytest
 
-from dtl_ray.contract import results
-from dtl_ray.contract.layout import STAGES
-from dtl_ray.pipeline import runner
-
-
-def test_every_stage_has_a_result_type_and_a_run():
-    assert list(results.RESULTS) == list(STAGES)
-    assert list(runner._stage_runs()) == list(STAGES)
+from dtl_ray.contract import registry, results
 
 
 def test_results_round_trip_and_optional_parts_are_left_out():
@@ -22,7 +15,7 @@ def test_results_round_trip_and_optional_parts_are_left_out():
         platt=[[0.5, 0.1], [0.6, 0.0]], near_perfect=False, seconds=1.0)
     summary = results.to_summary(d)
     assert "adversarial" not in summary and summary["proxy_a_distance"] == 1.2
-    assert results.read("discriminate", summary) == d
+    assert registry.stage("discriminate").read(summary) == d
     adv = dataclasses.replace(d, mode="adversarial", adversarial={"before": {}, "after": {}})
     assert results.to_summary(adv)["adversarial"] == {"before": {}, "after": {}}
     # select's absent share is None when the target lacks no class: kept, as null
@@ -39,7 +32,7 @@ def test_a_summary_with_a_missing_or_unknown_key_is_refused():
         source_val_accuracy=0.5, best_epoch=1, epochs=2, curve=[], resumed_from_epochs=[],
         seconds=1.0))
     with pytest.raises(TypeError):
-        results.read("pretrain", {**summary, "extra": 1})
+        registry.stage("pretrain").read({**summary, "extra": 1})
     del summary["curve"]
     with pytest.raises(TypeError):
-        results.read("pretrain", summary)
+        registry.stage("pretrain").read(summary)

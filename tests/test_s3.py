@@ -13,7 +13,7 @@ import pytest
 from conftest import OTHER_BUCKET, SECRET, free_port
 
 from dtl_ray import cli, storage
-from dtl_ray.data import readers, samples
+from dtl_ray.data import decode, manifests
 
 pytestmark = pytest.mark.slow
 BUCKET = OTHER_BUCKET
@@ -67,11 +67,11 @@ def test_demo_data_written_to_the_bucket_reads_back_like_local_files(s3_server, 
     written locally, read through S3 listing."""
     boto3.client("s3").create_bucket(Bucket="dtl-demo")
     args = ["--seed", "3", "--scale", "0.03"]
-    assert cli.main(["demo-data", "s3://dtl-demo/data", *args]) == 0
-    assert cli.main(["demo-data", str(tmp_path), *args]) == 0
-    remote = readers.build_manifest("s3://dtl-demo/data/source", "s3://dtl-demo/data/target",
+    assert cli.main(["demo-data", "--out", "s3://dtl-demo/data", *args]) == 0
+    assert cli.main(["demo-data", "--out", str(tmp_path), *args]) == 0
+    remote = manifests.build("s3://dtl-demo/data/source", "s3://dtl-demo/data/target",
                                  [".png"])
-    local = readers.build_manifest(str(tmp_path / "source"), str(tmp_path / "target"), [".png"])
+    local = manifests.build(str(tmp_path / "source"), str(tmp_path / "target"), [".png"])
     a = local.table.sort_values("sample_id").reset_index(drop=True)
     b = remote.table.sort_values("sample_id").reset_index(drop=True)
     assert len(a) > 50 and list(a["sample_id"]) == list(b["sample_id"])
@@ -158,6 +158,6 @@ def test_faults_that_outlast_pyarrows_retries_lose_no_row(s3_server, s3_faults, 
     s3.put_object(Bucket=bucket, Key="img/red.png", Body=buf.getvalue())
     monkeypatch.setenv("DTL_RAY_S3_ATTEMPTS", "2")
     s3_faults.fail_next("img/red.png", 5)  # pyarrow's 2 tries fail twice; the 3rd round reads
-    out = samples.decode_batch({"path": np.array([f"s3://{bucket}/img/red.png"], dtype=object)}, 8)
+    out = decode.decode_batch({"path": np.array([f"s3://{bucket}/img/red.png"], dtype=object)}, 8)
     assert s3_faults.targeted_failed["img/red.png"] == 5  # every planned fault was served
     assert out["error"][0] == "" and out["image"][0, 0, 0].tolist() == [200, 30, 30]

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from dtl_ray import storage
+from dtl_ray.errors import StorageError
 
 
 @pytest.mark.parametrize("message", [
@@ -82,7 +83,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(small_disk, tmp_path, capsys):
     from dtl_ray import cli
 
-    with pytest.raises(storage.StorageError, match="no space left on the device"):
+    with pytest.raises(StorageError, match="no space left on the device"):
         storage.write_bytes(str(small_disk / "runs" / "big.bin"), b"x" * 200_000)
     assert os.listdir(small_disk / "runs") == []  # the temp file is gone too
     with open(small_disk / "filler", "wb") as f:  # fill it up

@@ -15,8 +15,8 @@ import pytest
 from conftest import cli_args, copy_run, tiny_overrides
 
 from dtl_ray import cli, storage
-from dtl_ray.contract.layout import STAGES
-from dtl_ray.data import readers
+from dtl_ray.contract.registry import NAMES
+from dtl_ray.storage import parquet
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_a_run_is_logged_to_mlflow_and_tensorboard(mlflow_server, tiny_run, tiny
     artifact; the report links the run. Run once more: the same runs, none added."""
     from mlflow.tracking import MlflowClient
 
-    run = copy_run(tiny_run[1], tmp_path / "tracked", list(STAGES))
+    run = copy_run(tiny_run[1], tmp_path / "tracked", list(NAMES))
     f = tmp_path / "c.yaml"
     f.write_text("# Run: dtl-ray run c.yaml\n")
     overrides = tiny_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path,
@@ -109,14 +109,14 @@ def test_a_run_is_logged_to_mlflow_and_tensorboard(mlflow_server, tiny_run, tiny
         doc["evaluate"]["method"]["target_test_accuracy"])
     stages = {r.info.run_name: r for r in runs
               if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert sorted(stages) == sorted(STAGES)
+    assert sorted(stages) == sorted(NAMES)
     assert stages["pretrain"].data.metrics["source_val_accuracy"] == pytest.approx(
         doc["pretrain"]["source_val_accuracy"])
     curve = client.get_metric_history(stages["pretrain"].info.run_id, "val_accuracy")
     assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [0, 1]  # 2 epochs
     trials = [r for r in runs
               if r.data.tags.get("mlflow.parentRunId") == stages["finetune"].info.run_id]
-    table = readers.read_parquet_df(str(run / "finetune" / "trials.parquet"))
+    table = parquet.read_df(str(run / "finetune" / "trials.parquet"))
     assert len(trials) == len(table) == doc["finetune"]["trials"] > 0
     for t in trials:
         history = client.get_metric_history(t.info.run_id, "val_accuracy")

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import yaml
 
-from dtl_ray.config.schema import ConfigError, PipelineConfig
+from dtl_ray.config.schema import PipelineConfig
+from dtl_ray.errors import ConfigError
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

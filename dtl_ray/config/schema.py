@@ -10,14 +10,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message names the key."""
-
-
 @dataclass(frozen=True)
 class DomainConfig:
     uri: str = ""
-    """Dataset root: a local folder or `s3://bucket/prefix` in the layout of METHOD.md."""
+    """Dataset root: a local folder or `s3://bucket/prefix` in the layout of docs/method.md."""
 
 
 @dataclass(frozen=True)

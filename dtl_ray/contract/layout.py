@@ -21,17 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dtl_ray import storage
+from dtl_ray.contract import registry
 
-__all__ = ["STAGES", "RunLayout"]
-
-STAGES = ("pretrain", "discriminate", "score", "select", "finetune", "evaluate")
-"""The pipeline's stages in order; each name is its module, its folder and its report key."""
+__all__ = ["RunLayout", "DONE_MARKER"]
 
 DONE_MARKER = "_DONE.json"
-
-TRAIN_RUNS = {"pretrain": ("train",), "discriminate": ("train", "adapted", "dann")}
-"""The Ray Train runs of each stage: `train` (pretraining; D on the pretrained features),
-`adapted` (D on DANN-adapted features), `dann` (the adaptation itself)."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +74,8 @@ class RunLayout:
 
     # --- stages ----------------------------------------------------------------------------
     def stage(self, name: str) -> str:
-        """A stage's folder."""
-        if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}: choose from {list(STAGES)}")
-        return self._at(name)
+        """A stage's folder (`registry.stage` refuses a name that is not a stage's)."""
+        return self._at(registry.stage(name).name)
 
     def done(self, name: str) -> str:
         """A stage's done-marker: written last, after all its outputs."""
@@ -112,9 +104,13 @@ class RunLayout:
     def train_run(self, stage: str, run: str = "train") -> tuple[str, str]:
         """(folder, name) of one of a stage's Ray Train runs; it lives in `<stage>/<run>/` and
         has a fixed name, so running the stage again resumes it."""
-        if run not in TRAIN_RUNS.get(stage, ()):
+        if run not in registry.stage(stage).train_runs:
             raise ValueError(f"stage {stage!r} has no Train run {run!r}")
         return self.stage(stage), run
+
+    def finished(self) -> list[str]:
+        """The stages that have finished, in pipeline order."""
+        return [s for s in registry.NAMES if self.is_done(s)]
 
     # --- what stages hand over -------------------------------------------------------------
     @property

@@ -2,8 +2,9 @@
 after it, the pipeline and the report.
 
 A result is stored in its stage's done-marker and shown in `report.json` under the stage's name
-(`to_summary`); a later stage reads an earlier one's with `read` (never by importing the
-stage). Nested tables (curves, per-class figures, per-arm rows) stay plain JSON data.
+(`to_summary`); a later stage reads an earlier one's from that marker with the stage's
+record (`registry.stage(name).read`), never by importing the stage. Nested tables (curves,
+per-class figures, per-arm rows) stay plain JSON data.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["PretrainResult", "DiscriminateResult", "ScoreResult", "SelectResult",
-           "FinetuneResult", "EvaluateResult", "RESULTS", "to_summary", "read"]
+           "FinetuneResult", "EvaluateResult", "to_summary"]
 
 
 @dataclass(frozen=True)
@@ -143,18 +144,9 @@ class EvaluateResult:
     seconds: float
 
 
-RESULTS: dict[str, type] = {
-    "pretrain": PretrainResult, "discriminate": DiscriminateResult, "score": ScoreResult,
-    "select": SelectResult, "finetune": FinetuneResult, "evaluate": EvaluateResult}
-"""Each stage's result type, by stage name."""
-
 
 def to_summary(result: Any) -> dict:
     """The JSON form (done-marker, report.json); optional parts that are absent are left out."""
     return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
             if not (f.metadata.get("omit_if_none") and getattr(result, f.name) is None)}
 
-
-def read(stage: str, summary: dict) -> Any:
-    """A stage's result from its stored summary."""
-    return RESULTS[stage](**summary)

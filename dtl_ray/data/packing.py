@@ -12,20 +12,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dtl_ray import storage
-from dtl_ray.data.samples import (
+from dtl_ray import console, storage
+from dtl_ray.data.decode import (
     DEFAULT_MAX_PIXELS,
-    ERROR,
-    IMAGE,
     TASK_RETRIES,
-    DataError,
     decode_image,
     read_all,
     reject_reason,
     rejected_image,
-    sample_id,
-    side,
 )
+from dtl_ray.data.samples import ERROR, IMAGE, sample_id, side
+from dtl_ray.errors import DataError
 
 __all__ = ["MANIFEST", "FORMAT", "is_packed", "pack", "read_index", "members_by_shard",
            "decode_packed", "read_shard", "packed_dataset"]
@@ -119,7 +116,7 @@ def pack(src_uri: str, dst_uri: str, rows_per_shard: int = 10000, domain: str | 
             storage.delete(storage.join(dst_uri, rel))
     blocks = [files.iloc[i:i + rows_per_shard].reset_index(drop=True)
               for i in range(0, len(files), rows_per_shard)]
-    print(f"[pack] {len(files)} images of {src_uri} into {len(blocks)} shard(s)", flush=True)
+    console.say(f"[pack] {len(files)} images of {src_uri} into {len(blocks)} shard(s)")
     (ray.data.from_pandas(blocks)
      .map_batches(_fetch, fn_kwargs={"src_uri": src_uri}, batch_format="pandas",
                   batch_size=None, **TASK_RETRIES)

@@ -1,9 +1,10 @@
-"""Reading image-folder datasets: manifests, stable sample ids, robust decoding with Ray Data.
+"""Reading a manifest's images with Ray Data: datasets of decoded rows for the stages, in a
+seeded training order, cached in the object store when they fit.
 
-Layout (METHOD.md): `<uri>/<split>/<class>/<image>`; `unlabeled/<any>/<image>` has no labels.
-Reading goes in two steps: a *manifest* (one row per file, listed once) and a Ray Data map that
-reads and decodes each file, keeping undecodable ones as rows with an `error` instead of
-dropping them, so every input sample is accounted for.
+Reading goes in two steps: a *manifest* (`manifests`: one row per file, listed once) and a Ray
+Data map that reads and decodes each file (`decode`), keeping undecodable ones as rows with an
+`error` instead of dropping them; a pass then reports them to the run's ledger (`rejects`), so
+every input sample is accounted for.
 """
 
 from __future__ import annotations
@@ -17,30 +18,12 @@ import pandas as pd
 from dtl_ray import storage
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.data import packing, rejects
-from dtl_ray.data.samples import (
-    DEFAULT_MAX_PIXELS,
-    DOMAIN,
-    ERROR,
-    IMAGE,
-    LABEL,
-    PATH,
-    REQUIRED,
-    SAMPLE_ID,
-    SPLIT,
-    SPLITS,
-    TASK_RETRIES,
-    UNLABELED,
-    DataError,
-    decode_batch,
-    drop_rejected,
-    sample_id,
-    side,
-)
+from dtl_ray.data.decode import DEFAULT_MAX_PIXELS, TASK_RETRIES, decode_batch, drop_rejected
+from dtl_ray.data.samples import ERROR, IMAGE, side
 
-__all__ = ["Manifest", "Reading", "reading", "build_manifest", "to_dataset",
+__all__ = ["Reading", "reading", "to_dataset",
            "dataset_parts", "good_rows", "drop_failed", "decode_here", "collect", "permuted",
-           "training_dataset", "epoch_batches", "save_manifest", "load_manifest", "read_parquet_df",
-           "write_parquet_df", "configure_context"]
+           "training_dataset", "epoch_batches", "configure_context"]
 
 
 @dataclass(frozen=True)
@@ -72,10 +55,6 @@ def drop_failed(batch: dict[str, np.ndarray], reading: Reading) -> dict[str, np.
     return drop_rejected(batch)
 
 
-RETRIED_IO_ERRORS = ["HTTP status 500", "HTTP status 502", "HTTP status 503",
-                     "HTTP status 504", "HTTP status 429", "Connection reset", "timed out"]
-
-
 def configure_context() -> None:
     """The run's Ray Data settings: its own reads (packed shards) retry the transient errors
     `storage` retries, not only its default few; actor tasks retry `TransientReadError` (map
@@ -84,118 +63,12 @@ def configure_context() -> None:
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *RETRIED_IO_ERRORS]))
+    ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *storage.TRANSIENT]))
     # actors that read images (the scorers) retry a task that raised a transient fault
     ctx.actor_task_retry_on_errors = list(TASK_RETRIES["retry_exceptions"])
     # a user error in a map (bad data) reaches the driver as itself, not as Ray's
     # UserCodeException, so the CLI can print its one line (`cli.user_error`)
     ctx.raise_original_map_exception = True
-
-@dataclass(frozen=True)
-class Manifest:
-    """Every input file with its id and label, and the class list."""
-
-    table: pd.DataFrame
-    """Columns: sample_id, domain, split, path, label (-1 when unlabeled)."""
-    classes: list[str]
-    """Class names; a label is an index into this list (sorted union of both domains)."""
-    unreadable_names: pd.DataFrame | None = None
-    """Files whose names are not UTF-8 (rows of the rejected table: they cannot be ids or
-    Parquet strings); kept out of `table`. Only a freshly listed manifest has them."""
-
-    def rows(self, domain: str, split: str | list[str]) -> pd.DataFrame:
-        splits = [split] if isinstance(split, str) else split
-        t = self.table
-        return t[(t[DOMAIN] == domain) & t[SPLIT].isin(splits)].reset_index(drop=True)
-
-    @property
-    def target_classes(self) -> list[int]:
-        """Class ids that the target's labeled train split has."""
-        return sorted(int(v) for v in self.rows("target", "train")[LABEL].unique())
-
-    def counts(self) -> dict:
-        return {d: {s: int(len(self.rows(d, s))) for s in SPLITS[d]} for d in SPLITS}
-
-
-REJECTED = [SAMPLE_ID, DOMAIN, SPLIT, PATH, ERROR]
-
-
-def _list_domain(domain: str, uri: str, extensions: list[str],
-                 bad_names: list | None = None) -> list[tuple[str, str, str, str]]:
-    """(split, class folder, path below the split, shard) for every image of a domain.
-
-    `shard` is '' for a file in an image folder, else the Parquet shard of a packed dataset.
-    macOS metadata files (`._name.jpg`) are not images and are skipped; files whose names are
-    not UTF-8 go to `bad_names` as rejected rows.
-    """
-    if not storage.exists(uri):
-        raise DataError(f"{domain} folder not found: {uri}")
-    if packing.is_packed(uri):
-        index = packing.read_index(uri)
-        return [(s, "" if s == "unlabeled" else str(c), r, sh) for s, c, r, sh in zip(
-            index["split"], index["label"], index["rel_path"], index["shard"])
-            if s in SPLITS[domain]]
-    exts = tuple(e.lower() for e in extensions)
-    out = []
-    for split in SPLITS[domain]:
-        for rel, _size in storage.list_files(storage.join(uri, split)):
-            if not rel.lower().endswith(exts) or rel.rsplit("/", 1)[-1].startswith("._"):
-                continue
-            if not storage.is_utf8(rel):
-                shown = storage.printable(rel)
-                if bad_names is not None:
-                    bad_names.append((sample_id(domain, split, shown), domain, split,
-                                      storage.printable(storage.join(uri, split, rel)),
-                                      "file name is not valid UTF-8: rename it"))
-                continue
-            parts = rel.split("/")
-            if len(parts) < 2:
-                raise DataError(f"{domain} {split}: image {rel!r} is not inside a class folder "
-                                f"({storage.join(uri, split)}/<class>/<image>)")
-            out.append((split, parts[0], rel, ""))
-    return out
-
-
-def build_manifest(source_uri: str, target_uri: str, extensions: list[str]) -> Manifest:
-    """Lists both domains and checks the layout.
-
-    Raises:
-        DataError: a missing folder, an empty required split, or a class that cannot be used.
-    """
-    bad: list = []
-    listed = {"source": _list_domain("source", source_uri, extensions, bad),
-              "target": _list_domain("target", target_uri, extensions, bad)}
-    for domain, split in sorted(REQUIRED):
-        if not any(s == split for s, _, _, _ in listed[domain]):
-            uri = source_uri if domain == "source" else target_uri
-            raise DataError(f"{domain} split '{split}' is empty or missing: "
-                            f"expected images under {storage.join(uri, split)}/<class>/")
-    names = {(d, s): {c for s2, c, _, _ in listed[d] if s2 == s}
-             for d in SPLITS for s in SPLITS[d]}
-    source_classes = names[("source", "train")]
-    target_classes = names[("target", "train")]
-    missing = sorted(target_classes - source_classes)
-    if missing:
-        raise DataError(f"target class(es) {missing} have no source train images: the source "
-                        "model cannot transfer to them (check the folder names)")
-    for split in ("val", "test"):
-        unknown = sorted(names[("target", split)] - target_classes)
-        if unknown:
-            raise DataError(f"target {split} has class(es) {unknown} that target train lacks")
-    unknown = sorted(names[("source", "val")] - source_classes)
-    if unknown:
-        raise DataError(f"source val has class(es) {unknown} that source train lacks")
-    classes = sorted(source_classes | target_classes)
-    index = {c: i for i, c in enumerate(classes)}
-    rows = []
-    for domain, uri in (("source", source_uri), ("target", target_uri)):
-        for split, cls, rel, shard in listed[domain]:
-            label = UNLABELED if split == "unlabeled" else index[cls]
-            rows.append((sample_id(domain, split, rel), domain, split,
-                         storage.join(uri, split, rel), label, shard, rel))
-    table = pd.DataFrame(rows, columns=[SAMPLE_ID, DOMAIN, SPLIT, PATH, LABEL, "shard", "rel"])
-    return Manifest(table=table, classes=classes,
-                    unreadable_names=pd.DataFrame(bad, columns=REJECTED))
 
 
 def dataset_parts(rows: pd.DataFrame, image_size: int, rows_per_block: int = 512,
@@ -283,15 +156,6 @@ def collect(ds) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def save_manifest(manifest: Manifest, layout: RunLayout) -> None:
-    """Writes the run's manifest table and class list."""
-    write_parquet_df(manifest.table, layout.manifest)
-    storage.write_json(layout.classes, manifest.classes)
-
-
-def load_manifest(layout: RunLayout) -> Manifest:
-    return Manifest(table=read_parquet_df(layout.manifest),
-                    classes=storage.read_json(layout.classes))
 
 
 def permuted(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -348,19 +212,3 @@ def epoch_batches(it, batch_size: int, epoch: int, seed: int, buffer_batches: in
                            local_shuffle_seed=seed * 100_003 + epoch if buffer else None)
 
 
-def read_parquet_df(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Reads a Parquet file or folder (local or S3) into pandas."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.resolve(uri)
-    return storage.retry(lambda: pq.read_table(path, filesystem=fs, columns=columns)).to_pandas()
-
-
-def write_parquet_df(df: pd.DataFrame, uri: str) -> None:
-    """Writes one Parquet file atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
-    storage.write_bytes(uri, buf.getvalue().to_pybytes())

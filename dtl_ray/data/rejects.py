@@ -23,7 +23,9 @@ import hashlib
 
 import pandas as pd
 
-from dtl_ray.data.samples import DOMAIN, ERROR, PATH, SAMPLE_ID, SPLIT, DataError
+from dtl_ray.data.samples import DOMAIN, ERROR, PATH, SAMPLE_ID, SPLIT
+from dtl_ray.errors import DataError
+from dtl_ray.storage import parquet
 
 __all__ = ["FOUND_IN", "COLUMNS", "LISTING", "Ledger", "open_ledger", "report", "table",
            "save", "start", "count"]
@@ -93,11 +95,10 @@ def _kept_rows(layout, stages_done) -> list[dict]:
     """The rows of the run's table that stay listed: found in the listing or by a finished
     stage."""
     from dtl_ray import storage
-    from dtl_ray.data import readers
 
     if not storage.exists(layout.rejected):
         return []
-    old = readers.read_parquet_df(layout.rejected)
+    old = parquet.read_df(layout.rejected)
     if FOUND_IN not in old:  # a table from before passes were named: the listing's rows
         old[FOUND_IN] = LISTING
     keep = old[old[FOUND_IN].isin([LISTING, *stages_done])]
@@ -110,13 +111,11 @@ def open_ledger(layout, fraction: float, fresh: bool = False):
     listing or a finished stage found. Returns the actor handle."""
     import ray
 
-    from dtl_ray.contract.layout import STAGES
-    from dtl_ray.data import readers
 
     ledger = _handle()
     if fresh or not ray.get(ledger.known.remote(layout.root)):
-        total = len(readers.read_parquet_df(layout.manifest, [SAMPLE_ID]))
-        rows = _kept_rows(layout, [s for s in STAGES if layout.is_done(s)])
+        total = len(parquet.read_df(layout.manifest, [SAMPLE_ID]))
+        rows = _kept_rows(layout, layout.finished())
         names = sum(r[FOUND_IN] == LISTING for r in rows)  # inputs too, not in the manifest
         ray.get(ledger.reset.remote(layout.root, rows, total + names, fraction,
                                     layout.rejected))
@@ -149,7 +148,6 @@ def save(layout) -> int | None:
     when this driver holds no ledger for the run)."""
     import ray
 
-    from dtl_ray.data import readers
 
     try:
         ledger = ray.get_actor(_actor_name(), namespace="dtl-ray")
@@ -158,24 +156,22 @@ def save(layout) -> int | None:
     if not ray.get(ledger.known.remote(layout.root)):
         return None
     rows = table(ledger, layout.root)
-    readers.write_parquet_df(rows, layout.rejected)
+    parquet.write_df(rows, layout.rejected)
     return len(rows)
 
 
 def start(layout, names: pd.DataFrame) -> None:
     """A freshly listed run's table: the files the listing could not take (names that are not
     UTF-8), found in the `listing`."""
-    from dtl_ray.data import readers
 
-    readers.write_parquet_df(names.assign(**{FOUND_IN: LISTING}).reindex(columns=COLUMNS)
+    parquet.write_df(names.assign(**{FOUND_IN: LISTING}).reindex(columns=COLUMNS)
                           .astype(str), layout.rejected)
 
 
 def count(layout) -> int:
     """Rows in the run's rejected table (0 when there is none)."""
     from dtl_ray import storage
-    from dtl_ray.data import readers
 
     if not storage.exists(layout.rejected):
         return 0
-    return len(readers.read_parquet_df(layout.rejected, [SAMPLE_ID]))
+    return len(parquet.read_df(layout.rejected, [SAMPLE_ID]))

@@ -7,12 +7,14 @@ second.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from dtl_ray import storage
+from dtl_ray.storage import parquet
 
 __all__ = ["SCORE_COLUMNS", "REJECTED_COLUMNS", "SCHEMA", "ROWS_PER_FILE", "WRITERS",
-           "write_table", "write_block", "Writer", "read_scores"]
+           "write_block", "Writer", "read_scores"]
 
 SCORE_COLUMNS = ["sample_id", "domain", "split", "path", "label", "p_target", "logit_target",
                  "weight", "pred", "confidence", "entropy"]
@@ -26,14 +28,6 @@ SCHEMA = [("sample_id", "string"), ("domain", "string"), ("split", "string"),
 WRITERS = 4  # at most: a file of 50,000 rows takes well under a second to write
 ROWS_PER_FILE = 50_000  # rows a writing task gathers into one file (about 8 MB), written atomically
 
-
-def write_table(table, uri: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    storage.write_bytes(uri, buf.getvalue().to_pybytes())
 
 
 def write_block(batch: pd.DataFrame, out_uri: str, clip: float) -> pd.DataFrame:
@@ -52,7 +46,7 @@ def write_block(batch: pd.DataFrame, out_uri: str, clip: float) -> pd.DataFrame:
     if len(good):
         name = "part-" + hashlib.sha1("\n".join(good["sample_id"]).encode()).hexdigest()[:20] \
             + ".parquet"
-        write_table(pa.Table.from_pandas(good[SCORE_COLUMNS], schema=pa.schema(SCHEMA),
+        parquet.write_table(pa.Table.from_pandas(good[SCORE_COLUMNS], schema=pa.schema(SCHEMA),
                                           preserve_index=False), storage.join(out_uri, name))
     st = good[(good["domain"] == "source") & (good["split"] == "train")]
     groups = {f"{d}/{s}": [float(g.sum()), len(g)]
@@ -81,12 +75,9 @@ def read_scores(layout, columns: list[str] | None = None) -> pd.DataFrame:
     """The scores table of a run (`RunLayout`), IWAN weights normalised: the files are written
     once, as rows are scored; IWAN's divisor (the mean weight over source train) is known only
     at the end and kept in the score stage's summary instead of rewriting the files."""
-    from dtl_ray.data import readers
-    from dtl_ray.method import weighting
-
-    scores = readers.read_parquet_df(layout.scores, columns)
+    scores = parquet.read_df(layout.scores, columns)
     if "weight" in scores and layout.is_done("score"):
         divisor = float(layout.summary("score").get("weight_divisor", 1.0))
         if divisor != 1.0:
-            scores["weight"] = weighting.normalise(scores["weight"].to_numpy(), divisor)
+            scores["weight"] = scores["weight"].to_numpy(np.float64) / divisor
     return scores

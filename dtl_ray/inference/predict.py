@@ -18,9 +18,10 @@ import pandas as pd
 from dtl_ray import storage
 from dtl_ray.config import ModelConfig, from_dict
 from dtl_ray.contract.layout import RunLayout
-from dtl_ray.data import readers, samples
+from dtl_ray.data import decode, readers, samples
+from dtl_ray.errors import DataError, RunError
 from dtl_ray.method import builders, loops, scoring
-from dtl_ray.storage import checkpoints
+from dtl_ray.storage import checkpoints, parquet
 
 __all__ = ["predict", "export", "list_images", "Predictor", "EXPORT_META"]
 
@@ -29,9 +30,6 @@ EXPORT_META = "dtl_ray.json"
 
 COLUMNS = ["path", "class", "label", "confidence", "p_target", "error"]
 
-
-class RunError(ValueError):
-    """A run folder that cannot be used for this (missing, or its stages not finished)."""
 
 
 def _run(run_dir: str, arm: str) -> tuple[RunLayout, dict, list[str], str]:
@@ -54,7 +52,7 @@ def list_images(uri: str, extensions: list[str]) -> tuple[pd.DataFrame, pd.DataF
     rejected from their names alone (not UTF-8), with the reason. `._name` files (macOS
     metadata) are not images."""
     if not storage.exists(uri):
-        raise samples.DataError(f"images not found: {uri}")
+        raise DataError(f"images not found: {uri}")
     exts = tuple(e.lower() for e in extensions)
     good, bad = [], []
     for rel, _ in storage.list_files(uri):
@@ -91,7 +89,7 @@ class Predictor:
             self.domain = scoring.Scorer(meta["model"], classes, disc_uri, use_gpu=use_gpu)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = samples.decode_batch(batch, self.image_size, self.max_pixels)  # once for both
+        batch = decode.decode_batch(batch, self.image_size, self.max_pixels)  # once for both
         out = self.model(batch)
         p = self.domain(batch)["p_target"] if self.domain is not None else np.full(
             len(out["pred"]), np.nan)
@@ -107,23 +105,23 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
 
     Raises:
         RunError: not a run, or its model is missing.
-        samples.DataError: no images there.
+        DataError: no images there.
     """
     import ray
     import ray.data
 
-    from dtl_ray.pipeline import runner
+    from dtl_ray.raykit import connect
 
     t0 = time.time()
     layout, cfg, names, model_uri = _run(run_dir, arm)
     dcfg = cfg.get("data", {})
     rows, bad = list_images(images, dcfg.get("extensions", [".png", ".jpg", ".jpeg"]))
     if rows.empty and bad.empty:
-        raise samples.DataError(f"no images below {images}")
+        raise DataError(f"no images below {images}")
     _, meta = checkpoints.read_classifier(model_uri)
     classes = list(meta["classes"])
     disc = layout.discriminator if storage.exists(layout.discriminator) else None
-    runner.ensure_ray()
+    connect.ensure_ray()
     readers.configure_context()
     parts = []
     if len(rows):
@@ -133,11 +131,11 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
             Predictor, fn_constructor_kwargs={
                 "model_uri": model_uri, "classes": classes, "disc_uri": disc,
                 "image_size": frame(cfg),
-                "max_pixels": int(dcfg.get("max_image_pixels", samples.DEFAULT_MAX_PIXELS)),
+                "max_pixels": int(dcfg.get("max_image_pixels", decode.DEFAULT_MAX_PIXELS)),
                 "use_gpu": use_gpu},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)),
             batch_size=batch_size, batch_format="numpy", num_gpus=1 if use_gpu else 0,
-            max_task_retries=samples.TASK_RETRIES["max_retries"])
+            max_task_retries=decode.TASK_RETRIES["max_retries"])
         parts.append(ds.to_pandas())  # one row of scalars per image: O(rows), no pixels
     if len(bad):
         parts.append(bad.assign(label=-1, confidence=np.nan, p_target=np.nan))
@@ -149,7 +147,7 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
     if out.lower().endswith(".csv"):
         storage.write_bytes(out, df.to_csv(index=False).encode())
     else:
-        readers.write_parquet_df(df, out)
+        parquet.write_df(df, out)
     counts = {"images": int(len(df)), "predicted": int(ok.sum()), "rejected": int((~ok).sum()),
               "model": arm, "seconds": round(time.time() - t0, 2)}
     return counts

@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import storage
-from dtl_ray.data import readers, samples
+from dtl_ray.data import decode, manifests, readers, samples
+from dtl_ray.errors import RunError
 from dtl_ray.method import builders, loops
+from dtl_ray.storage import parquet
 
 __all__ = ["Embedder", "Pool", "rank", "pick", "score_pool", "write", "suggest"]
 
@@ -50,7 +52,7 @@ class Embedder:
         import torch
         import torch.nn.functional as F
 
-        batch = samples.decode_batch(batch, self.image_size, self.max_pixels)
+        batch = decode.decode_batch(batch, self.image_size, self.max_pixels)
         ok = batch["error"] == ""
         n, out = len(ok), {"sample_id": batch["sample_id"], "path": batch["path"],
                            "error": batch["error"]}
@@ -160,21 +162,21 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     """Every decodable unlabeled target image of a run with its value (`rank`).
 
     Raises:
-        predict.RunError: not a run, its model is missing, or it has no unlabeled images.
+        RunError: not a run, its model is missing, or it has no unlabeled images.
     """
     import ray
     import ray.data
 
     from dtl_ray.inference import predict
-    from dtl_ray.pipeline import runner
+    from dtl_ray.raykit import connect
 
     layout, cfg, names, model_uri = predict._run(run_dir, arm)
-    manifest = readers.load_manifest(layout)
+    manifest = manifests.load(layout)
     unl, lab = manifest.rows("target", "unlabeled"), manifest.rows("target", "train")
     if unl.empty:
-        raise predict.RunError(f"run {run_dir} has no unlabeled target images to suggest from")
+        raise RunError(f"run {run_dir} has no unlabeled target images to suggest from")
     dcfg = cfg.get("data", {})
-    runner.ensure_ray()
+    connect.ensure_ray()
     readers.configure_context()
     rows = pd.concat([unl, lab])[[samples.SAMPLE_ID, samples.DOMAIN, samples.SPLIT, samples.PATH]]
     chunks = [rows.iloc[i:i + 256].reset_index(drop=True) for i in range(0, len(rows), 256)]
@@ -182,10 +184,10 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     emb = ray.data.from_pandas(chunks).map_batches(
         Embedder, fn_constructor_kwargs={
             "model_uri": model_uri, "image_size": predict.frame(cfg),
-            "max_pixels": int(dcfg.get("max_image_pixels", samples.DEFAULT_MAX_PIXELS))},
+            "max_pixels": int(dcfg.get("max_image_pixels", decode.DEFAULT_MAX_PIXELS))},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)),
         batch_size=64, batch_format="numpy",
-        max_task_retries=samples.TASK_RETRIES["max_retries"])
+        max_task_retries=decode.TASK_RETRIES["max_retries"])
     got = {k: [] for k in ("sample_id", "path", "error", "confidence", "entropy", "pred",
                            "feature")}
     for b in emb.iter_batches(batch_format="numpy", batch_size=None):
@@ -199,7 +201,7 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     labeled = feats[ok & is_lab]
     p = np.full(len(cand), np.nan)
     if storage.exists(layout.scores):
-        scores = readers.read_parquet_df(layout.scores, [samples.SAMPLE_ID, "p_target"])
+        scores = parquet.read_df(layout.scores, [samples.SAMPLE_ID, "p_target"])
         p = (scores.set_index(samples.SAMPLE_ID)["p_target"]
              .reindex(table["sample_id"].iloc[cand]).to_numpy(float))
     f_c = feats[cand]
@@ -230,7 +232,7 @@ def suggest(run_dir: str, budget: int, out: str, arm: str = "chosen") -> dict:
     contact sheet beside it (`out` with .html). Returns counts and the file names.
 
     Raises:
-        predict.RunError: not a run, or its model is missing.
+        RunError: not a run, or its model is missing.
     """
     t0 = time.time()
     pool = score_pool(run_dir, arm)

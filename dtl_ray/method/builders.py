@@ -7,6 +7,7 @@ section it depends on, not from the whole pipeline config.
 from __future__ import annotations
 
 from dtl_ray.config import ModelConfig, PretrainConfig
+from dtl_ray.errors import CheckpointError, ModelError
 from dtl_ray.method import loops, models
 from dtl_ray.storage import checkpoints
 
@@ -27,7 +28,7 @@ def initial_weights(weights: str | None) -> tuple[dict | None, dict | None]:
     if kind == "torchvision":
         return state, None
     if "model" not in state:
-        raise checkpoints.CheckpointError(f"model.weights {weights} is a dtl-ray checkpoint but "
+        raise CheckpointError(f"model.weights {weights} is a dtl-ray checkpoint but "
                                           f"not a classifier (it holds {sorted(state)})")
     return None, state["model"]
 
@@ -36,7 +37,7 @@ def classifier(m: ModelConfig, num_classes: int) -> models.Classifier:
     """The classifier pretraining starts from: `m.backbone` with `m.weights`, a fresh head.
 
     Raises:
-        models.ModelError: an unknown backbone, or weights that do not fit it.
+        ModelError: an unknown backbone, or weights that do not fit it.
     """
     tv_weights, ours = initial_weights(m.weights)
     model = models.build_classifier(m.backbone, num_classes, tv_weights)
@@ -45,7 +46,7 @@ def classifier(m: ModelConfig, num_classes: int) -> models.Classifier:
         try:
             model.backbone.load_state_dict(backbone)
         except RuntimeError as e:
-            raise models.ModelError(f"model.weights do not fit backbone {m.backbone}: "
+            raise ModelError(f"model.weights do not fit backbone {m.backbone}: "
                                     f"{str(e).splitlines()[0]}") from None
     return model
 

@@ -21,7 +21,7 @@ __all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "members_ta
            "as_train_set", "train_set"]
 
 ARMS = ["method", "random_subset", "target_only", "all_source", "self_training"]
-"""The fine-tuned arms: the method and the fine-tuned baselines (METHOD.md)."""
+"""The fine-tuned arms: the method and the fine-tuned baselines (docs/method.md)."""
 STRATEGY_ARM = {"discriminator": "method", "random": "random_subset"}
 
 
@@ -41,7 +41,7 @@ def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
     `target_only` (0, 0) and `all_source` (1, 0) always run; `self_training` runs at every
     positive target fraction (`default_target_fraction`, select's, when there is none). Each
     strategy also runs at source fraction 0 with every positive target fraction: transfer from
-    the source may not help (METHOD.md), and the method must be able to take target
+    the source may not help (docs/method.md), and the method must be able to take target
     candidates alone.
     """
     cells = [Cell("target_only", "none", 0.0, 0.0), Cell("all_source", "all", 1.0, 0.0)]

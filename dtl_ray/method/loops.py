@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Augment", "to_input", "autocast", "for_device", "on_gpu", "augment", "train_epoch",
-           "evaluate", "predict", "roc_auc", "proxy_a_distance", "train_mode", "entropy"]
+           "evaluate", "predict", "roc_auc", "proxy_a_distance", "train_mode", "entropy",
+           "unwrap", "cpu_state", "local_device", "set_threads"]
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -177,3 +178,26 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def proxy_a_distance(error: float) -> float:
     """Proxy A-distance 2(1 - 2 err) from a domain classifier's held-out error."""
     return 2.0 * (1.0 - 2.0 * error)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def cpu_state(model: nn.Module) -> dict:
+    """A copy of the model's weights on the CPU (unwrapped), to save or to keep as the best."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def local_device(use_gpu: bool) -> str:
+    """The device of a process outside Ray Train: CUDA when asked for and present."""
+    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+
+
+def set_threads(cpus: int) -> None:
+    """Torch's threads to the CPUs this process holds (OpenMP's too, if not set)."""
+    import os
+
+    torch.set_num_threads(max(1, cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))

@@ -10,16 +10,15 @@ import re
 import torch
 from torch import nn
 
+from dtl_ray.errors import ModelError
+
 # torchvision is imported where it is needed: it costs about 1.3 s per process, which every
 # scoring actor, Train worker and Tune trial would pay even for `smallcnn`.
 
 __all__ = ["SmallCNN", "Classifier", "FeatureTap", "Discriminator", "build_backbone",
-           "build_classifier", "set_trainable", "tap_nodes", "ModelError", "grad_reverse",
+           "build_classifier", "set_trainable", "tap_nodes", "grad_reverse",
            "dann_scale", "DANN", "is_weights_name", "named_weights"]
 
-
-class ModelError(ValueError):
-    """A model setting the user can fix (unknown backbone, unknown layer, bad weights)."""
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:

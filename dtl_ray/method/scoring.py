@@ -10,16 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtl_ray.config import ScalingConfig, ScoreConfig
-from dtl_ray.data import readers, samples
+from dtl_ray.config import ScoreConfig
+from dtl_ray.data import decode
 from dtl_ray.method import builders, calibration, loops, models, weighting
 from dtl_ray.storage import checkpoints
 
-__all__ = ["Scorer", "MultiEvaluator", "actor_pool", "score_dataset"]
-
-
-def _device(use_gpu: bool) -> str:
-    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+__all__ = ["Scorer", "MultiEvaluator", "scorer_kwargs"]
 
 
 class Scorer:
@@ -32,7 +28,7 @@ class Scorer:
 
     Rejected rows (non-empty `error`) pass through with NaN scores so none is lost.
     Predictions are over `classes` (global ids; the target's classes), returned as global ids.
-    A batch without an `image` column is decoded here first (`samples.decode_batch`), so the
+    A batch without an `image` column is decoded here first (`decode.decode_batch`), so the
     actor reads, decodes and scores in one step.
     """
 
@@ -40,8 +36,8 @@ class Scorer:
                  n_source: int = 1, n_target: int = 1, clip: float = 0.01, cap: float = 20.0,
                  use_gpu: bool = False, image_size: int | None = None,
                  weighting: str = "density_ratio",
-                 max_pixels: int = samples.DEFAULT_MAX_PIXELS) -> None:
-        self.device = _device(use_gpu)
+                 max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> None:
+        self.device = loops.local_device(use_gpu)
         self.image_size, self.max_pixels = image_size, max_pixels
         self.weighting = weighting
         self.model, meta = builders.load_classifier(model_uri)
@@ -63,7 +59,7 @@ class Scorer:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "image" not in batch:
-            batch = samples.decode_batch(batch, self.image_size, self.max_pixels)
+            batch = decode.decode_batch(batch, self.image_size, self.max_pixels)
         ok = batch["error"] == ""
         n = len(ok)
         out = {k: v for k, v in batch.items() if k != "image"}
@@ -121,7 +117,7 @@ class MultiEvaluator:
 
     def __init__(self, model_uris: dict[str, str], classes: list[int],
                  use_gpu: bool = False) -> None:
-        self.device = _device(use_gpu)
+        self.device = loops.local_device(use_gpu)
         self.models = {k: builders.load_classifier(u) for k, u in model_uris.items()}
         self.models = {k: (loops.for_device(m, self.device), meta)
                        for k, (m, meta) in self.models.items()}
@@ -145,71 +141,18 @@ class MultiEvaluator:
         return out
 
 
-def actor_pool(requested: int, cpus_per_actor: int, use_gpu: bool,
-               spare_cpus: int = 0) -> int | None:
-    """Scoring actors: `requested`, or the most the cluster can hold (its nodes and what its
-    autoscaler can add): one per GPU, or its CPUs less `spare_cpus` kept for upstream read
-    and decode tasks; None when an autoscaler may add nodes without saying how many (the
-    pool then grows as far as Ray Data and the autoscaler take it)."""
-    if requested > 0:
-        return requested
-    from dtl_ray.raykit import capacity
-
-    most = capacity.most("GPU" if use_gpu else "CPU")
-    if most is None:
-        return None
-    if use_gpu:
-        return max(1, most)
-    return max(1, (most - spare_cpus) // max(cpus_per_actor, 1))
-
-
-def score_dataset(rows, model_uri: str, classes: list[int], score: ScoreConfig,
-                  scaling: ScalingConfig, image_size: int, disc_uri: str | None = None,
-                  max_pixels: int = samples.DEFAULT_MAX_PIXELS):
-    """The lazy Ray Dataset of `rows` decoded and scored by an actor pool of `Scorer`s.
-
-    On CPU, the actors read and decode image-folder rows themselves: no image bytes go
-    through the object store and every CPU can hold an actor. On GPU, CPU tasks decode and
-    the GPU actors only run the models. Packed rows are read and decoded by tasks.
-    """
-    import ray.data
-
+def scorer_kwargs(model_uri: str, classes: list[int], score: ScoreConfig, use_gpu: bool,
+                  image_size,
+                  disc_uri: str | None = None,
+                  max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> dict:
+    """`Scorer`'s arguments for a `score` section: with the domain sizes when
+    the discriminator learnt the domains' real prior ratio (not balanced), to undo it."""
     n_source = n_target = 1
     if disc_uri is not None:
         _, meta = checkpoints.read_discriminator(disc_uri)
-        if not meta["balanced"]:  # D learnt the domains' real prior ratio: undo it
+        if not meta["balanced"]:
             n_source, n_target = meta["n_source"], meta["n_target"]
-    use_gpu = scaling.use_gpu
-    packed = "shard" in rows and bool((rows["shard"] != "").any())
-    # on CPU, image-folder rows are read and decoded by the actors themselves; packed rows
-    # (and all rows on GPU) by upstream tasks, which keep a CPU free for them
-    in_actor = not use_gpu and not packed
-    size = actor_pool(score.actors, scaling.cpus_per_worker, use_gpu,
-                      spare_cpus=0 if in_actor else 1)
-    # blocks small enough that every actor gets several (balance), at most 512 rows
-    block = int(min(512, max(score.batch_size, -(-len(rows) // (4 * (size or 8))))))
-    parts = [ds for _, ds in readers.dataset_parts(rows, image_size, block,
-                                                 decode_files=not in_actor,
-                                                 max_pixels=max_pixels)]
-    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    # a fixed pool when asked for; else a range: it grows while blocks wait (Ray Data asks the
-    # autoscaler for the actors' resources) up to what the cluster can hold
-    compute = (ray.data.ActorPoolStrategy(size=size) if score.actors > 0 else
-               ray.data.ActorPoolStrategy(min_size=1, max_size=size))  # size None: no cap
-    return ds.map_batches(
-        Scorer,
-        fn_constructor_kwargs={"model_uri": model_uri, "classes": classes,
-                               "disc_uri": disc_uri, "n_source": n_source,
-                               "n_target": n_target, "clip": score.clip,
-                               "cap": score.max_weight, "use_gpu": use_gpu,
-                               "image_size": image_size, "weighting": score.weighting,
-                               "max_pixels": max_pixels},
-        compute=compute,
-        batch_size=score.batch_size,
-        batch_format="numpy",
-        num_cpus=scaling.cpus_per_worker,
-        num_gpus=1 if use_gpu else 0,
-        # a task that raised a transient read fault (`readers.configure_context`) or lost its
-        # actor is tried again, a bounded number of times
-        max_task_retries=samples.TASK_RETRIES["max_retries"],
-    )
+    return {"model_uri": model_uri, "classes": classes, "disc_uri": disc_uri,
+            "n_source": n_source, "n_target": n_target, "clip": score.clip,
+            "cap": score.max_weight, "use_gpu": use_gpu, "image_size": image_size,
+            "weighting": score.weighting, "max_pixels": max_pixels}

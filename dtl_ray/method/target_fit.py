@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from dtl_ray.method import loops, models, weighting
-from dtl_ray.raykit.train import cpu_state, unwrap
 from dtl_ray.storage import checkpoints
 
 __all__ = ["Settings", "TrainSet", "epoch_order", "epoch_length", "mixed_repeats",
@@ -212,7 +211,7 @@ def train(model: models.Classifier, batches, val_images: np.ndarray, val_labels:
     """
     models.set_trainable(model, settings.train_layers)
     model = prepare(model) if prepare is not None else loops.for_device(model, device)
-    core = unwrap(model)
+    core = loops.unwrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
@@ -234,7 +233,7 @@ def train(model: models.Classifier, batches, val_images: np.ndarray, val_labels:
         val = loops.evaluate(loops.predict(core, val_images, device=device), val_labels)
         if (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"]):
             best = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "epoch": epoch,
-                    "model": cpu_state(model)}
+                    "model": loops.cpu_state(model)}
         metrics = {"epoch": epoch + 1, "train_loss": stats["loss"],
                    "val_accuracy": val["accuracy"], "val_loss": val["loss"],
                    "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],
@@ -243,7 +242,7 @@ def train(model: models.Classifier, batches, val_images: np.ndarray, val_labels:
         if risks:
             if risks[label_free] < best_free["risk"]:
                 best_free = {"risk": risks[label_free], "epoch": epoch,
-                             "model": cpu_state(model)}
+                             "model": loops.cpu_state(model)}
             metrics.update({"iwcv_risk": risks["iwcv"], "dev_risk": risks["dev"],
                             "best_free_risk": best_free["risk"],
                             "best_free_epoch": best_free["epoch"] + 1})

@@ -1,4 +1,5 @@
-"""Stage settings: the config keys each stage's outputs depend on, recorded in its done marker.
+"""Stage settings: the values of the config keys each stage's outputs depend on (its record's
+`fingerprint`), recorded in its done marker.
 
 A re-run whose relevant settings differ from a finished stage's is refused (one line naming the
 stage and the changed keys) instead of silently reusing outputs made with other settings;
@@ -13,20 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from dtl_ray.config import PipelineConfig, to_dict
-from dtl_ray.contract.layout import STAGES
+from dtl_ray.contract import registry
+from dtl_ray.errors import ConfigError
 
-__all__ = ["DEPENDS", "settings", "changes", "flat"]
-
-DEPENDS = {
-    "pretrain": ["seed", "source.uri", "target.uri", "model", "data.extensions",
-                 "data.batch_size", "data.shuffle_buffer", "pretrain"],
-    "discriminate": ["discriminate"],
-    "score": ["score"],
-    "select": ["select"],
-    "finetune": ["finetune"],
-    "evaluate": [],
-}
-"""Each stage's own keys (a section or a dotted key)."""
+__all__ = ["settings", "changes", "flat", "check"]
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -44,7 +35,8 @@ def settings(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     """The dotted keys and values `stage`'s outputs depend on (its own and every earlier
     stage's)."""
     values = flat(to_dict(cfg))
-    keys = [k for s in STAGES[:STAGES.index(stage) + 1] for k in DEPENDS[s]]
+    upto = registry.NAMES.index(registry.stage(stage).name) + 1
+    keys = [k for s in registry.STAGES[:upto] for k in s.fingerprint]
     return {f: v for f, v in values.items()
             if any(f == k or f.startswith(k + ".") for k in keys)}
 
@@ -53,3 +45,21 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every key whose value differs."""
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
+
+
+def check(cfg: PipelineConfig, layout) -> None:
+    """Refuses to reuse a finished stage of `layout`'s run made with other settings.
+
+    Raises:
+        ConfigError: naming the stage, the changed keys and `--restart-from`.
+    """
+    for name in layout.finished():
+        old = layout.settings(name)
+        if old is None:  # a marker from before settings were recorded: nothing to compare
+            continue
+        changed = changes(old, settings(cfg, name))
+        if changed:
+            shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
+            raise ConfigError(f"stage '{name}' of run {layout.root} finished with other "
+                              f"settings ({shown}): run with --restart-from {name} to make it "
+                              "and every later stage again, or choose another name")

@@ -37,7 +37,7 @@ class Submission:
 
 def _config_dict(config) -> dict:
     from dtl_ray import config as config_mod
-    from dtl_ray.pipeline import runner
+    from dtl_ray.pipeline import preflight
 
     if isinstance(config, str):
         cfg = config_mod.load_config(config)
@@ -45,7 +45,7 @@ def _config_dict(config) -> dict:
         cfg = config_mod.load_config(base=config)
     else:
         cfg = config
-    return config_mod.to_dict(runner.absolute(cfg))
+    return config_mod.to_dict(preflight.absolute(cfg))
 
 
 def entrypoint_command(config_file: str, overrides: list[str] | None = None,

@@ -17,16 +17,14 @@ import threading
 import time
 import uuid
 
-from dtl_ray import storage
+from dtl_ray import console, storage
+from dtl_ray.errors import LeaseError
 
-__all__ = ["Lease", "LeaseError", "RENEW_S", "STALE_S"]
+__all__ = ["Lease", "RENEW_S", "STALE_S"]
 
 RENEW_S = 30.0
 STALE_S = 120.0
 
-
-class LeaseError(RuntimeError):
-    """Another run holds the run folder."""
 
 
 def _alive(pid: int) -> bool:
@@ -143,8 +141,8 @@ class Lease:
                     f"ago): wait for it to finish, or use another name (a holder that is "
                     f"gone is taken over after {self.stale_s:.0f}s)")
             if self._create(held):
-                print(f"[dtl-ray] took over the run's lease from process {held.get('pid')} on "
-                      f"{held.get('host')} (gone)", flush=True)
+                console.say(f"[dtl-ray] took over the run's lease from process "
+                            f"{held.get('pid')} on {held.get('host')} (gone)")
                 break
         else:
             raise LeaseError(f"could not take the lease {self.uri}: it changes hands too "
@@ -157,8 +155,6 @@ class Lease:
             try:
                 held = self._read()
                 if held is None or held.get("token") != self.me["token"]:
-                    from dtl_ray import console
-
                     console.say("[dtl-ray] warning: this run's lease was taken by another run")
                     return
                 if self.uri.startswith("s3://"):

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import html
-import io
-
-import numpy as np
 
 from dtl_ray import storage
 from dtl_ray.config import PipelineConfig
-from dtl_ray.contract.layout import STAGES, RunLayout
-from dtl_ray.data import readers
-from dtl_ray.method import weighting
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.registry import NAMES
+from dtl_ray.data import manifests
+from dtl_ray.pipeline import figures
+from dtl_ray.storage import parquet
 
 __all__ = ["build", "write", "render", "verdict"]
 
 
-def build(cfg: PipelineConfig, manifest: readers.Manifest, s: dict, seconds: float) -> dict:
+def build(cfg: PipelineConfig, manifest: manifests.Manifest, s: dict, seconds: float) -> dict:
     """The report document from the stage summaries (missing stages are left out)."""
     counts = manifest.counts()
     doc = {
@@ -31,7 +30,7 @@ def build(cfg: PipelineConfig, manifest: readers.Manifest, s: dict, seconds: flo
                    "source": cfg.source.uri, "target": cfg.target.uri,
                    "num_workers": cfg.scaling.num_workers, "use_gpu": cfg.scaling.use_gpu},
     }
-    for stage in STAGES:  # each stage's summary under its own name
+    for stage in NAMES:  # each stage's summary under its own name
         if stage in s:
             doc[stage] = s[stage]
     if "evaluate" in s:
@@ -57,105 +56,6 @@ def write(doc: dict, layout: RunLayout) -> None:
     storage.write_bytes(layout.report_html, render(doc, layout).encode())
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def plot_confusion(confusion: list[list[int]], names: list[str]) -> bytes:
-    """A confusion matrix (rows: true class, columns: predicted) with its counts, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(confusion)
-    side = max(3.5, 0.45 * len(names) + 1.5)
-    fig, ax = plt.subplots(figsize=(side + 0.5, side))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    top = cm.max() if cm.size else 0
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > top / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    return _png(fig)
-
-
-def _plot_histograms(scores) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    bins = np.linspace(0, 1, 41)
-    src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]["p_target"]
-    tgt = scores[(scores["domain"] == "target") & scores["split"].isin(["train", "unlabeled"])]
-    ax.hist(src, bins=bins, alpha=0.6, density=True, label=f"source train (n={len(src)})")
-    ax.hist(tgt["p_target"], bins=bins, alpha=0.6, density=True,
-            label=f"target train+unlabeled (n={len(tgt)})")
-    ax.set_xlabel("p_target = D(g(x))")
-    ax.set_ylabel("density")
-    ax.legend()
-    ax.set_title("How target-like each sample looks to the discriminator")
-    out = _png(fig)
-    plt.close(fig)
-    return out
-
-
-def _plot_fractions(trials, doc: dict) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for strategy, sub in trials[trials["strategy"].isin(["discriminator", "random"])].groupby(
-            "strategy"):
-        best = sub.groupby("source_fraction")["best_val_accuracy"].max()
-        ax.plot(best.index, best.values, marker="o", label=strategy)
-    for arm, marker in (("target_only", "s"), ("all_source", "^"), ("self_training", "D")):
-        sub = trials[trials["arm"] == arm]
-        if len(sub):
-            ax.scatter(sub["source_fraction"].iloc[0], sub["best_val_accuracy"].max(),
-                       marker=marker, s=60, label=arm, zorder=3)
-    ax.set_xlabel("fraction of the source pool selected")
-    ax.set_ylabel("best target val accuracy")
-    ax.legend(fontsize=8)
-    ax.set_title("Target val accuracy against selection fraction")
-    out = _png(fig)
-    plt.close(fig)
-    return out
-
-
-def _plot_ranked(scores, k: int = 10) -> bytes:
-    import matplotlib.pyplot as plt
-
-    src = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
-    src = weighting.ranked(src)
-    rows = [("highest w", src.head(k)), ("lowest w", src.tail(k))]
-    fig, axes = plt.subplots(2, k, figsize=(k * 1.1, 2.6))
-    for r, (title, sub) in enumerate(rows):
-        for c in range(k):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c >= len(sub):
-                continue
-            row = sub.iloc[c]
-            try:
-                from PIL import Image
-
-                ax.imshow(Image.open(io.BytesIO(storage.read_bytes(row["path"]))).convert("RGB"))
-            except Exception:
-                continue
-            ax.set_title(f"{row['weight']:.2g}", fontsize=7)
-        axes[r][0].text(-0.3, 0.5, title, transform=axes[r][0].transAxes, ha="right",
-                        va="center", fontsize=8)
-    fig.suptitle("Source images ranked by importance weight w", fontsize=9)
-    out = _png(fig)
-    plt.close(fig)
-    return out
-
-
 def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
     """Writes the PNGs that the run's data allows; returns (file name, caption)."""
     import matplotlib
@@ -167,19 +67,19 @@ def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
 
         scores = read_scores(layout)
         made.append(("p_target_hist.png", "p_target of source and target samples",
-                     _plot_histograms(scores)))
+                     figures.histograms(scores)))
         made.append(("ranked_source.png", "highest- and lowest-weighted source images",
-                     _plot_ranked(scores)))
+                     figures.ranked(scores)))
     if storage.exists(layout.trials):
         made.append(("val_vs_fraction.png", "target val accuracy against fraction",
-                     _plot_fractions(readers.read_parquet_df(layout.trials), doc)))
+                     figures.fractions(parquet.read_df(layout.trials), doc)))
     method = (doc.get("evaluate") or {}).get("method") or {}
     if method.get("confusion"):
         made.append(("confusion_method.png", "the method's confusion matrix on target test "
                      "(rows: true class, columns: predicted)",
-                     plot_confusion(method["confusion"], list(method["per_class_accuracy"]))))
-    for name, _, png in made:
-        storage.write_bytes(layout.plot(name), png)
+                     figures.confusion(method["confusion"], list(method["per_class_accuracy"]))))
+    for name, _, data in made:
+        storage.write_bytes(layout.plot(name), data)
     return [(name, caption) for name, caption, _ in made]
 
 

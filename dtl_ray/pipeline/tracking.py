@@ -29,9 +29,12 @@ import tempfile
 import time
 
 from dtl_ray import storage
-from dtl_ray.config import ConfigError, PipelineConfig, to_dict
-from dtl_ray.contract.layout import STAGES, RunLayout
+from dtl_ray.config import PipelineConfig, to_dict
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.registry import NAMES
+from dtl_ray.errors import ConfigError
 from dtl_ray.pipeline.fingerprints import flat
+from dtl_ray.storage import parquet
 
 __all__ = ["check", "tracking_uri", "Tracker", "tensorboard"]
 
@@ -81,12 +84,11 @@ def _trial_histories(layout: RunLayout, done=lambda row: False) -> list[tuple[di
     """(trial row, per-epoch history) of every finished trial that is not `done(row)` (logged
     already), from the trial table and the trials' progress files (each holds the trial's
     weights too: only the ones needed are read)."""
-    from dtl_ray.data import readers
     from dtl_ray.storage import checkpoints
 
     if not storage.exists(layout.trials):
         return []
-    table = readers.read_parquet_df(layout.trials)
+    table = parquet.read_df(layout.trials)
     out = []
     for row in table.to_dict("records"):
         if done(row):
@@ -181,7 +183,7 @@ class Tracker:
         """A nested run per finished stage, and per trial under the finetune stage's; returns
         how many runs were made now."""
         before = len(self.ids)
-        for stage in STAGES:
+        for stage in NAMES:
             if stage not in summaries:
                 continue
             s = summaries[stage]
@@ -235,7 +237,7 @@ def tensorboard(layout: RunLayout, summaries: dict) -> int:
     have = {rel.rsplit("/", 1)[0] for rel, _ in storage.list_files(out)}
 
     logs = []
-    for stage in STAGES:
+    for stage in NAMES:
         if (stage in summaries and stage not in have
                 and _stage_curve(stage, summaries[stage])):
             logs.append((stage, _stage_curve(stage, summaries[stage])))

@@ -1,4 +1,4 @@
-"""What every Ray worker of a dtl-ray job is started with.
+"""Joining a Ray cluster (or starting a local one), and what every worker of the job starts with.
 
 Ray Train's `PlacementGroupCleaner` (a detached actor that removes a Train run's placement
 group when its controller dies without cleaning up, as a controller does when Tune stops the
@@ -15,9 +15,28 @@ that child actors inherit, detached ones included).
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
-__all__ = ["runtime_env", "pin_ray_address"]
+__all__ = ["ensure_ray", "runtime_env", "pin_ray_address"]
+
+
+def ensure_ray(env: dict[str, str] | None = None) -> None:
+    """Connects to RAY_ADDRESS if set, else starts a local Ray (dashboard on 127.0.0.1).
+
+    `env` (S3 endpoint and region, never secrets) reaches every worker of this job, and every
+    worker knows its own cluster's address (`pin_ray_address`).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"dashboard_host": "127.0.0.1"}
+    kwargs["runtime_env"] = runtime_env(env)
+    # "local": never attach by accident to another cluster started on this machine
+    ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
 
 
 def pin_ray_address() -> None:

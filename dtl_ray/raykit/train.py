@@ -5,37 +5,24 @@ checkpoints, and cross-worker sums.
 from __future__ import annotations
 
 import functools
-import os
-import sys
 import tempfile
 from collections.abc import Callable
 
 import torch
 
-from dtl_ray import storage
+from dtl_ray import console, storage
 from dtl_ray.config import ScalingConfig
-from dtl_ray.method import builders
 from dtl_ray.storage import checkpoints
 
-__all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "say", "device",
+__all__ = ["fit", "report_epoch", "restore", "allreduce_sum", "world", "device",
            "backend"]
 
 
-def say(line: str) -> None:
-    """One progress line on the driver's console (Ray forwards worker stdout).
 
-    Writes to stdout directly: Ray Train's patched `print` would log it twice.
-    """
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _watch_reports(snapshot_uri: str, desc: str, total: int | None, stop) -> None:
+def _watch_reports(snapshot_uri: str, desc: str, total: int | None, unit: str, stop) -> None:
     """A progress bar over a Train run's reports (epochs, folds): Ray Train's checkpoint
     manager snapshot counts them (`current_report_index`), read every 2 s until `stop`."""
-    from dtl_ray import console
-
-    bar, shown, done = console.bar(total, desc, "report"), 0, False
+    bar, shown, done = console.bar(total, desc, unit), 0, False
     while not done:
         done = stop.wait(2.0)  # (once more after the run ended: its last reports)
         try:
@@ -49,13 +36,13 @@ def _watch_reports(snapshot_uri: str, desc: str, total: int | None, stop) -> Non
 
 
 def fit(train_fn: Callable, scaling: ScalingConfig, stage_uri: str, name: str,
-        datasets: dict, loop_config: dict, progress: tuple[str, int | None] | None = None):
+        datasets: dict, loop_config: dict, progress: tuple[str, int | None, str] | None = None):
     """Runs `train_fn(loop_config)` on `scaling.num_workers` workers; returns the Train Result.
 
     `loop_config` holds what the loop needs (config sections as dataclasses, numbers, URIs),
     never the whole pipeline config. The run is named after the stage (deterministic), so
-    running again resumes it. `progress` (a name and the number of reports the loop makes,
-    None when not known): a bar on the console while it runs.
+    running again resumes it. `progress` (a name, the number of reports the loop makes and
+    what one report is: "epoch", "fold"): a bar on the console while it runs.
     """
     import threading
 
@@ -120,8 +107,6 @@ def backend(use_gpu: bool) -> str:
         return "gloo"
     if gpus_have_cuda():
         return "nccl"
-    from dtl_ray import console  # (the driver: on its console, not only in the run's log)
-
     console.say("[dtl-ray] warning: scaling.use_gpu=true but the GPU nodes have no CUDA "
                 "device: training runs on their CPUs (gloo)")
     return "gloo"
@@ -175,31 +160,6 @@ def report_epoch(metrics: dict, state: dict, meta: dict) -> None:
     with tempfile.TemporaryDirectory() as d:
         checkpoints.save_dir(d, state, meta)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel wrapper."""
-    return model.module if hasattr(model, "module") else model
-
-
-def cpu_state(model: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-
-
-def set_threads(cpus: int) -> None:
-    torch.set_num_threads(max(1, cpus))
-    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
-
-
-def classifier_worker(config: dict):
-    """A Train worker's set-up for loops that start from a trained classifier
-    (`config["pretrain_model"]`, threads `config["cpus"]`, seed `config["seed"]`):
-    (rank, device, the classifier)."""
-    rank, _ = world()
-    set_threads(config["cpus"])
-    torch.manual_seed(config["seed"])
-    model, _ = builders.load_classifier(config["pretrain_model"])
-    return rank, device(), model
 
 
 def device() -> torch.device:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 
+from dtl_ray import console
+
 __all__ = ["concurrency", "trial_lines", "credentials_kept_out_of_ray_logs"]
 
 
@@ -31,8 +33,6 @@ def trial_lines(total: int, settings: list[dict]):
             return {**self.__dict__, "bar": None}
 
         def setup(self, **info) -> None:  # (in the driver, when the search starts)
-            from dtl_ray import console
-
             self.bar = console.bar(total, "finetune trials", "trial")
 
         def _step(self) -> None:
@@ -46,15 +46,15 @@ def trial_lines(total: int, settings: list[dict]):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._step()
             r, c = trial.last_result or {}, trial.config
-            print(f"[finetune] trial {self.done}/{total} {trial.trial_id}: cell {c['cell']} "
-                  f"setting {settings[c['setting']]}  "
-                  f"best val acc {r.get('best_val_accuracy', 0):.3f} "
-                  f"(epoch {r.get('best_epoch')}, {r.get('epoch')} run)", flush=True)
+            console.detail(f"[finetune] trial {self.done}/{total} {trial.trial_id}: cell "
+                           f"{c['cell']} setting {settings[c['setting']]}  "
+                           f"best val acc {r.get('best_val_accuracy', 0):.3f} "
+                           f"(epoch {r.get('best_epoch')}, {r.get('epoch')} run)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._step()
-            print(f"[finetune] trial {self.done}/{total} {trial.trial_id} FAILED "
-                  f"(see {trial.local_path})", flush=True)
+            console.detail(f"[finetune] trial {self.done}/{total} {trial.trial_id} FAILED "
+                           f"(see {trial.local_path})")
 
     return TrialLines()
 
@@ -76,8 +76,6 @@ def credentials_kept_out_of_ray_logs():
 
         before = class_cache.ENV_VARS_TO_PROPAGATE
     except (ImportError, AttributeError):
-        from dtl_ray import console
-
         console.say("[dtl-ray] warning: this Ray's Tune has no ENV_VARS_TO_PROPAGATE: AWS "
                     "credentials in the driver's environment may reach Ray's runtime-env logs")
         yield

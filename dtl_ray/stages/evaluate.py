@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from dtl_ray import storage
-from dtl_ray.config import ScalingConfig
-from dtl_ray.contract import results as results_mod
+from dtl_ray.config import DataConfig, ModelConfig, ScalingConfig, ScoreConfig
+from dtl_ray.contract import registry
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.contract.results import EvaluateResult
-from dtl_ray.data import readers
+from dtl_ray.data import manifests, readers
 from dtl_ray.method import scoring
+from dtl_ray.storage import parquet
 
 __all__ = ["run", "measure"]
 
@@ -40,14 +41,14 @@ def measure(df: pd.DataFrame, name: str, classes: list[int], class_names: list[s
             "per_class_accuracy": per_class, "confusion": confusion.tolist()}
 
 
-def run(layout: RunLayout, scaling: ScalingConfig, image_size: int, max_pixels: int,
-        batch_size: int) -> EvaluateResult:
-    """Evaluates every model on target test (in batches of `batch_size`); returns method,
-    baselines and the verdict."""
+def run(layout: RunLayout, scaling: ScalingConfig, model: ModelConfig, data: DataConfig,
+        score: ScoreConfig) -> EvaluateResult:
+    """Evaluates every model on target test (read as the run reads, in the score stage's
+    batches); returns method, baselines and the verdict."""
     import ray.data
 
     t0 = time.time()
-    manifest = readers.load_manifest(layout)
+    manifest = manifests.load(layout)
     classes = manifest.target_classes
     uris = {"source_only": layout.pretrain_model}
     if storage.exists(layout.dann_model):
@@ -55,18 +56,18 @@ def run(layout: RunLayout, scaling: ScalingConfig, image_size: int, max_pixels: 
     for arm in ["method", "chosen", "label_free", *FINETUNED]:
         if storage.exists(layout.model(arm)):
             uris[arm] = layout.model(arm)
-    ft = results_mod.read("finetune", layout.summary("finetune"))
+    ft = registry.stage("finetune").read(layout.summary("finetune"))
     for c in ft.by_cell:
         uris[c["model"]] = layout.model(c["model"])
     test = manifest.rows("target", "test")
-    df = readers.to_dataset(test, image_size, max_pixels=max_pixels).map_batches(
+    df = readers.to_dataset(test, model.frame, max_pixels=data.max_image_pixels).map_batches(
         scoring.MultiEvaluator,
         fn_constructor_kwargs={"model_uris": uris, "classes": classes,
                                "use_gpu": scaling.use_gpu},
-        compute=ray.data.ActorPoolStrategy(size=1), batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=1), batch_size=score.batch_size,
         batch_format="numpy", num_cpus=scaling.cpus_per_worker,
         num_gpus=1 if scaling.use_gpu else 0).to_pandas()
-    readers.write_parquet_df(df, layout.predictions)
+    parquet.write_df(df, layout.predictions)
     results = {k: measure(df, k, classes, manifest.classes) for k in uris}
     base = {k: {m: results[k][m] for m in ("target_test_accuracy", "transfer_loss",
                                            "per_class_accuracy")}

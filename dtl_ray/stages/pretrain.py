@@ -10,10 +10,11 @@ import time
 
 import torch
 
+from dtl_ray import console
 from dtl_ray.config import DataConfig, ModelConfig, PretrainConfig, ScalingConfig
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.contract.results import PretrainResult
-from dtl_ray.data import readers
+from dtl_ray.data import manifests, readers
 from dtl_ray.method import builders, loops
 from dtl_ray.raykit import train
 from dtl_ray.storage import checkpoints
@@ -45,7 +46,7 @@ def train_fn(config: dict) -> dict:
 
     pre, dcfg, seed = config["pretrain"], config["data"], config["seed"]
     rank, _ = train.world()
-    train.set_threads(config["cpus"])
+    loops.set_threads(config["cpus"])
     torch.manual_seed(seed)
     model = builders.classifier(config["model"], config["num_classes"])
     if config["use_gpu"]:  # faster convolutions under bf16 autocast
@@ -59,13 +60,13 @@ def train_fn(config: dict) -> dict:
     if restored is not None:
         state, meta = restored
         resumed = list(meta.get("resumed_from", [])) + [meta["epoch"] + 1]
-        train.unwrap(model).load_state_dict(state["model"])
+        loops.unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = meta["epoch"] + 1
         best = {"accuracy": meta["best_accuracy"], "epoch": meta["best_epoch"],
                 "state": state["best"]}
         if rank == 0:
-            train.say(f"[pretrain] resuming after epoch {start} from checkpoint")
+            console.detail(f"[pretrain] resuming after epoch {start} from checkpoint")
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     aug = builders.augment(pre)
     train_it, val_it = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
@@ -78,17 +79,17 @@ def train_fn(config: dict) -> dict:
         stats = loops.train_epoch(model, batches, opt, aug, gen, device)
         acc, loss = _val(model, val_it, 4 * bs, device)
         if acc > best["accuracy"]:
-            best = {"accuracy": acc, "epoch": epoch, "state": train.cpu_state(model)}
+            best = {"accuracy": acc, "epoch": epoch, "state": loops.cpu_state(model)}
         metrics = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                    "val_accuracy": acc, "val_loss": loss, "best_val_accuracy": best["accuracy"],
                    "best_epoch": best["epoch"], "seconds": time.time() - t0}
         if rank == 0:
-            train.say(f"[pretrain] epoch {epoch + 1}/{pre.epochs}  "
+            console.detail(f"[pretrain] epoch {epoch + 1}/{pre.epochs}  "
                   f"train loss {stats['loss']:.3f} acc {stats['accuracy']:.3f}  "
                   f"source val acc {acc:.3f} loss {loss:.3f}  ({metrics['seconds']:.1f}s)")
         history.append({k: float(metrics[k]) for k in ("epoch", "train_loss", "val_accuracy",
                                                         "val_loss", "seconds")})
-        state = {"model": train.cpu_state(model), "best": best["state"],
+        state = {"model": loops.cpu_state(model), "best": best["state"],
                  "optimizer": opt.state_dict()}
         train.report_epoch(metrics, state, {"epoch": epoch, "best_accuracy": best["accuracy"],
                                                "best_epoch": best["epoch"], "history": history,
@@ -104,14 +105,14 @@ def loop_config(model: ModelConfig, data_cfg: DataConfig, pretrain: PretrainConf
             "num_classes": num_classes}
 
 
-def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: PretrainConfig,
+def run(layout: RunLayout, model: ModelConfig, data: DataConfig, pretrain: PretrainConfig,
         scaling: ScalingConfig, seed: int) -> PretrainResult:
     """Pretrains on source train, keeps the best source-val epoch. Returns the summary."""
     t0 = time.time()
-    manifest = readers.load_manifest(layout)
+    manifest = manifests.load(layout)
     cols = ["image", "label"]
-    size, cache = model.frame, data_cfg.cache
-    reading = readers.reading(layout, data_cfg.max_image_pixels, data_cfg.max_rejected_fraction,
+    size, cache = model.frame, data.cache
+    reading = readers.reading(layout, data.max_image_pixels, data.max_rejected_fraction,
                            STAGE)
     datasets = {
         "train": readers.training_dataset(manifest.rows("source", "train"), size, cache, cols, seed,
@@ -120,8 +121,8 @@ def run(layout: RunLayout, model: ModelConfig, data_cfg: DataConfig, pretrain: P
                                      reading),
     }
     result = train.fit(train_fn, scaling, *layout.train_run(STAGE), datasets, loop_config(
-        model, data_cfg, pretrain, scaling, seed, len(manifest.classes)),
-        progress=("pretrain epochs", pretrain.epochs))
+        model, data, pretrain, scaling, seed, len(manifest.classes)),
+        progress=("pretrain", pretrain.epochs, "epoch"))
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:

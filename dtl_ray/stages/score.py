@@ -13,10 +13,10 @@ import time
 import pandas as pd
 
 from dtl_ray import console, storage
-from dtl_ray.config import ScalingConfig, ScoreConfig
+from dtl_ray.config import DataConfig, DiscriminateConfig, ModelConfig, ScalingConfig, ScoreConfig
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.contract.results import ScoreResult
-from dtl_ray.data import readers, rejects, samples
+from dtl_ray.data import decode, manifests, rejects, samples
 from dtl_ray.data.scorefiles import (
     REJECTED_COLUMNS,
     ROWS_PER_FILE,
@@ -25,19 +25,21 @@ from dtl_ray.data.scorefiles import (
     WRITERS,
     Writer,
     read_scores,
-    write_table,
 )
+from dtl_ray.errors import DataError
 from dtl_ray.method import scoring
+from dtl_ray.raykit import pools
+from dtl_ray.storage import parquet
 
 __all__ = ["run", "read_scores", "SCORE_COLUMNS"]
 
 STAGE = "score"
 
 
-def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_size: int,
-        max_pixels: int, max_rejected_fraction: float, adapted: bool) -> ScoreResult:
-    """Scores all samples with the pretrained backbone (the DANN-adapted one when `adapted`);
-    returns row counts, capped weights and timing.
+def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, model: ModelConfig,
+        data: DataConfig, discriminate: DiscriminateConfig) -> ScoreResult:
+    """Scores all samples with the pretrained backbone (the DANN-adapted one in adversarial
+    mode); returns row counts, capped weights and timing.
 
     One streaming pass: the scoring actors' output goes to Ray Data actors that write it
     (`scorefiles.Writer`); the driver receives one row of figures per file, so its memory stays
@@ -49,10 +51,12 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     import ray.data
 
     t0 = time.time()
-    manifest = readers.load_manifest(layout)
-    model_uri = layout.backbone_model(adapted=adapted)
-    scored = scoring.score_dataset(manifest.table, model_uri, manifest.target_classes, score,
-                                   scaling, image_size, layout.discriminator, max_pixels)
+    image_size, max_pixels = model.frame, data.max_image_pixels
+    manifest = manifests.load(layout)
+    model_uri = layout.backbone_model(adapted=discriminate.mode == "adversarial")
+    scored = pools.actor_map(manifest.table, scoring.Scorer, scoring.scorer_kwargs(
+        model_uri, manifest.target_classes, score, scaling.use_gpu, image_size,
+        layout.discriminator, max_pixels), score, scaling, image_size, max_pixels)
     out_uri = layout.scores
     fs, path = storage.resolve(out_uri)
     storage.retry(lambda: fs.create_dir(path, recursive=True))
@@ -66,7 +70,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         batch_format="pandas", batch_size=per_file, num_cpus=0,
         # (no CPU asked: the scoring actors may hold every one)
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=WRITERS),
-        max_task_retries=samples.TASK_RETRIES["max_retries"])
+        max_task_retries=decode.TASK_RETRIES["max_retries"])
 
     rejected, n_out, capped, parts = [], 0, 0, 0
     wsum: dict[str, float] = {}
@@ -95,11 +99,12 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
         progress.update(done - shown)
         shown = done
         if time.time() >= next_say:
-            print(f"[score] {done}/{total} images scored", flush=True)
+            console.detail(f"[score] {done}/{total} images scored")
             next_say = time.time() + 10
     progress.close()
     if not parts:  # nothing readable: an empty file keeps the schema for readers
-        write_table(pa.schema(SCHEMA).empty_table(), storage.join(out_uri, "part-empty.parquet"))
+        parquet.write_table(pa.schema(SCHEMA).empty_table(),
+                            storage.join(out_uri, "part-empty.parquet"))
     mean_weight = {k: wsum[k] / wcnt[k] for k in sorted(wsum)}
     divisor = 1.0
     if score.weighting == "iwan" and mean_weight.get("source/train", 0) > 0:
@@ -109,7 +114,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     rejected = (pd.concat(rejected, ignore_index=True) if rejected
                 else pd.DataFrame(columns=REJECTED_COLUMNS))
     # the ledger lists them (with the rows earlier passes found) and holds the limit
-    ledger = rejects.open_ledger(layout, max_rejected_fraction)
+    ledger = rejects.open_ledger(layout, data.max_rejected_fraction)
     error = ray.get(ledger.add.remote(layout.root, rejected.assign(
         **{rejects.FOUND_IN: STAGE}).reindex(columns=rejects.COLUMNS).to_dict("records")))
     listed = rejects.table(ledger, layout.root)
@@ -120,7 +125,7 @@ def run(layout: RunLayout, score: ScoreConfig, scaling: ScalingConfig, image_siz
     total += len(unlisted)
     rejects.save(layout)
     if error:  # the limit holds in this pass too
-        raise samples.DataError(error)
+        raise DataError(error)
     return ScoreResult(
         rows_in=int(total), rows_out=int(n_out), rows_rejected=int(len(rejected)),
         rejected_examples=rejected.head(5)[["path", "error"]].to_dict("records"),

@@ -1,4 +1,4 @@
-"""Stage 4: the candidates manifest from both pools of METHOD.md.
+"""Stage 4: the candidates manifest from both pools of docs/method.md.
 
 Source candidates: target-like source samples (highest weight) with their true labels, in the
 target's classes only. Target candidates: confident, source-like unlabeled target samples with
@@ -12,17 +12,19 @@ import time
 from dtl_ray.config import SelectConfig
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.contract.results import SelectResult
-from dtl_ray.data import readers
+from dtl_ray.data import manifests
 from dtl_ray.data.scorefiles import read_scores
 from dtl_ray.method import weighting
+from dtl_ray.storage import parquet
 
 __all__ = ["run"]
 
 
-def run(layout: RunLayout, s: SelectConfig) -> SelectResult:
+def run(layout: RunLayout, select: SelectConfig) -> SelectResult:
     """Writes the candidates table; returns sizes and per-class kept fractions."""
     t0 = time.time()
-    manifest = readers.load_manifest(layout)
+    s = select
+    manifest = manifests.load(layout)
     scores = read_scores(layout)
     classes = manifest.target_classes
     src = weighting.select_source(scores, classes, s.rule, s.fraction, s.threshold, s.per_class,
@@ -31,7 +33,7 @@ def run(layout: RunLayout, s: SelectConfig) -> SelectResult:
     n_target = int(round(s.target_fraction * len(unlabeled)))
     tgt = weighting.select_target(unlabeled, "discriminator", n_target, s.confidence_floor)
     cand = weighting.candidates(src, tgt)
-    readers.write_parquet_df(cand, layout.candidates)
+    parquet.write_df(cand, layout.candidates)
     source_train = scores[(scores["domain"] == "source") & (scores["split"] == "train")]
     totals = source_train.groupby("label").size()
     kept = src.groupby("label").size().reindex(totals.index, fill_value=0)

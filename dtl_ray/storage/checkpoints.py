@@ -13,16 +13,14 @@ import os
 import torch
 
 from dtl_ray import storage
+from dtl_ray.errors import CheckpointError
 
-__all__ = ["FORMAT", "save", "load", "save_dir", "load_dir", "load_weights", "CheckpointError",
+__all__ = ["FORMAT", "save", "load", "save_dir", "load_dir", "load_weights",
            "save_classifier", "read_classifier", "save_discriminator", "read_discriminator"]
 
 FORMAT = "dtl-ray/1"
 FILE = "model.pt"
 
-
-class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint."""
 
 
 def _to_bytes(state: dict, meta: dict) -> bytes:

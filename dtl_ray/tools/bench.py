@@ -11,20 +11,20 @@ standard deviation) and `<out>/bench.html` with the plots.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
-import io
 import os
 import statistics
 import time
 
 import numpy as np
 
-from dtl_ray import config, storage
-from dtl_ray.data import readers
+from dtl_ray import config, pipeline, storage
+from dtl_ray.contract.layout import RunLayout
 from dtl_ray.data.pairs import demo
-from dtl_ray.pipeline import report, runner
+from dtl_ray.errors import ConfigError
+from dtl_ray.pipeline import figures, preflight
+from dtl_ray.storage import parquet
 
 __all__ = ["run", "summarise", "seed_config", "accuracies", "mean_sd"]
 
@@ -62,12 +62,13 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
     name, args = seed_config(config_path, seed, out, pair, overrides)
     cfg = config.load_config(config_path, [f"name={name}", *args])
     print(f"[bench] seed {seed}: {name}", flush=True)
-    doc = runner.run(cfg)
-    layout = runner.run_layout(runner.absolute(cfg))
+    doc = pipeline.run(cfg)
+    resolved = preflight.absolute(cfg)
+    layout = RunLayout.of(resolved.storage, resolved.name)
     ev = doc["evaluate"]
     acc = accuracies(doc)
-    trials = readers.read_parquet_df(layout.trials)
-    scores = readers.read_parquet_df(layout.scores,
+    trials = parquet.read_df(layout.trials)
+    scores = parquet.read_df(layout.scores,
                                   columns=["domain", "split", "p_target"])
     hist_edges = np.linspace(0, 1, 21)
     hists = {f"{d}/{s}": np.histogram(g["p_target"].dropna(), bins=hist_edges)[0].tolist()
@@ -152,13 +153,7 @@ def summary_lines(summary: dict, test_images: int | None, val_images: int | None
     return lines
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+_png = figures.png_base64
 
 
 def _plots(seeds: list[dict], summary: dict) -> list[tuple[str, str]]:
@@ -210,7 +205,7 @@ def _plots(seeds: list[dict], summary: dict) -> list[tuple[str, str]]:
     plots.append((_png(fig), f"p_target by domain/split (seed {seeds[0]['seed']})"))
     # 4. confusion matrix of the method's model (first seed)
     if seeds[0]["confusion"]:
-        plots.append((report.plot_confusion(seeds[0]["confusion"], seeds[0]["classes"]),
+        plots.append((figures.confusion(seeds[0]["confusion"], seeds[0]["classes"]),
                       f"Confusion matrix of the method on target test (seed "
                       f"{seeds[0]['seed']})"))
     # 5. per-class kept fraction of the source (selected, and the discriminator's own ranking)
@@ -280,7 +275,7 @@ def run(config_path: str | None, seeds: int, out: str = "runs/bench", pair: str 
         fractions: list[float] | None = None, overrides: list[str] | None = None) -> dict:
     """Runs `seeds` seeds (0..seeds-1); writes bench.json and bench.html; returns the doc."""
     if seeds < 1:
-        raise config.ConfigError("bench: --seeds must be at least 1")
+        raise ConfigError("bench: --seeds must be at least 1")
     if pair is not None:
         demo.target_classes(pair)  # an unknown pair fails here
     overrides = list(overrides or [])

@@ -21,9 +21,7 @@ with a plot, and each pick as a CSV with a contact sheet (`<base>-<pick><budget>
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 import shutil
 import time
@@ -31,12 +29,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from dtl_ray import config, storage
-from dtl_ray.contract.layout import STAGES, RunLayout
-from dtl_ray.data import readers, samples
+from dtl_ray import config, pipeline, storage
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.registry import NAMES
+from dtl_ray.data import manifests, samples
 from dtl_ray.data.pairs import demo
+from dtl_ray.errors import ConfigError
 from dtl_ray.inference import suggest
-from dtl_ray.pipeline import runner
+from dtl_ray.pipeline import figures
 from dtl_ray.tools import bench
 
 __all__ = ["ROWS", "PICKS", "run", "picks", "pick_run", "relabel", "copy_upstream", "summarise"]
@@ -47,7 +47,7 @@ model trained on labeled target images alone (what the labels give by themselves
 
 PICKS = ["suggested", "random"]
 
-UPSTREAM = STAGES[:STAGES.index("finetune")]
+UPSTREAM = NAMES[:NAMES.index("finetune")]
 """The stages a pick's run keeps from the base run."""
 
 
@@ -72,25 +72,25 @@ def relabel(layout: RunLayout, paths: list[str], class_of) -> int:
     labeled `class_of(path)` (a class name). Returns how many moved.
 
     Raises:
-        config.ConfigError: a path that is not an unlabeled target image of the run, or a
+        ConfigError: a path that is not an unlabeled target image of the run, or a
             class the run does not know.
     """
-    manifest = readers.load_manifest(layout)
+    manifest = manifests.load(layout)
     t = manifest.table
     index = {p: i for i, p in enumerate(manifest.classes)}
     rows = t.index[(t[samples.DOMAIN] == "target") & (t[samples.SPLIT] == "unlabeled")
                    & t[samples.PATH].isin(set(paths))]
     if len(rows) != len(set(paths)):
-        raise config.ConfigError(f"{len(set(paths)) - len(rows)} of the {len(set(paths))} "
+        raise ConfigError(f"{len(set(paths)) - len(rows)} of the {len(set(paths))} "
                                  f"images to label are not unlabeled target images of "
                                  f"{layout.root}")
     labels = [class_of(p) for p in t.loc[rows, samples.PATH]]
     unknown = sorted(set(labels) - set(index))
     if unknown:
-        raise config.ConfigError(f"classes {unknown} are not classes of {layout.root}")
+        raise ConfigError(f"classes {unknown} are not classes of {layout.root}")
     t.loc[rows, samples.SPLIT] = "train"
     t.loc[rows, samples.LABEL] = [index[c] for c in labels]
-    readers.save_manifest(manifest, layout)
+    manifests.save(manifest, layout)
     return len(rows)
 
 
@@ -103,7 +103,7 @@ def picks(base_root: str, budget: int, seed: int, out_stem: str,
         return {k: pd.read_csv(f) for k, f in files.items()}
     pool = suggest.score_pool(base_root)
     if len(pool.table) < budget:
-        raise config.ConfigError(f"--budget {budget}: the base run has only "
+        raise ConfigError(f"--budget {budget}: the base run has only "
                                  f"{len(pool.table)} decodable unlabeled target images")
     chosen = suggest.pick(pool.table["value"].to_numpy(), pool.features, pool.labeled, budget)
     drawn = np.random.default_rng(seed).choice(len(pool.table), budget, replace=False)
@@ -124,7 +124,7 @@ def pick_run(cfg_args: list[str], config_path: str | None, base_root: str, name:
         moved = relabel(layout, list(picked["path"]), class_of)
         print(f"[bench-labels] {name}: {moved} images moved to target/train", flush=True)
     cfg = config.load_config(config_path, [*cfg_args, f"name={name}"])
-    doc = runner.run(cfg)
+    doc = pipeline.run(cfg)
     truth = [class_of(p) for p in picked["path"]]
     return {"name": name, "accuracy": _rows(doc),
             "labeled": doc["data"]["target"]["train"],
@@ -144,7 +144,7 @@ def _seed(config_path: str | None, seed: int, out: str, pair: str, budget: int,
           overrides: list[str]) -> dict:
     name, args = bench.seed_config(config_path, seed, out, pair, overrides)
     print(f"[bench-labels] seed {seed}: base run {name}", flush=True)
-    base_doc = runner.run(config.load_config(config_path, [*args, f"name={name}"]))
+    base_doc = pipeline.run(config.load_config(config_path, [*args, f"name={name}"]))
     base_root = os.path.join(out, name)
 
     def class_of(path: str) -> str:
@@ -196,10 +196,7 @@ def _plot(summary: dict) -> str:
     lows = [summary["accuracy"][k][r]["mean"] for k in ("base", *PICKS) for r in ROWS]
     ax.set_ylim(max(0.0, min(v for v in lows if v is not None) - 0.1), 1.0)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figures.png_base64(fig)
 
 
 def _html(doc: dict) -> str:
@@ -238,15 +235,15 @@ def run(config_path: str | None, seeds: int, out: str, pair: str, budget: int,
     """Runs `seeds` seeds (0..seeds-1); writes bench_labels.json and bench_labels.html.
 
     Raises:
-        config.ConfigError: bad arguments or config keys (before any run starts).
+        ConfigError: bad arguments or config keys (before any run starts).
     """
     if seeds < 1 or budget < 1:
-        raise config.ConfigError("bench-labels: --seeds and --budget must be at least 1")
+        raise ConfigError("bench-labels: --seeds and --budget must be at least 1")
     demo.target_classes(pair)  # an unknown pair fails here
     overrides = list(overrides or [])
     config.load_config(config_path, [*overrides, "source.uri=x", "target.uri=y"])
     if storage.local_path(out) is None:
-        raise config.ConfigError("bench-labels writes its runs to a local folder (--out)")
+        raise ConfigError("bench-labels writes its runs to a local folder (--out)")
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()

@@ -30,10 +30,13 @@ import pandas as pd
 import torch
 
 from dtl_ray import storage
-from dtl_ray.config import ConfigError, PipelineConfig
-from dtl_ray.contract.layout import STAGES, RunLayout
-from dtl_ray.data import readers
-from dtl_ray.method import models, scoring
+from dtl_ray.config import PipelineConfig
+from dtl_ray.contract.layout import RunLayout
+from dtl_ray.contract.registry import NAMES
+from dtl_ray.data import manifests, readers
+from dtl_ray.errors import ConfigError
+from dtl_ray.method import models
+from dtl_ray.raykit import pools
 from dtl_ray.storage import checkpoints
 from dtl_ray.tools.memory import PeakMemory
 from dtl_ray.tools.plain import score_plain, train_plain
@@ -68,7 +71,7 @@ def machine() -> dict:
 def bench_rows(data_uri: str, n: int) -> tuple[pd.DataFrame, list[str], list[int]]:
     """`n` manifest rows over the files of the demo pair at `data_uri` (repeated, each with its
     own sample id), the class names and the target classes."""
-    m = readers.build_manifest(storage.join(data_uri, "source"), storage.join(data_uri, "target"),
+    m = manifests.build(storage.join(data_uri, "source"), storage.join(data_uri, "target"),
                             [".png", ".jpg", ".jpeg"])
     base = m.table
     reps = -(-n // len(base))
@@ -103,7 +106,7 @@ def _stage_run_dir(uri: str, rows: pd.DataFrame, classes: list[str], backbone: s
     """A fresh run folder holding what the score stage reads: manifest and the two models
     (their URIs are returned)."""
     shutil.rmtree(uri, ignore_errors=True)
-    readers.save_manifest(readers.Manifest(table=rows, classes=classes), RunLayout(uri))
+    manifests.save(manifests.Manifest(table=rows, classes=classes), RunLayout(uri))
     return save_models(uri, backbone, len(classes), image_size)
 
 
@@ -113,8 +116,8 @@ def score_ray(cfg: PipelineConfig, run_uri: str, actors: int) -> dict:
 
     cfg = replace(cfg, score=replace(cfg.score, actors=actors))
     t0 = time.time()
-    result = score.run(RunLayout(run_uri), cfg.score, cfg.scaling, cfg.model.image_size,
-                       cfg.data.max_image_pixels, cfg.data.max_rejected_fraction, adapted=False)
+    result = score.run(RunLayout(run_uri), cfg.score, cfg.scaling, cfg.model, cfg.data,
+                       replace(cfg.discriminate, mode="standard"))
     seconds = time.time() - t0
     n = result.rows_out + result.rows_rejected
     steady = max(seconds - result.startup_seconds, 1e-9)
@@ -170,8 +173,10 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
     """All figures; returns the perf document (also written to `<out>/perf.json`)."""
     import ray
 
+    from dtl_ray import pipeline
     from dtl_ray.data.pairs import demo as demo_mod
-    from dtl_ray.pipeline import runner
+    from dtl_ray.pipeline import preflight
+    from dtl_ray.raykit import connect
 
     out = os.path.abspath(out)
     out_json = os.path.join(out, "perf.json")
@@ -188,7 +193,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         storage.write_json(storage.join(data_uri, "_SEED_0"),
                            demo_mod.write_demo(data_uri, seed=0))
     cpus = os.cpu_count() or 1
-    runner.ensure_ray()
+    connect.ensure_ray()
     cpus = int(ray.cluster_resources().get("CPU", cpus))
     size, backbone = cfg.model.image_size, cfg.model.backbone
     figures["settings"] = {"backbone": backbone, "image_size": size, "n": n,
@@ -201,7 +206,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         run_uri = os.path.join(out, "score")
         model_uri, disc_uri = _stage_run_dir(run_uri, rows, names, backbone, size)
         plain, ray1, ray_auto, ray2 = [], [], [], []
-        auto = scoring.actor_pool(0, cfg.scaling.cpus_per_worker, cfg.scaling.use_gpu) or 1
+        auto = pools.actor_pool(0, cfg.scaling.cpus_per_worker, cfg.scaling.use_gpu) or 1
         for _ in range(repeats):  # interleaved, so drifts of a noisy machine hit both
             plain.append(score_plain(rows, model_uri, disc_uri, classes,
                                      os.path.join(out, "plain-scores"), size,
@@ -245,7 +250,7 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
             **mem}, out_json)
 
     if "train" in want:
-        m = readers.build_manifest(storage.join(data_uri, "source"),
+        m = manifests.build(storage.join(data_uri, "source"),
                                 storage.join(data_uri, "target"), [".png"])
         tr, va = m.rows("source", "train"), m.rows("source", "val")
         k = len(m.classes)
@@ -263,16 +268,16 @@ def run(cfg: PipelineConfig, out: str = "runs/perf", data_uri: str | None = None
         _emit(figures, "train", fig, out_json)
 
     if "demo" in want and demo:
-        run_cfg = runner.absolute(replace(cfg, name="demo", storage=out,
+        run_cfg = preflight.absolute(replace(cfg, name="demo", storage=out,
                                             source=replace(cfg.source,
                                                            uri=storage.join(data_uri, "source")),
                                             target=replace(cfg.target,
                                                            uri=storage.join(data_uri, "target"))))
         shutil.rmtree(os.path.join(out, "demo"), ignore_errors=True)
         t0 = time.time()
-        doc = runner.run(run_cfg)
+        doc = pipeline.run(run_cfg)
         wall = time.time() - t0
-        stages = {k: doc[k]["seconds"] for k in STAGES if k in doc}
+        stages = {k: doc[k]["seconds"] for k in NAMES if k in doc}
         _emit(figures, "demo", {
             "demo_seconds": round(wall, 1),
             "stage_seconds": stages,

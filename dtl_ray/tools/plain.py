@@ -12,7 +12,7 @@ import torch
 
 from dtl_ray import storage
 from dtl_ray.config import PipelineConfig
-from dtl_ray.data import samples
+from dtl_ray.data import decode
 from dtl_ray.method import builders, loops, scoring
 
 __all__ = ["score_plain", "train_plain"]
@@ -32,7 +32,7 @@ class _Files(torch.utils.data.Dataset):
         if self.fs is None:
             self.fs = storage.resolve(self.paths[0])[0]
         raw = storage.read_file(self.fs, storage.path_of(self.paths[i]))
-        return i, torch.from_numpy(samples.decode_image(raw, self.size))
+        return i, torch.from_numpy(decode.decode_image(raw, self.size))
 
 
 def score_plain(rows: pd.DataFrame, model_uri: str, disc_uri: str, classes: list[int],
@@ -75,7 +75,7 @@ def score_plain(rows: pd.DataFrame, model_uri: str, disc_uri: str, classes: list
 
 
 def _decoded(rows: pd.DataFrame, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    b = samples.decode_batch({"path": rows["path"].to_numpy()}, image_size)
+    b = decode.decode_batch({"path": rows["path"].to_numpy()}, image_size)
     return b["image"], rows["label"].to_numpy()
 
 

@@ -71,8 +71,7 @@ def measure_one(factor: float, out: str, store_mb: int, overrides: list[str]) ->
     object store capped at `store_mb`), the whole pipeline; returns the figures."""
     import ray
 
-    from dtl_ray import config
-    from dtl_ray.pipeline import runner
+    from dtl_ray import config, pipeline
     from dtl_ray.raykit import connect
 
     data = os.path.join(out, f"data-{factor:g}x")
@@ -97,7 +96,7 @@ def measure_one(factor: float, out: str, store_mb: int, overrides: list[str]) ->
     watch.start()
     t0 = time.time()
     try:
-        doc = runner.run(cfg)
+        doc = pipeline.run(cfg)
     finally:
         watch.stopped.set()
         watch.join()

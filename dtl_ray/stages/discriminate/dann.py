@@ -10,9 +10,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dtl_ray import console
 from dtl_ray.data import readers
 from dtl_ray.method import builders, loops, models
 from dtl_ray.raykit import train
+from dtl_ray.stages.discriminate import fit
+from dtl_ray.stages.discriminate.specs import DannSpec
 
 __all__ = ["dann_fn"]
 
@@ -35,12 +38,13 @@ def dann_fn(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    rank, device, model = train.classifier_worker(config)
-    d, dcfg, seed = config["discriminate"], config["data"], config["seed"]
+    spec: DannSpec = config["spec"]
+    rank, device, model = fit.classifier_worker(spec.model_uri, spec.cpus, spec.seed)
+    d, dcfg, seed = spec.discriminate, spec.data, spec.seed
     net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
     # called as a whole: DDP syncs every gradient
     net = ray.train.torch.prepare_model(net, move_to_device=device)
-    inner = train.unwrap(net)
+    inner = loops.unwrap(net)
     opt = torch.optim.AdamW(net.parameters(), lr=d.dann_lr, weight_decay=1e-4)
     start, history = 0, []
     restored = train.restore()
@@ -52,9 +56,9 @@ def dann_fn(config: dict) -> dict:
     bs = dcfg.batch_size
     src_it = ray.train.get_dataset_shard("source")
     tgt = _cycle(ray.train.get_dataset_shard("target"), bs, seed + 1, dcfg.shuffle_buffer)
-    steps_per_epoch = max(1, config["source_steps"])
+    steps_per_epoch = max(1, spec.source_steps)
     gen = torch.Generator().manual_seed(seed + rank)
-    aug = builders.augment(config["pretrain"])
+    aug = builders.augment(spec.pretrain)
     for epoch in range(start, d.dann_epochs):
         t0 = time.time()
         loops.train_mode(net)
@@ -91,11 +95,11 @@ def dann_fn(config: dict) -> dict:
                    "seconds": time.time() - t0}
         history.append(metrics)
         if rank == 0:
-            train.say(f"[dann] epoch {epoch + 1}/{d.dann_epochs}  class loss "
+            console.detail(f"[dann] epoch {epoch + 1}/{d.dann_epochs}  class loss "
                          f"{metrics['class_loss']:.3f} acc {metrics['source_accuracy']:.3f}  "
                          f"domain loss {metrics['domain_loss']:.3f} acc "
                          f"{metrics['domain_accuracy']:.3f}  ({metrics['seconds']:.1f}s)")
-        train.report_epoch(metrics, {"net": train.cpu_state(net),
+        train.report_epoch(metrics, {"net": loops.cpu_state(net),
                                         "optimizer": opt.state_dict()},
                               {"epoch": epoch, "history": history})
     return {}
