@@ -97,9 +97,12 @@ def epoch_length(sets: list[TrainSet], mix_ratio: float) -> int:
     return max(sizes + [1])
 
 
-def target_model(pretrain_uri: str, num_classes: int) -> models.Classifier:
-    """The pretrained source backbone with a fresh head for `num_classes` target classes."""
+def target_model(pretrain_uri: str, num_classes: int, seed: int) -> models.Classifier:
+    """The pretrained source backbone with a fresh head for `num_classes` target classes,
+    initialised from `seed`: the same head in every trial of a search, whatever ran before
+    in the process (Tune reuses trial processes), so arms differ only by their data."""
     state, meta = checkpoints.read_classifier(pretrain_uri)
+    torch.manual_seed(seed)
     model = models.build_classifier(meta["backbone"], num_classes)
     backbone = {k[len("backbone."):]: v for k, v in state.items()
                 if k.startswith("backbone.")}

@@ -84,7 +84,7 @@ def fit_cell(spec: TrialSpec, inputs: CellInputs, device, resume=None, cand_shar
              sv_shard=None, prepare=None):
     """Trains one cell with one setting (`spec.settings`); yields (metrics, state) per
     epoch (`target_fit.train`)."""
-    model = target_fit.target_model(spec.pretrain_model, spec.num_classes)
+    model = target_fit.target_model(spec.pretrain_model, spec.num_classes, spec.settings.seed)
     batches = _batches_of(inputs, spec.settings, cand_shard if cand_shard is not None
                           else inputs.cand_ds, spec.shuffle_buffer)
     return target_fit.train(model, batches, spec.val_images, spec.val_labels,
