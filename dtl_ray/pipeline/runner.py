@@ -20,11 +20,7 @@ from dtl_ray.errors import ConfigError
 from dtl_ray.pipeline import fingerprints, lease, preflight, report, tracking
 from dtl_ray.raykit import connect
 
-__all__ = ["run", "run_layout", "restart"]
-
-
-def run_layout(cfg: PipelineConfig) -> RunLayout:
-    return RunLayout.of(cfg.storage, cfg.name)
+__all__ = ["run", "restart"]
 
 
 def run(cfg: PipelineConfig, stages: list[str] | None = None,
@@ -41,7 +37,7 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
     wanted = list(stages or registry.NAMES)
     t0 = time.time()
     cfg, env = preflight.prepare(cfg)
-    layout = run_layout(cfg)
+    layout = RunLayout.of(cfg.storage, cfg.name)
     if verbose is None:
         verbose = console.verbose_default()
     with lease.Lease(layout.root):  # one run of this name at a time

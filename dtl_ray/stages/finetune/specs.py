@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,5 +118,4 @@ class CellInputs:
 
     def held(self) -> CellInputs:
         """These inputs without the datasets (they reach Train workers as shards)."""
-        return CellInputs(self.lab_images, self.lab_y, self.n_candidates, self.cand, None,
-                          self.source_val, None)
+        return dataclasses.replace(self, cand_ds=None, source_val_ds=None)

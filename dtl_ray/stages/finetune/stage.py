@@ -56,14 +56,14 @@ STAGE = "finetune"
 
 def _setup(layout: RunLayout, finetune: FinetuneConfig, model: ModelConfig,
            pretrain: PretrainConfig, scaling: ScalingConfig, data: DataConfig,
-           manifest: manifests.Manifest, scores: pd.DataFrame, seed: int) -> SearchSetup:
+           manifest: manifests.Manifest, scores: pd.DataFrame, good: set, local: dict,
+           seed: int) -> SearchSetup:
     """Phase 1: target val decoded (few labels), source val with its weights (the
-    label-free choice), the backbone to start from, the TorchTrainer backend."""
+    label-free choice), the backbone to start from, the TorchTrainer backend. `good`: the
+    rows the score stage read; `local`: global class id -> the target model's index."""
     from dtl_ray.raykit import train
 
-    classes = manifest.target_classes
-    local = {c: i for i, c in enumerate(classes)}
-    good = set(scores[SAMPLE_ID])  # the rows the score stage read (rejected ones are not)
+    classes = list(local)
     reading = readers.reading(layout, data.max_image_pixels, data.max_rejected_fraction, STAGE)
     val = readers.collect(readers.good_rows(manifest.rows("target", "val"), model.frame,
                                             reading, ["image", "label"]))
@@ -107,9 +107,10 @@ def run(layout: RunLayout, finetune: FinetuneConfig, select: SelectConfig, model
     t0, f = time.time(), finetune
     manifest = manifests.load(layout)
     scores = read_scores(layout)
-    good = set(scores[SAMPLE_ID])
-    setup = _setup(layout, f, model, pretrain, scaling, data, manifest, scores, seed)
-    local = {c: i for i, c in enumerate(setup.classes)}
+    good = set(scores[SAMPLE_ID])  # the rows the score stage read (rejected ones are not)
+    local = {c: i for i, c in enumerate(manifest.target_classes)}
+    setup = _setup(layout, f, model, pretrain, scaling, data, manifest, scores, good, local,
+                   seed)
     labeled = manifest.rows("target", "train")
     labeled = labeled[labeled[SAMPLE_ID].isin(good)]
     console.detail(f"[finetune] {len(labeled)} labeled target, {len(setup.val_labels)} target "
