@@ -101,11 +101,17 @@ def test_finetune_stage_covers_every_cell(tiny_run):
     assert set(trials["arm"]) == set(design.ARMS)
     assert set(trials.loc[trials["arm"] == "target_only", "n_candidates"]) == {0}
     # random subsets match the method's sizes cell for cell
-    m = trials[trials["arm"] == "method"].set_index(["source_fraction", "target_fraction"])
+    m = trials[trials["strategy"] == "discriminator"].set_index(["source_fraction",
+                                                                 "target_fraction"])
     r = trials[trials["arm"] == "random_subset"].set_index(["source_fraction",
                                                             "target_fraction"])
     pd.testing.assert_series_equal(m["n_candidates"].sort_index(),
                                    r["n_candidates"].sort_index(), check_names=False)
+    # the soft cells draw as many source images as all_source holds, by weight
+    soft = trials[trials["strategy"] == "weighted"]
+    assert len(soft) and (soft["arm"] == "method").all() and soft["alpha"].notna().all()
+    all_source = trials.loc[trials["arm"] == "all_source", "n_candidates"].iloc[0]
+    assert set(soft.loc[soft["target_fraction"] == 0, "n_candidates"]) == {all_source}
     for arm in design.ARMS + ["chosen"]:
         _, meta = checkpoints.read_classifier(RunLayout(run).model(arm))
         assert meta["num_classes"] == 6

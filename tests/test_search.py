@@ -32,12 +32,19 @@ def test_cells_cover_every_arm_and_fraction():
     assert cells[:2] == [design.Cell("target_only", "none", 0.0, 0.0),
                          design.Cell("all_source", "all", 1.0, 0.0)]
     grid = [(c.strategy, c.source_fraction, c.target_fraction) for c in cells
-            if c.arm in ("method", "random_subset")]
+            if c.strategy in ("discriminator", "random")]
     assert grid == [(s, sf, tf) for s in ("discriminator", "random") for sf in (0.0, 0.25, 0.5)
                     for tf in (0.0, 0.3) if sf or tf]
     assert [c for c in cells if c.arm == "self_training"] == [
         design.Cell("self_training", "confidence", 0.0, 0.3)]
     assert {c.arm for c in cells} == set(design.ARMS)
+    # the method's soft cells: the whole source at every alpha and target fraction
+    assert [(c.source_fraction, c.target_fraction, c.alpha) for c in cells
+            if c.strategy == "weighted"] == [(1.0, tf, a) for a in (0.5, 1.0) for tf in (0.0, 0.3)]
+    assert all(c.arm == "method" for c in cells if c.strategy == "weighted")
+    assert all(c.alpha is None for c in cells if c.strategy != "weighted")
+    off = design.make_cells(FinetuneConfig(weight_alphas=[]), 0.4)
+    assert not [c for c in off if c.strategy == "weighted"]
     # no positive target fraction searched: self-training still runs, at select's fraction
     only_zero = design.make_cells(FinetuneConfig(target_fractions=[0.0]), 0.4)
     assert [c.target_fraction for c in only_zero if c.arm == "self_training"] == [0.4]
@@ -94,3 +101,46 @@ def test_train_set_rows_labels_and_weights():
     assert ts.weight.tolist() == pytest.approx([1, 1, 20 / 19.5, 19 / 19.5, 1])
     plain = design.train_set(labeled, src, tgt, pos, local, weight_by_w=False)
     assert plain.weight.tolist() == [1.0] * 5
+
+
+def test_soft_cells_draw_the_whole_source_by_w_to_the_alpha():
+    scores, unl = _scores(), _unlabeled()
+    big = pd.concat([scores.assign(sample_id=scores["sample_id"] + f"-{k}")
+                     for k in range(50)], ignore_index=True)  # 700 rows of classes 0, 1
+    labeled = pd.DataFrame({"sample_id": ["target/train/a"], "label": [0]})
+    one = design.Cell("method", "weighted", 1.0, 0.0, alpha=1.0)
+    src, tgt = design.members(one, big, unl, [0, 1], seed=0, confidence_floor=0.6)
+    eligible = big[big["label"].isin([0, 1])]
+    assert src["copies"].sum() == len(eligible) and tgt.empty  # as many draws as images
+    assert src["sample_id"].is_unique and src["sample_id"].isin(eligible["sample_id"]).all()
+    # draws in proportion to w: weight-20 images come ~20x as often as weight-1 ones
+    per_w = src.groupby("weight")["copies"].sum() / eligible.groupby("weight").size()
+    assert per_w[20.0] / per_w.loc[[1.0, 2.0]].mean() > 8
+    half = design.members(design.Cell("method", "weighted", 1.0, 0.0, alpha=0.5), big, unl,
+                          [0, 1], seed=0, confidence_floor=0.6)[0]
+    per_half = half.groupby("weight")["copies"].sum() / eligible.groupby("weight").size()
+    ratio = per_half[20.0] / per_half.loc[[1.0, 2.0]].mean()
+    assert 2 < ratio < 8  # flatter: sqrt(20 / 1.5) = 3.7
+    again = design.members(one, big, unl, [0, 1], seed=0, confidence_floor=0.6)[0]
+    assert again.equals(src)  # seeded
+    table = design.members_table(labeled, src, tgt, {0: 0, 1: 1}, False)
+    assert table.loc[~table["labeled"], "w"].tolist() == [1.0] * len(src)
+    ts = design.as_train_set(table)
+    assert len(ts.index) == 1 + len(eligible) and ts.labeled.sum() == 1
+    assert np.bincount(ts.index)[1:].tolist() == src["copies"].tolist()
+    assert design.source_loss_weights(np.array([2.0, 6.0]), False).tolist() == [1, 1]
+    assert design.source_loss_weights(np.array([2.0, 6.0]), True).tolist() == [0.5, 1.5]
+
+
+def test_source_val_sample_is_stratified_fixed_and_seeded():
+    rows = pd.DataFrame({"sample_id": [f"source/val/{i:04d}" for i in range(1000)],
+                         "label": [0] * 700 + [1] * 250 + [2] * 50})
+    a = design.source_val_sample(rows, 100, seed=3)
+    assert len(a) == 100 and a["sample_id"].is_unique
+    assert a["label"].value_counts().to_dict() == {0: 70, 1: 25, 2: 5}
+    assert a.equals(design.source_val_sample(rows.sample(frac=1, random_state=1), 100, 3))
+    other = design.source_val_sample(rows, 100, seed=4)
+    assert set(other["sample_id"]) != set(a["sample_id"])
+    assert len(design.source_val_sample(rows, 0, 3)) == 1000  # 0: all of it
+    small = design.source_val_sample(rows, 7, 3)  # every class keeps one row
+    assert len(small) == 7 and set(small["label"]) == {0, 1, 2}

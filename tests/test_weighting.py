@@ -93,30 +93,48 @@ def _unlabeled():
 
 def test_select_target_strategies():
     u = _unlabeled()
-    # floor 0.6 drops u3; percentile ranks (confidence + source-likeness 1 - p):
-    # u0 1 + 1/3, u1 2/3 + 1, u2 1/3 + 2/3
-    assert list(weighting.select_target(u, "discriminator", 2, 0.6)["sample_id"]) == ["u1", "u0"]
+    # floor 0.6 drops u3; one pick per predicted class: u0 or u2 (class 0), u1 (class 1)
+    pick = weighting.select_target(u, "discriminator", 2, 0.6)
+    assert set(pick["pred"]) == {0, 1} and "u1" in set(pick["sample_id"])
+    # the source-like pick (lower p_target) weighs more; mean 1
+    w = pick.set_index("sample_id")["loss_weight"]
+    assert w.mean() == pytest.approx(1.0)
+    assert w["u1"] > w[pick.loc[pick["pred"] == 0, "sample_id"].iloc[0]]
     assert list(weighting.select_target(u, "confidence", 2, 0.6)["sample_id"]) == ["u0", "u1"]
     assert len(weighting.select_target(u, "random", 3, 0.6, seed=0)) == 3
     assert weighting.select_target(u, "discriminator", 0, 0.6).empty
 
 
-def test_the_discriminators_target_pick_does_not_trade_confidence_for_tiny_p_gaps():
-    """Target images all look like the target: p_target spans orders of magnitude near 1
-    where confidence spans a few points. The product conf * (1 - p) then ranks by p alone and
-    picks the least confident; the rank mean keeps both criteria."""
+def test_the_discriminators_target_picks_are_class_balanced_and_spread():
+    """A pool where one class dominates the predictions and confidence: the picks take the
+    same number from each class (a small class gives its rest to the others) and span each
+    class's confidence, never only its most confident; p_target only weighs them."""
     rng = np.random.default_rng(0)
-    n = 200
-    u = pd.DataFrame({"sample_id": [f"u{i:03d}" for i in range(n)],
-                      "confidence": np.linspace(0.7, 0.9999, n),
-                      "p_target": 1 - 10.0 ** rng.uniform(-4, -1, n), "pred": 0})
-    u.loc[:20, "p_target"] = 0.5  # the 21 least confident look the most source-like
-    pick = weighting.select_target(u, "discriminator", 50, 0.6)
-    product = u.assign(r=u["confidence"] * (1 - u["p_target"])).nlargest(50, "r")
-    assert product.index.isin(range(21)).sum() == 21  # every one of the least confident
-    assert pick.index.isin(range(21)).sum() == 0
-    assert pick["confidence"].mean() > product["confidence"].mean() + 0.05
-    assert (pick["p_target"] < u["p_target"].median()).mean() > 0.6  # still source-like
+    n = 400
+    pred = np.array([0] * 300 + [1] * 80 + [2] * 20)
+    u = pd.DataFrame({"sample_id": [f"u{i:03d}" for i in range(n)], "pred": pred,
+                      "confidence": np.where(pred == 0, rng.uniform(0.9, 1.0, n),
+                                             rng.uniform(0.6, 0.95, n)),
+                      "p_target": rng.uniform(0.5, 1.0, n)})
+    pick = weighting.select_target(u, "discriminator", 90, 0.6)
+    assert pick["sample_id"].is_unique and len(pick) == 90
+    assert pick["pred"].value_counts().to_dict() == {0: 35, 1: 35, 2: 20}
+    for c, g in pick.groupby("pred"):
+        conf = u.loc[u["pred"] == c, "confidence"]
+        assert g["confidence"].max() == conf.max() and g["confidence"].min() == conf.min()
+        # evenly spread: the picks' median sits near the class's median, not at its top
+        assert abs(g["confidence"].median() - conf.median()) < 0.25 * (conf.max() - conf.min())
+    assert pick["loss_weight"].between(0.4, 1.6).all()
+    assert np.corrcoef(pick["p_target"], pick["loss_weight"])[0, 1] < -0.9
+    top = weighting.select_target(u, "confidence", 90, 0.6)
+    assert (top["pred"] == 0).mean() > 0.9  # what self-training takes instead
+
+
+def test_class_quotas_water_fill():
+    assert weighting.class_quotas({0: 100, 1: 100, 2: 100}, 10) == {0: 4, 1: 3, 2: 3}
+    assert weighting.class_quotas({0: 100, 1: 2, 2: 100}, 10) == {0: 4, 1: 2, 2: 4}
+    assert weighting.class_quotas({0: 1, 1: 2}, 10) == {0: 1, 1: 2}
+    assert weighting.class_quotas({0: 5}, 0) == {0: 0}
 
 
 def test_candidates_manifest_columns():
@@ -125,7 +143,7 @@ def test_candidates_manifest_columns():
     c = weighting.candidates(src, tgt)
     assert list(c.columns) == ["sample_id", "pool", "label", "weight", "p_target"]
     assert list(c["pool"]) == ["source", "source", "target"]
-    assert list(c["label"]) == [0, 1, 1]  # true labels, then the pseudo-label
+    assert list(c["label"]) == [0, 1, int(tgt["pred"].iloc[0])]  # true, then pseudo-label
 
 
 def test_one_ranking_breaks_weight_ties_by_p_target_then_id():

@@ -185,6 +185,8 @@ RANGES = {
     "finetune.target_fractions": _within(0, 1),
     "finetune.lr": _above(0),
     "finetune.candidate_weight": _at_least(0),
+    "finetune.weight_alphas": _within(0, 4),
+    "finetune.source_val_samples": _at_least(0),
     # at 0.9 labeled target is repeated up to 9x the candidates per epoch; beyond, epochs grow
     # without bound (0.999: a thousand copies)
     "finetune.mix_ratio": _within(0, 0.9),
@@ -195,6 +197,9 @@ RANGES = {
     "finetune.gpus_per_worker": _within(0, 1, open_lo=True),
     "finetune.in_memory_mb": _at_least(0),
 }
+
+MAY_BE_EMPTY = {"finetune.weight_alphas"}
+"""List keys where [] is valid (it turns the feature off)."""
 
 
 def _validate(cfg: PipelineConfig) -> None:
@@ -208,8 +213,9 @@ def _validate(cfg: PipelineConfig) -> None:
         for part in key.split("."):
             value = getattr(value, part)
         if isinstance(value, list):
-            good = len(value) > 0 and all(ok(v) for v in value)
-            expected = f"a non-empty list, each item {expected}"
+            empty_ok = key in MAY_BE_EMPTY
+            good = (empty_ok or len(value) > 0) and all(ok(v) for v in value)
+            expected = f"a {'' if empty_ok else 'non-empty '}list, each item {expected}"
         else:
             good = ok(value)
         if not good:

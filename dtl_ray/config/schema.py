@@ -201,6 +201,14 @@ class FinetuneConfig:
     """Loss weight of candidate samples relative to labeled target."""
     weight_by_w: bool = False
     """Multiply source-candidate losses by their (mean-normalised) importance weight."""
+    weight_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    """The method's soft cells: the whole source (in the target's classes) resampled with
+    replacement in proportion to `w ** alpha` (as many draws as images), one cell per alpha
+    and target fraction, beside the hard top fractions. `alpha` flattens the weights: 0 draws
+    uniformly (all of the source); [] turns them off."""
+    source_val_samples: int = 2000
+    """The label-free choice's source val: a fixed, seeded, class-stratified sample of this
+    many images (0: all of it), decoded once per trial."""
     label_free: Literal["dev", "iwcv"] = "dev"
     """Label-free model choice (reported beside the target-val choice): the trial and epoch
     with the lowest DEV (You et al. 2019) or IWCV risk on weighted source val."""

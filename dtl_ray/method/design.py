@@ -17,8 +17,8 @@ from dtl_ray.config import FinetuneConfig
 from dtl_ray.data.samples import SAMPLE_ID
 from dtl_ray.method import target_fit, weighting
 
-__all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "members_table",
-           "as_train_set", "train_set"]
+__all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "source_loss_weights",
+           "members_table", "source_val_sample", "as_train_set", "train_set"]
 
 ARMS = ["method", "random_subset", "target_only", "all_source", "self_training"]
 """The fine-tuned arms: the method and the fine-tuned baselines (docs/method.md)."""
@@ -30,9 +30,11 @@ class Cell:
     """One point of the data axes of the search."""
 
     arm: str
-    strategy: str  # discriminator | random | confidence | none | all
+    strategy: str  # discriminator | weighted | random | confidence | none | all
     source_fraction: float
     target_fraction: float
+    alpha: float | None = None
+    """`weighted` cells: the whole source, drawn in proportion to `w ** alpha`."""
 
 
 def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
@@ -42,7 +44,9 @@ def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
     positive target fraction (`default_target_fraction`, select's, when there is none). Each
     strategy also runs at source fraction 0 with every positive target fraction: transfer from
     the source may not help (docs/method.md), and the method must be able to take target
-    candidates alone.
+    candidates alone. The method's soft cells (`weighted`, source fraction 1) run at every
+    alpha of `finetune.weight_alphas` and every target fraction: the whole source resampled
+    by the discriminator's weights, so the method's space reaches the all-source end.
     """
     cells = [Cell("target_only", "none", 0.0, 0.0), Cell("all_source", "all", 1.0, 0.0)]
     source_fractions = [0.0] + [s for s in f.source_fractions if s > 0]
@@ -50,6 +54,8 @@ def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
                                               f.target_fractions):
         if sf > 0 or tf > 0:
             cells.append(Cell(STRATEGY_ARM[strategy], strategy, sf, tf))
+    cells += [Cell("method", "weighted", 1.0, tf, float(a))
+              for a, tf in itertools.product(f.weight_alphas, f.target_fractions)]
     self_fracs = [t for t in f.target_fractions if t > 0] or [default_target_fraction]
     cells += [Cell("self_training", "confidence", 0.0, t) for t in self_fracs]
     return cells
@@ -79,6 +85,10 @@ def members(cell: Cell, scores: pd.DataFrame, unlabeled: pd.DataFrame, classes: 
     seed = seed + int(cell.source_fraction * 1000) + int(cell.target_fraction * 10)
     if cell.strategy == "all":
         src = weighting.select_source(scores, classes, "top_fraction", 1.0)
+    elif cell.strategy == "weighted":
+        pool = weighting.select_source(scores, classes, "top_fraction", 1.0)
+        src = weighting.sample_source(pool, cell.alpha, len(pool),
+                                      seed + int(cell.alpha * 100_003))
     elif cell.source_fraction > 0:
         src = weighting.select_source(scores, classes, "top_fraction", cell.source_fraction,
                                       balanced=balanced)
@@ -96,31 +106,75 @@ def members(cell: Cell, scores: pd.DataFrame, unlabeled: pd.DataFrame, classes: 
     return src, tgt
 
 
+def source_loss_weights(w: np.ndarray, weight_by_w: bool) -> np.ndarray:
+    """The source candidates' loss weights: `w` normalised to mean 1 with `weight_by_w`, else
+    1 each (a soft cell's weights are in how often each image was drawn)."""
+    w = np.asarray(w, dtype=np.float64)
+    if not len(w) or not weight_by_w or not w.mean() > 0:
+        return np.ones(len(w))
+    return weighting.normalise(w)
+
+
+def _target_loss_weights(tgt: pd.DataFrame) -> np.ndarray:
+    """The discriminator's weights of its target picks (`weighting.select_target`); 1 for
+    the random and confidence picks."""
+    if "loss_weight" in tgt:
+        return tgt["loss_weight"].to_numpy(np.float64)
+    return np.ones(len(tgt))
+
+
 def members_table(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, local: dict,
                   weight_by_w: bool) -> pd.DataFrame:
     """A cell's members, one row each: labeled target, then source candidates (true labels),
     then target candidates (pseudo-labels); `y` the label among the target's classes
-    (`local`: global class id -> index), `w` the loss weight before `candidate_weight` (1, or
-    with weight_by_w the source candidates' mean-normalised importance weight), `labeled`."""
-    w = src["weight"].to_numpy(float)
-    w = w / w.mean() if weight_by_w and len(w) else np.ones(len(src))
+    (`local`: global class id -> index), `w` the loss weight before `candidate_weight`
+    (`source_loss_weights`; the target picks' `loss_weight`), `copies` (how often a soft
+    cell drew it; 1 elsewhere), `labeled`."""
+    w = source_loss_weights(src["weight"].to_numpy(float), weight_by_w)
     labels = list(labeled["label"]) + list(src["label"]) + list(tgt["pred"])
     n = len(labeled) + len(src) + len(tgt)
     return pd.DataFrame({
         SAMPLE_ID: list(labeled[SAMPLE_ID]) + list(src[SAMPLE_ID]) + list(tgt[SAMPLE_ID]),
         "y": np.array([local[int(v)] for v in labels], dtype=np.int64),
-        "w": np.concatenate([np.ones(len(labeled)), w, np.ones(len(tgt))]),
+        "w": np.concatenate([np.ones(len(labeled)), w, _target_loss_weights(tgt)]),
+        "copies": np.concatenate([np.ones(len(labeled), np.int64),
+                                  src["copies"].to_numpy(np.int64) if "copies" in src
+                                  else np.ones(len(src), np.int64),
+                                  np.ones(len(tgt), np.int64)]),
         "labeled": np.arange(n) < len(labeled)})
+
+
+def source_val_sample(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """A fixed, seeded sample of `n` rows (all when `n` is 0 or covers them), stratified by
+    `label`: each class keeps its share (largest remainders), at least one row each."""
+    if n <= 0 or len(rows) <= n:
+        return rows
+    sizes = rows.groupby("label").size()
+    quota = sizes / sizes.sum() * n
+    take = np.maximum(1, np.floor(quota).astype(int))
+    for c in (quota - np.floor(quota)).sort_values(ascending=False).index:
+        if take.sum() >= n:
+            break
+        take[c] += 1
+    rng = np.random.default_rng([seed, 17])
+    order = rows.sort_values(SAMPLE_ID).assign(_r=lambda d: rng.permutation(len(d)))
+    ranked = order.sort_values("_r")
+    kept = ranked[ranked.groupby("label").cumcount().to_numpy()
+                  < ranked["label"].map(take).to_numpy()]
+    return kept.drop(columns="_r").sort_values(SAMPLE_ID)
 
 
 def as_train_set(members: pd.DataFrame, pos: dict | None = None) -> target_fit.TrainSet:
     """A members table as a TrainSet (`pos`: sample_id -> row of an image array; default:
-    the table's own row order)."""
+    the table's own row order), a row drawn k times (`copies`) k times in it."""
     index = (np.array([pos[i] for i in members[SAMPLE_ID]], dtype=np.int64) if pos is not None
              else np.arange(len(members), dtype=np.int64))
-    return target_fit.TrainSet(index=index, label=members["y"].to_numpy(np.int64),
-                               weight=members["w"].to_numpy(np.float64),
-                               labeled=members["labeled"].to_numpy(bool))
+    k = (members["copies"].to_numpy(np.int64) if "copies" in members
+         else np.ones(len(members), np.int64))
+    return target_fit.TrainSet(index=np.repeat(index, k),
+                               label=np.repeat(members["y"].to_numpy(np.int64), k),
+                               weight=np.repeat(members["w"].to_numpy(np.float64), k),
+                               labeled=np.repeat(members["labeled"].to_numpy(bool), k))
 
 
 def train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,

@@ -76,11 +76,13 @@ def fractions(trials, doc: dict) -> bytes:
             "strategy"):
         best = sub.groupby("source_fraction")["best_val_accuracy"].max()
         ax.plot(best.index, best.values, marker="o", label=strategy)
-    for arm, marker in (("target_only", "s"), ("all_source", "^"), ("self_training", "D")):
-        sub = trials[trials["arm"] == arm]
+    for (key, value), marker in ((("arm", "target_only"), "s"), (("arm", "all_source"), "^"),
+                                 (("arm", "self_training"), "D"), (("strategy", "weighted"), "*")):
+        sub = trials[trials[key] == value]
         if len(sub):
+            label = "method, w**alpha" if value == "weighted" else value
             ax.scatter(sub["source_fraction"].iloc[0], sub["best_val_accuracy"].max(),
-                       marker=marker, s=60, label=arm, zorder=3)
+                       marker=marker, s=60, label=label, zorder=3)
     ax.set_xlabel("fraction of the source pool selected")
     ax.set_ylabel("best target val accuracy")
     ax.legend(fontsize=8)

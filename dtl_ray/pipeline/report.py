@@ -108,10 +108,11 @@ def per_class_rows(ev: dict) -> tuple[list[list], list[str]]:
 
 def best_sentence(best: dict) -> str:
     """The search's chosen trial in words (it used to be shown as a raw dict)."""
-    target = best.get("target_fraction", 0.0)
+    target, alpha = best.get("target_fraction", 0.0), best.get("alpha")
+    soft = f" (losses weighted by w**{alpha})" if alpha is not None and alpha == alpha else ""
     return (f"The search chose a <b>{html.escape(str(best.get('arm')))}</b> trial: "
             f"{html.escape(str(best.get('strategy')))} selection, source fraction "
-            f"{best.get('source_fraction')}, target fraction {target}; lr {best.get('lr')}, "
+            f"{best.get('source_fraction')}{soft}, target fraction {target}; lr {best.get('lr')}, "
             f"layers {html.escape(str(best.get('train_layers')))}, candidate weight "
             f"{best.get('candidate_weight')}; best target val accuracy "
             f"{_fmt(best.get('best_val_accuracy'))} at epoch {best.get('best_epoch')} of "

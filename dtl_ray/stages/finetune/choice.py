@@ -24,7 +24,9 @@ def best(table: pd.DataFrame) -> pd.Series:
 
 
 def _plain(row: pd.Series) -> dict:
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    """A trial row as plain values (NaN, e.g. the alpha of a hard cell, as None)."""
+    out = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    return {k: None if isinstance(v, float) and v != v else v for k, v in out.items()}
 
 
 def arms(table: pd.DataFrame, states: dict, layout: RunLayout, backbone: str,
@@ -47,9 +49,7 @@ def by_cell(table: pd.DataFrame, states: dict, cells: list[design.Cell], layout:
     """Each cell's best trial, saved as model `cell-<i>`."""
     out = []
     for i, cell in enumerate(cells):
-        sub = table[(table["arm"] == cell.arm) & (table["strategy"] == cell.strategy)
-                    & (table["source_fraction"] == cell.source_fraction)
-                    & (table["target_fraction"] == cell.target_fraction)]
+        sub = table[table["cell"] == i]
         if sub.empty:
             continue
         row = best(sub)

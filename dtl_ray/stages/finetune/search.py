@@ -110,7 +110,8 @@ def trial_table(grid, cells: list[design.Cell], settings: list[dict],
         states[tid] = state["best"]["model"]
         if state.get("best_free", {}).get("model") is not None:
             free_states[tid] = state["best_free"]["model"]
-        rows.append({"trial_id": tid, **asdict(cell), **settings[r.config["setting"]],
+        rows.append({"trial_id": tid, "cell": int(r.config["cell"]), **asdict(cell),
+                     **settings[r.config["setting"]],
                      "best_val_accuracy": m["best_val_accuracy"],
                      "best_val_loss": m["best_val_loss"], "best_epoch": m["best_epoch"],
                      "epochs_run": m["epoch"], "samples_per_epoch": m["samples"],

@@ -47,7 +47,8 @@ class SearchSetup:
     val_labels: np.ndarray
     """Target val, decoded once in the driver (few labels), local class indices."""
     source_val_rows: pd.DataFrame
-    """Source val rows with `y` and weight `w`: the label-free choice's risk."""
+    """The source val sample (`finetune.source_val_samples`) with `y` and weight `w`: the
+    label-free choice's risk."""
     progress: str
     """`RunLayout.progress`: one weights-only file per trial."""
     train_uri: str
@@ -99,23 +100,22 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class CellInputs:
-    """A run's images: labeled target in memory; candidates and source val in memory
-    (`cand`, `source_val`: images, labels, weights) or streamed (`cand_ds`,
-    `source_val_ds`: Ray datasets of `image`, `y`, `w`)."""
+    """A run's images: labeled target and the source val sample in memory (`source_val`:
+    images, labels, weights); candidates in memory (`cand`) or streamed (`cand_ds`: a Ray
+    dataset of `image`, `y`, `w`)."""
 
     lab_images: np.ndarray
     lab_y: np.ndarray
     n_candidates: int
-    cand: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    cand: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    """Held candidates: images, labels, weights, and how often a soft cell drew each."""
     cand_ds: Any = None
     source_val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    source_val_ds: Any = None
 
     def datasets(self) -> dict:
         """The streamed sets, by the names a Train worker asks its shards for."""
-        return {k: v for k, v in (("candidates", self.cand_ds),
-                                  ("source_val", self.source_val_ds)) if v is not None}
+        return {"candidates": self.cand_ds} if self.cand_ds is not None else {}
 
     def held(self) -> CellInputs:
         """These inputs without the datasets (they reach Train workers as shards)."""
-        return dataclasses.replace(self, cand_ds=None, source_val_ds=None)
+        return dataclasses.replace(self, cand_ds=None)

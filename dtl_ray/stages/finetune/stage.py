@@ -9,14 +9,15 @@
 4. `_cells` then `search.run`: one Tune search over cells (strategy x source fraction x target
    fraction) times the same `num_samples` settings (lr, layers, candidate weight) per cell, so
    every baseline gets the method's budget. Cells: `target_only` (0, 0), `all_source` (1, 0),
-   `method` (discriminator), `random_subset` (random, same sizes), `self_training`
+   `method` (discriminator: hard top fractions, and soft cells of the whole source drawn in
+   proportion to `w ** alpha`), `random_subset` (random, same sizes as the hard cells), `self_training`
    (confidence only);
 5. `choice`: trials chosen on target val; each arm's best model saved for evaluation.
 
 Nothing in the driver grows with the images: it holds tables of ids, labels and weights (the
 cells' members, `cells.parquet`). Each trial (and the teacher) reads its own cell (`inputs`):
-the labeled target decoded into its memory (few labels), the candidates too when they fit
-`finetune.in_memory_mb`, else streamed through Ray Data every epoch. With
+the labeled target and the source val sample decoded into its memory, the candidates too
+when they fit `finetune.in_memory_mb`, else streamed through Ray Data every epoch. With
 `finetune.workers_per_trial` >= 1 a trial trains on a `TorchTrainer` of that many workers (the
 candidates split between them); with 0 in its own process (`trial`).
 """
@@ -68,7 +69,8 @@ def _setup(layout: RunLayout, finetune: FinetuneConfig, model: ModelConfig,
     val = readers.collect(readers.good_rows(manifest.rows("target", "val"), model.frame,
                                             reading, ["image", "label"]))
     src_val = manifest.rows("source", "val").query("label in @classes")
-    src_val = src_val[src_val[SAMPLE_ID].isin(good)].assign(
+    src_val = design.source_val_sample(src_val[src_val[SAMPLE_ID].isin(good)],
+                                       finetune.source_val_samples, seed).assign(
         y=lambda d: [local[int(v)] for v in d["label"]],
         w=lambda d: np.nan_to_num(scores.set_index(SAMPLE_ID)["weight"].reindex(
             d[SAMPLE_ID]).to_numpy(float), nan=0.0))
@@ -128,8 +130,7 @@ def run(layout: RunLayout, finetune: FinetuneConfig, select: SelectConfig, model
     epoch_samples = target_fit.epoch_length([design.as_train_set(t) for t in tables],
                                             f.mix_ratio)
     streams = any(inputs.streams(int((~t["labeled"]).sum()), model.frame, f.in_memory_mb)
-                  for t in tables) or inputs.streams(len(setup.source_val_rows), model.frame,
-                                                     f.in_memory_mb)
+                  for t in tables)
     setup = dataclasses.replace(setup, settings=settings, epoch_samples=epoch_samples,
                                 streams=streams)
     rows = manifest.table[manifest.table[SAMPLE_ID].isin(set(members[SAMPLE_ID]))]
@@ -140,9 +141,8 @@ def run(layout: RunLayout, finetune: FinetuneConfig, select: SelectConfig, model
     trials, states, free_states = search.trial_table(grid, cells, settings, layout)
     if trials.empty:
         raise RuntimeError(f"every fine-tuning trial failed: see {layout.search}")
-    n_cand = {i: int((~t["labeled"]).sum()) for i, t in enumerate(tables)}
-    trials["n_candidates"] = [n_cand[cells.index(design.Cell(
-        r.arm, r.strategy, r.source_fraction, r.target_fraction))] for r in trials.itertuples()]
+    n_cand = {i: int(t.loc[~t["labeled"], "copies"].sum()) for i, t in enumerate(tables)}
+    trials["n_candidates"] = trials["cell"].map(n_cand)
     parquet.write_df(trials, layout.trials)
 
     classes, backbone = setup.classes, model.backbone

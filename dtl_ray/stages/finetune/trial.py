@@ -81,7 +81,7 @@ def _train_worker(config: dict) -> None:
         # reports; the trial's own actor started before its workers were placed)
         extra.update(node_id=ray.get_runtime_context().get_node_id(), started_at=time.time())
     for metrics, state in fit_cell(spec, inputs, device, resume, shards.get("candidates"),
-                                   shards.get("source_val"), prepare):
+                                   prepare=prepare):
         if rank == 0 and spec.progress_uri:
             _save_progress(spec, metrics, state)
         if rank == 0 and spec.keep_state:
