@@ -10,8 +10,8 @@
    fraction) times the same `num_samples` settings (lr, layers, candidate weight) per cell, so
    every baseline gets the method's budget. Cells: `target_only` (0, 0), `all_source` (1, 0),
    `method` (discriminator: hard top fractions, and soft cells of the whole source drawn in
-   proportion to `w ** alpha`), `random_subset` (random, same sizes as the hard cells), `self_training`
-   (confidence only);
+   proportion to `w ** alpha`), `random_subset` (random, same sizes as the hard cells),
+   `self_training` (confidence only);
 5. `choice`: trials chosen on target val; each arm's best model saved for evaluation.
 
 Nothing in the driver grows with the images: it holds tables of ids, labels and weights (the
