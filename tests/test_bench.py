@@ -54,3 +54,42 @@ def test_bench_rejects_zero_seeds(capsys):
 
     assert cli.main(["bench", "--seeds", "0"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_tells_a_real_gap_from_noise():
+    from dtl_ray.tools import compare
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 5, 2000)
+
+    def model(accuracy, seed):
+        r = np.random.default_rng(seed)
+        right = r.random(len(label)) < accuracy
+        return np.where(right, label, (label + 1) % 5)
+
+    def bits(accuracy, seed):
+        return compare.correct_bits(model(accuracy, seed), label)
+
+    gap = [(bits(0.95, s), bits(0.85, 100 + s)) for s in range(3)]
+    lo, hi = compare.paired_interval(gap)
+    assert 0.05 < lo < 0.1 < hi < 0.15 and compare.call(lo, hi) == "better"
+    same = [(bits(0.9, s), bits(0.9, 100 + s)) for s in range(3)]
+    lo, hi = compare.paired_interval(same)
+    assert lo < 0 < hi and compare.call(lo, hi) == "within noise"
+    assert compare.call(*compare.paired_interval([(b, a) for a, b in gap])) == "worse"
+    # the pairing: identical predictions have a zero-width interval at 0
+    assert compare.paired_interval([(gap[0][0], gap[0][0])]) == (0.0, 0.0)
+
+
+def test_differences_carry_per_seed_values_and_the_interval():
+    from dtl_ray.tools import compare
+
+    seeds = [{"accuracy": {"method": 0.75, "fixmatch": 0.5},
+              "correct": {"method": "1110", "fixmatch": "1100"}},
+             {"accuracy": {"method": 0.5, "fixmatch": 0.5},
+              "correct": {"method": "1010", "fixmatch": "1010"}}]
+    d = compare.differences(seeds, ["method", "fixmatch", "adamatch"])
+    assert list(d) == ["fixmatch"] and d["fixmatch"]["per_seed"] == [0.25, 0.0]
+    assert d["fixmatch"]["wins"] == 1 and d["fixmatch"]["call"] in ("better", "within noise")
+    lo, hi = d["fixmatch"]["interval"]
+    assert 0 <= lo <= 0.125 <= hi <= 0.5  # the mean gap 0.125; one image of 4 resampled

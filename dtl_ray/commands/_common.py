@@ -13,7 +13,7 @@ __all__ = ["DEMO_CONFIG", "PAIRS", "add_overrides", "add_verbose", "add_model",
            "demo_config_path", "at_least_one"]
 
 DEMO_CONFIG = "demo.yaml"
-PAIRS = ("standard", "partial", "digits")
+PAIRS = ("standard", "partial", "digits", "icons")
 """The built-in demo pairs (`data.pairs`): standard; partial (the target has 3 of the
 source's 7 classes); digits (real images: printed digits to handwritten MNIST digits)."""
 
@@ -32,7 +32,8 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
 def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="chosen",
                    help="which of the run's models: chosen, method, label_free, a baseline "
-                   "(target_only, all_source, random_subset, self_training) or cell-<i>")
+                   "(target_only, all_source, random_subset, self_training, fixmatch, "
+                   "adamatch) or cell-<i>")
 
 
 def demo_config_path() -> str:

@@ -15,7 +15,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the image counts")
     p.add_argument("--pair", choices=_common.PAIRS, default="standard",
                    help="partial: the target has 3 of the source's 7 classes; digits: real "
-                   "images, printed digits (fonts) to handwritten MNIST digits")
+                   "images, printed digits (fonts) to handwritten MNIST digits; icons: real "
+                   "images, desktop icons in five styles to a sixth (Debian's icon themes)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from dtl_ray.errors import ConfigError
 from dtl_ray.inference import suggest
 from dtl_ray.pipeline import figures
 from dtl_ray.tools import bench
+from dtl_ray.tools.compare import mean_sd
 
 __all__ = ["ROWS", "PICKS", "run", "picks", "pick_run", "relabel", "copy_upstream", "summarise"]
 
@@ -165,16 +166,16 @@ def _seed(config_path: str | None, seed: int, out: str, pair: str, budget: int,
 def summarise(seeds: list[dict]) -> dict:
     """Mean ± sd over seeds of each row for the base run and each pick, and of suggested minus
     random, with the seeds the suggestion won."""
-    out: dict = {"accuracy": {k: {r: bench.mean_sd([s[k]["accuracy"][r] for s in seeds])
+    out: dict = {"accuracy": {k: {r: mean_sd([s[k]["accuracy"][r] for s in seeds])
                                   for r in ROWS} for k in ("base", *PICKS)}}
     out["suggested_minus_random"] = {}
     for r in ROWS:
         d = [s["suggested"]["accuracy"][r] - s["random"]["accuracy"][r] for s in seeds
              if s["suggested"]["accuracy"][r] is not None
              and s["random"]["accuracy"][r] is not None]
-        out["suggested_minus_random"][r] = {**bench.mean_sd(d), "wins": sum(x > 0 for x in d),
+        out["suggested_minus_random"][r] = {**mean_sd(d), "wins": sum(x > 0 for x in d),
                                             "ties": sum(x == 0 for x in d)}
-    out["base_model_wrong"] = {k: bench.mean_sd([s[k]["base_model_wrong"] for s in seeds])
+    out["base_model_wrong"] = {k: mean_sd([s[k]["base_model_wrong"] for s in seeds])
                                for k in PICKS}
     return out
 

@@ -1,1 +1,1 @@
-"""The development pairs: generated demo shapes and real digits."""
+"""The development pairs: generated demo shapes, real digits and real icons."""

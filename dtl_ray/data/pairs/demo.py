@@ -116,7 +116,7 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-PAIRS = ("standard", "partial", "digits")
+PAIRS = ("standard", "partial", "digits", "icons")
 # the partial pair: the target has only these classes; the source keeps all seven
 PARTIAL_TARGET_CLASSES = ["circle", "cross", "square"]
 
@@ -131,6 +131,10 @@ def target_classes(pair: str = "standard") -> list[str]:
         from dtl_ray.data.pairs import digits
 
         return list(digits.CLASSES)
+    if pair == "icons":
+        from dtl_ray.data.pairs import icons
+
+        return list(icons.CLASSES)
     raise ValueError(f"unknown demo pair {pair!r}: choose from {list(PAIRS)}")
 
 
@@ -155,7 +159,8 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
         scale: multiplies every per-class count (at least 1 image per class and split).
         pair: `standard` (the target lacks one source class), `partial` (partial domain
             adaptation: the target has 3 of the source's 7 classes, so 4 are source-only) or
-            `digits` (real images: printed digits to handwritten MNIST, `dtl_ray.digits`).
+            `digits` (real images: printed digits to handwritten MNIST, `pairs.digits`) or
+            `icons` (real images: desktop icons in five styles to a sixth, `pairs.icons`).
 
     Returns:
         Counts per domain/split, and the near/far make-up of source train.
@@ -165,6 +170,10 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
         from dtl_ray.data.pairs import digits
 
         return digits.write_digits(out_uri, seed=seed, scale=scale)
+    if pair == "icons":
+        from dtl_ray.data.pairs import icons
+
+        return icons.write_icons(out_uri, seed=seed, scale=scale)
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     near_total = 0
