@@ -159,7 +159,19 @@ def tiny_overrides(source, target, storage, name):
             "score.batch_size=64",
             # trials and the teacher in their own processes (the default; the simulated
             # cluster test puts them on TorchTrainers)
-            "finetune.workers_per_trial=0", "finetune.teacher_workers=0"]
+            "finetune.workers_per_trial=0", "finetune.teacher_workers=0",
+            # the consistency term costs about 2.5x a step: on in the runs that test it
+            # (`tiny_run`, held pool; the simulated cluster, streamed to Train workers)
+            "finetune.consistency_weight=0"]
+
+
+CONSISTENCY = ["finetune.consistency_weight=1"]
+
+
+def tiny_run_overrides(source, target, storage, name):
+    """`tiny_run`'s config (`tiny_overrides` with the consistency term on): for tests that run
+    again on a copy of its folder."""
+    return tiny_overrides(source, target, storage, name) + CONSISTENCY
 
 
 # for runs that test plumbing (packed data, another backbone, DANN), not the search: 6 cells
@@ -184,7 +196,7 @@ def tiny_run(ray_session, tiny_demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     config_file = out / "tiny.yaml"
     config_file.write_text("# Run: dtl-ray run tiny.yaml\nname: tiny\n")
-    overrides = tiny_overrides(tiny_demo / "source", tiny_demo / "target", out, "tiny")
+    overrides = tiny_run_overrides(tiny_demo / "source", tiny_demo / "target", out, "tiny")
     for stage in NAMES:
         assert cli.main(cli_args(config_file, overrides, "--stages", stage)) == 0, stage
     layout = RunLayout(os.path.join(out, "tiny"))

@@ -4,7 +4,7 @@ run that starts at fine-tuning from a finished run (the tiny run)."""
 import os
 
 import pytest
-from conftest import tiny_overrides
+from conftest import tiny_run_overrides
 
 from dtl_ray import storage
 from dtl_ray.contract.layout import RunLayout
@@ -64,7 +64,7 @@ def test_pick_run_fine_tunes_again_with_the_picked_labels(tiny_run, tmp_path):
         assert len(df) == 6 and df["path"].is_unique, k
         assert os.path.exists(os.path.join(out, f"tiny-{k}6.html"))
     assert set(picked["suggested"]["path"]) != set(picked["random"]["path"])
-    args = tiny_overrides(cfg.source.uri, cfg.target.uri, out, "tiny")  # tiny_run's config
+    args = tiny_run_overrides(cfg.source.uri, cfg.target.uri, out, "tiny")
     rec = bench_labels.pick_run(args, None, run_dir, "tiny-suggested6", out,
                                 picked["suggested"], class_of)
     base_train = summaries["finetune"]

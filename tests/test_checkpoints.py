@@ -5,7 +5,7 @@ import torch
 
 from dtl_ray import config
 from dtl_ray.errors import CheckpointError
-from dtl_ray.method import builders, models
+from dtl_ray.method import builders, domain, models
 from dtl_ray.storage import checkpoints
 
 
@@ -22,7 +22,7 @@ def test_classifier_round_trip_and_meta(tmp_path):
 
 
 def test_a_discriminator_is_not_taken_for_a_classifier(tmp_path):
-    disc = models.Discriminator(64, 8)
+    disc = domain.Discriminator(64, 8)
     uri = str(tmp_path / "d.pt")
     checkpoints.save_discriminator(uri, [disc.state_dict()] * 2, [(2.0, -1.0), (1.5, 0.5)], 0.2,
                                    None, 64, 8, 10, 5, True)

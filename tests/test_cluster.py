@@ -11,7 +11,7 @@ import threading
 
 import pandas as pd
 import pytest
-from conftest import SMALL_SEARCH, cli_args, free_port, ray_head, tiny_overrides
+from conftest import CONSISTENCY, SMALL_SEARCH, cli_args, free_port, ray_head, tiny_overrides
 from faults import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -118,7 +118,7 @@ def test_pipeline_on_an_autoscaling_gpu_cluster(autoscaling_head, tiny_demo, tmp
             # the teacher and every trial on a TorchTrainer of one worker (Ray Train inside
             # Tune), every cell's candidates streamed through Ray Data
             "finetune.workers_per_trial=1", "finetune.teacher_workers=1",
-            "finetune.in_memory_mb=0"])]
+            "finetune.in_memory_mb=0", *CONSISTENCY])]
     env = dict(os.environ, RAY_ADDRESS=gcs)
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import copy_run, free_port, ray_head, tiny_overrides
+from conftest import copy_run, free_port, ray_head, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 BIN = os.path.dirname(sys.executable)
@@ -66,7 +66,7 @@ def test_pipeline_job_on_a_real_head(token_head, tiny_run, tiny_demo, tmp_path):
     # the session's run up to the search; the job runs the last stage as a Ray job's driver
     copy_run(tiny_run[1], tmp_path / "out" / "job", ["pretrain", "discriminate", "score",
                                                      "select", "finetune"])
-    overrides = [str(o) for o in tiny_overrides(
+    overrides = [str(o) for o in tiny_run_overrides(
         tiny_demo / "source", tiny_demo / "target", tmp_path / "out", "job")]
     # the head wants its token: a client without it, or with another, is refused
     for wrong in (None, "0" * 64):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtl_ray.method import loops, models, target_fit
+from dtl_ray.method import batches, loops, models, target_fit
 
 
 def test_to_input_normalises_and_permutes():
@@ -49,20 +49,32 @@ def test_evaluate_accuracy_and_loss():
 def test_epoch_order_mixes_and_has_a_fixed_length():
     labeled = np.array([True] * 2 + [False] * 18)
     # 2 labeled repeated 3x (6 of 24 = 25%), one pass = 24 samples
-    assert target_fit.mixed_repeats(2, 18, 0.25) == 3
-    order = target_fit.epoch_order(labeled, 0.25, 24, np.random.default_rng(0))
+    assert batches.mixed_repeats(2, 18, 0.25) == 3
+    order = batches.epoch_order(labeled, 0.25, 24, np.random.default_rng(0))
     assert len(order) == 24 and labeled[order].sum() == 6
     assert sorted(set(order)) == list(range(20))
-    tiny = target_fit.epoch_order(np.array([True] * 3), 0.25, 30, np.random.default_rng(0))
+    tiny = batches.epoch_order(np.array([True] * 3), 0.25, 30, np.random.default_rng(0))
     assert len(tiny) == 30 and np.bincount(tiny).tolist() == [10, 10, 10]
-    sets = [target_fit.TrainSet(np.arange(20), np.zeros(20, int), np.ones(20), labeled),
-            target_fit.TrainSet(np.arange(3), np.zeros(3, int), np.ones(3), np.ones(3, bool))]
-    assert target_fit.epoch_length(sets, 0.25) == 24
+    sets = [batches.TrainSet(np.arange(20), np.zeros(20, int), np.ones(20), labeled),
+            batches.TrainSet(np.arange(3), np.zeros(3, int), np.ones(3), np.ones(3, bool))]
+    assert [batches.one_pass(s, 0.25) for s in sets] == [24, 3]
+    # the consistency term's pool counts when it is the longer pass
+    assert batches.one_pass(sets[1], 0.25, unlabeled=40) == 40
+    assert batches.one_pass(sets[0], 0.25, unlabeled=10) == 24
+
+
+def test_epoch_lengths_share_the_longest_pass_while_small_and_cap_it():
+    # a small search: every cell gets the longest pass (one budget for every arm)
+    assert batches.epoch_lengths([50, 700, 6700], least=10_000, most=100_000) == [6700] * 3
+    # a large one: its own pass, at least `least`, at most `most`
+    assert batches.epoch_lengths([2_000, 40_000, 1_200_000], least=10_000,
+                                 most=100_000) == [10_000, 40_000, 100_000]
+    assert batches.epoch_lengths([50, 700], least=0, most=100) == [50, 100]
 
 
 def test_balanced_batches_hold_the_same_labeled_share_every_step():
     labeled = np.array([True] * 5 + [False] * 95)
-    order = target_fit.epoch_order(labeled, 0.25, 100, np.random.default_rng(1), batch_size=8)
+    order = batches.epoch_order(labeled, 0.25, 100, np.random.default_rng(1), batch_size=8)
     assert len(order) == 100
     per_batch = [int(labeled[order[i:i + 8]].sum()) for i in range(0, 96, 8)]
     assert per_batch == [2] * 12  # a quarter of each batch of 8
@@ -72,10 +84,10 @@ def test_balanced_batches_hold_the_same_labeled_share_every_step():
     assert len(set(cand[:72].tolist())) == 72
     # labeled above the mix ratio already: their natural share, still at least one per batch
     many = np.array([True] * 60 + [False] * 40)
-    o = target_fit.epoch_order(many, 0.25, 40, np.random.default_rng(2), batch_size=10)
+    o = batches.epoch_order(many, 0.25, 40, np.random.default_rng(2), batch_size=10)
     assert [int(many[o[i:i + 10]].sum()) for i in range(0, 40, 10)] == [6] * 4
     # nothing to mix: one stream, as without batch_size
-    only = target_fit.epoch_order(np.ones(3, bool), 0.25, 30, np.random.default_rng(0), 8)
+    only = batches.epoch_order(np.ones(3, bool), 0.25, 30, np.random.default_rng(0), 8)
     assert np.bincount(only).tolist() == [10, 10, 10]
 
 
@@ -111,8 +123,8 @@ def test_streamed_batches_keep_the_labeled_share_and_read_pass_after_pass():
 
     settings = target_fit.Settings(batch_size=8, mix_ratio=0.25, epoch_samples=50,
                                    candidate_weight=0.5)
-    batches = target_fit.stream_batches(lab_images, lab_y, 30, passes, settings)
-    got = list(batches(3, np.random.default_rng(0)))
+    make = batches.stream_batches(lab_images, lab_y, 30, passes, settings)
+    got = list(make(3, np.random.default_rng(0)))
     assert [len(b[1]) for b in got] == [8] * 6 + [2]
     for images, labels, weights in got[:-1]:
         assert (labels == 0).sum() == 2  # round(0.25 * 8) labeled in every full batch
@@ -122,5 +134,5 @@ def test_streamed_batches_keep_the_labeled_share_and_read_pass_after_pass():
     # 7 steps x 6 candidates = 42 > 30: a second pass of the same epoch
     assert asked == [(3, 0), (3, 1)]
     with pytest.raises(ValueError, match="empty"):
-        list(target_fit.stream_batches(lab_images, lab_y, 5, lambda e, k: iter(()),
+        list(batches.stream_batches(lab_images, lab_y, 5, lambda e, k: iter(()),
                                        settings)(0, np.random.default_rng(0)))

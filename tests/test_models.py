@@ -3,14 +3,14 @@ import torch
 import torchvision
 
 from dtl_ray.errors import ModelError
-from dtl_ray.method import models
+from dtl_ray.method import domain, models
 
 
 @pytest.mark.parametrize("layer,dim", [(None, 64), ("block2", 32), ("block1", 16)])
 def test_smallcnn_tap_shapes(layer, dim):
     g, width = models.build_backbone("smallcnn")
     assert width == 64
-    tap = models.FeatureTap(g, layer).eval()
+    tap = domain.FeatureTap(g, layer).eval()
     assert tap(torch.zeros(3, 3, 32, 32)).shape == (3, dim)
 
 
@@ -18,14 +18,48 @@ def test_smallcnn_tap_shapes(layer, dim):
 def test_resnet18_tap_shapes(layer, dim):
     g, width = models.build_backbone("resnet18")
     assert width == 512
-    tap = models.FeatureTap(g, layer).eval()
+    tap = domain.FeatureTap(g, layer).eval()
     assert tap(torch.zeros(2, 3, 64, 64)).shape == (2, dim)
+
+
+@pytest.mark.parametrize("backbone,size,stages,dim", [
+    ("smallcnn", 32, ["block1.5", "block2.5", "block3.5", "block3"], 2 * (16 + 32 + 64) + 64),
+    ("resnet18", 64, ["relu", "layer1", "layer2", "layer3", "layer4"],
+     2 * (64 + 64 + 128 + 256) + 512)])
+def test_the_styles_tap_reads_every_stage(backbone, size, stages, dim):
+    g, _ = models.build_backbone(backbone)
+    tap = domain.FeatureTap(g, domain.STYLES).eval()
+    assert tap.stages == stages
+    x = torch.rand(3, 3, size, size)
+    f = tap(x)
+    assert f.shape == (3, dim)
+    # the last stage's mean is the pooled penultimate (the content); the rest is style
+    torch.testing.assert_close(f[:, -g(x).shape[1]:], g(x))
+    # a change of rendering only (brightness and contrast) moves the early statistics most
+    styled = (x * 0.5 + 0.4).clamp(0, 1)
+    moved = (tap(styled) - f).abs() / (f.abs() + 1e-3)
+    first = 2 * {"smallcnn": 16, "resnet18": 64}[backbone]
+    assert moved[:, :first].mean() > moved[:, -g(x).shape[1]:].mean()
+    assert not any(h for m in g.modules() for h in m._forward_hooks.values())  # none left
+
+
+def test_a_standardised_discriminator_scales_by_its_training_features():
+    d = domain.discriminator(domain.STYLES, 3, 8).eval()
+    f = torch.tensor([[1.0, 100.0, 0.0], [3.0, 300.0, 0.0]])
+    d.fit_scale(f)
+    torch.testing.assert_close(d.shift, torch.tensor([2.0, 200.0, 0.0]))
+    assert d.scale[2] > 0  # a constant feature does not divide by zero
+    state = d.state_dict()
+    again = domain.discriminator(domain.STYLES, 3, 8).eval()
+    again.load_state_dict(state)  # the scale is part of its saved state
+    torch.testing.assert_close(again(f), d(f))
+    assert "shift" not in domain.discriminator(None, 3, 8).state_dict()  # old runs load
 
 
 def test_unknown_layer_and_backbone_are_clear_errors():
     g, _ = models.build_backbone("smallcnn")
     with pytest.raises(ModelError, match="not a node of the backbone"):
-        models.FeatureTap(g, "block9")
+        domain.FeatureTap(g, "block9")
     with pytest.raises(ModelError, match="unknown backbone 'resnet19'"):
         models.build_backbone("resnet19")
 
@@ -46,7 +80,7 @@ def test_weights_of_another_model_are_refused():
 def test_classifier_and_discriminator_shapes():
     clf = models.build_classifier("smallcnn", 7)
     assert clf(torch.zeros(4, 3, 32, 32)).shape == (4, 7)
-    d = models.Discriminator(64, 16)
+    d = domain.Discriminator(64, 16)
     assert d(torch.zeros(5, 64)).shape == (5,)
 
 
@@ -72,10 +106,10 @@ def test_set_trainable_modes():
 def test_gradient_reversal_flips_the_backbones_gradient_only():
     import torch
 
-    from dtl_ray.method import models
+    from dtl_ray.method import domain, models
 
     torch.manual_seed(0)
-    g, disc = models.SmallCNN(), models.Discriminator(64, 16).eval()  # no dropout draws
+    g, disc = models.SmallCNN(), domain.Discriminator(64, 16).eval()  # no dropout draws
     x, y = torch.randn(8, 3, 16, 16), torch.tensor([0.0, 1.0] * 4)
 
     def grads(scale):
@@ -83,7 +117,7 @@ def test_gradient_reversal_flips_the_backbones_gradient_only():
         disc.zero_grad()
         f = g(x)
         if scale is not None:
-            f = models.grad_reverse(f, scale)
+            f = domain.grad_reverse(f, scale)
         torch.nn.functional.binary_cross_entropy_with_logits(disc(f), y).backward()
         return ([p.grad.clone() for p in g.parameters()],
                 [p.grad.clone() for p in disc.parameters()])
@@ -97,7 +131,7 @@ def test_gradient_reversal_flips_the_backbones_gradient_only():
         torch.testing.assert_close(c, -0.5 * a)
     for a, b in zip(plain_d, rev_d):  # the domain head itself still descends
         torch.testing.assert_close(a, b)
-    assert models.dann_scale(0.0) == 0.0 and 0.99 < models.dann_scale(1.0) < 1.0
+    assert domain.dann_scale(0.0) == 0.0 and 0.99 < domain.dann_scale(1.0) < 1.0
 
 
 def test_models_with_auxiliary_heads_give_logits_in_train_mode():

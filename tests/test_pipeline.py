@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_args, copy_run, tiny_overrides
+from conftest import cli_args, copy_run, tiny_overrides, tiny_run_overrides
 
 from dtl_ray import cli, config, pipeline, storage
 from dtl_ray.contract import registry
@@ -91,6 +91,19 @@ def test_select_stage(tiny_run):
     assert src["sample_id"].str.startswith("source/train/").all()
     tgt = cand[cand["pool"] == "target"]
     assert tgt["sample_id"].str.startswith("target/unlabeled/").all()
+    # the kinds of source images: every source row D fitted on is in exactly one kind
+    layout = RunLayout(run)
+    kinds = parquet.read_df(layout.source_clusters)
+    assert kinds["sample_id"].is_unique and kinds["sample_id"].str.startswith("source/train/").all()
+    fitted = manifest.rows("source", "train")["sample_id"]
+    held = heldout_mask(fitted, 0.2)
+    assert set(kinds["sample_id"]) == set(fitted[~held])
+    report = s["select"]["source_clusters"]
+    assert [k["cluster"] for k in report] == sorted(kinds["cluster"].unique())
+    assert sum(k["images"] for k in report) == len(kinds)
+    assert all(0 <= k["in_top_fraction"] <= 1 and k["examples"] for k in report)
+    sizes = [k["images"] for k in report]
+    assert sizes == sorted(sizes, reverse=True)  # numbered by size
 
 
 def test_finetune_stage_covers_every_cell(tiny_run):
@@ -115,6 +128,14 @@ def test_finetune_stage_covers_every_cell(tiny_run):
     for arm in design.ARMS + ["chosen"]:
         _, meta = checkpoints.read_classifier(RunLayout(run).model(arm))
         assert meta["num_classes"] == 6
+    # the consistency term: on in every arm that uses the unlabeled pool, off elsewhere
+    uses = trials["arm"].isin(design.UNLABELED_ARMS)
+    assert trials.loc[uses, "consistency"].all() and not trials.loc[~uses, "consistency"].any()
+    assert trials.loc[uses, "mask_rate"].between(0, 1).all()
+    assert trials.loc[~uses, "mask_rate"].isna().all()
+    # fixmatch and adamatch read the controls' data: target_only's and all_source's
+    n = trials.set_index("arm")["n_candidates"]
+    assert n["fixmatch"] == n["target_only"] == 0 and n["adamatch"] == n["all_source"] > 0
 
 
 def test_the_teachers_pseudo_labels_are_its_predictions(tiny_run):
@@ -137,7 +158,7 @@ def test_evaluate_and_report(tiny_run):
     _, run, s = tiny_run
     ev = s["evaluate"]
     assert set(ev["baselines"]) == {"source_only", "target_only", "all_source",
-                                    "random_subset", "self_training"}
+                                    "random_subset", "self_training", "fixmatch", "adamatch"}
     assert ev["test_images"] == 30
     # accuracies agree with the saved per-image predictions
     pred = parquet.read_df(RunLayout(run).predictions)
@@ -173,8 +194,8 @@ def test_cli_rerun_of_a_finished_run_skips_every_stage(tiny_run, tiny_demo, tmp_
     copy = copy_run(run, tmp_path / "cli", registry.NAMES)
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text("# Run: dtl-ray run tiny.yaml\nname: cli\n")
-    args = cli_args(cfg_file, tiny_overrides(tiny_demo / "source", tiny_demo / "target",
-                                             tmp_path, "cli"))
+    args = cli_args(cfg_file, tiny_run_overrides(tiny_demo / "source", tiny_demo / "target",
+                                                 tmp_path, "cli"))
     layout = RunLayout(str(copy))
     marks = {s: os.path.getmtime(layout.done(s)) for s in registry.NAMES}
     capsys.readouterr()
@@ -197,7 +218,8 @@ def test_a_finished_stage_with_other_settings_is_refused_then_restarted(tiny_run
     assert layout.settings("select")["select.fraction"] == 0.25  # recorded with the outputs
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text("name: changed\n")
-    overrides = tiny_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path, "changed")
+    overrides = tiny_run_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path,
+                                   "changed")
     capsys.readouterr()
     assert cli.main(cli_args(cfg_file, overrides + ["select.fraction=0.5"])) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -39,3 +39,28 @@ def test_workers_and_their_detached_children_know_their_cluster(ray_session):
 
     assert ray.get(task.remote()) == gcs
     assert ray.get(Parent.remote().child.remote()) == (gcs, "1", "ALIVE")
+
+
+def test_auto_workers_take_the_cluster_but_a_cpu_for_reading(ray_session, capsys):
+    """`scaling.num_workers: auto` on the session's cluster (2 CPUs, no GPU, no autoscaler):
+    the CPUs but one over `cpus_per_worker`; with GPUs asked, every GPU (none here: one
+    worker, which the GPU check then refuses); a number is left alone."""
+    from dataclasses import replace
+
+    from dtl_ray import config
+    from dtl_ray.errors import ConfigError
+    from dtl_ray.pipeline import preflight
+
+    cfg = config.load_config(overrides=["source.uri=s", "target.uri=t",
+                                         "scaling.num_workers=auto"])
+    assert cfg.scaling.num_workers == "auto"
+    assert preflight.workers(cfg).scaling.num_workers == 1
+    assert "auto: 1 Train worker(s) (2 CPUs" in capsys.readouterr().out
+    gpu = replace(cfg, scaling=replace(cfg.scaling, use_gpu=True))
+    assert preflight.workers(gpu).scaling.num_workers == 1
+    fixed = replace(cfg, scaling=replace(cfg.scaling, num_workers=3))
+    assert preflight.workers(fixed) is fixed
+    for bad in ("autox", 0):
+        with pytest.raises(ConfigError, match="scaling.num_workers"):
+            config.load_config(overrides=["source.uri=s", "target.uri=t",
+                                          f"scaling.num_workers={bad}"])

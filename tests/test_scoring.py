@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dtl_ray.method import calibration, models
+from dtl_ray.method import calibration, domain, models
 from dtl_ray.method.scoring import Scorer
 from dtl_ray.storage import checkpoints
 
@@ -13,7 +13,7 @@ def _fold_discriminators(in_dim, k):
     """D_j answers the logit j for every input, so a row's score says which D scored it."""
     out = []
     for j in range(k):
-        d = models.Discriminator(in_dim, 4)
+        d = domain.Discriminator(in_dim, 4)
         with torch.no_grad():
             d.net[-1].weight.zero_()
             d.net[-1].bias.fill_(float(j))
@@ -25,7 +25,7 @@ def test_each_training_row_is_scored_by_the_discriminator_that_did_not_see_it(tm
     model = models.build_classifier("smallcnn", 3)
     model_uri, disc_uri = str(tmp_path / "m.pt"), str(tmp_path / "d.pt")
     checkpoints.save_classifier(model_uri, model.state_dict(), "smallcnn", [0, 1, 2])
-    in_dim = models.FeatureTap(model.backbone, None)(torch.zeros(2, 3, 16, 16)).shape[1]
+    in_dim = domain.FeatureTap(model.backbone, None)(torch.zeros(2, 3, 16, 16)).shape[1]
     k = 4
     checkpoints.save_discriminator(disc_uri, _fold_discriminators(in_dim, k),
                                    [(1.0, 0.0), (1.0, 0.0), (2.0, 0.0), (1.0, -1.0)], 0.3,

@@ -36,8 +36,18 @@ def test_cells_cover_every_arm_and_fraction():
     assert grid == [(s, sf, tf) for s in ("discriminator", "random") for sf in (0.0, 0.25, 0.5)
                     for tf in (0.0, 0.3) if sf or tf]
     assert [c for c in cells if c.arm == "self_training"] == [
-        design.Cell("self_training", "confidence", 0.0, 0.3)]
+        design.Cell("self_training", "confidence", 0.0, 0.3, consistency=True)]
     assert {c.arm for c in cells} == set(design.ARMS)
+    # the consistency term: every arm that uses the unlabeled pool, and the practitioner's
+    # recipes on the controls' data
+    assert cells[-2:] == [design.Cell("fixmatch", "none", 0.0, 0.0, consistency=True),
+                          design.Cell("adamatch", "all", 1.0, 0.0, consistency=True)]
+    assert all(c.consistency == (c.arm in design.UNLABELED_ARMS) for c in cells)
+    assert not any(c.consistency for c in cells if c.arm in ("target_only", "all_source"))
+    for plain in (design.make_cells(FinetuneConfig(consistency_weight=0.0), 0.4),
+                  design.make_cells(f, 0.4, has_unlabeled=False)):
+        assert not any(c.consistency for c in plain)
+        assert {c.arm for c in plain} == set(design.ARMS) - {"fixmatch", "adamatch"}
     # the method's soft cells: the whole source at every alpha and target fraction
     assert [(c.source_fraction, c.target_fraction, c.alpha) for c in cells
             if c.strategy == "weighted"] == [(1.0, tf, a) for a in (0.5, 1.0) for tf in (0.0, 0.3)]

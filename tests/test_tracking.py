@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import cli_args, copy_run, tiny_overrides
+from conftest import cli_args, copy_run, tiny_overrides, tiny_run_overrides
 
 from dtl_ray import cli, storage
 from dtl_ray.contract.registry import NAMES
@@ -88,8 +88,8 @@ def test_a_run_is_logged_to_mlflow_and_tensorboard(mlflow_server, tiny_run, tiny
     run = copy_run(tiny_run[1], tmp_path / "tracked", list(NAMES))
     f = tmp_path / "c.yaml"
     f.write_text("# Run: dtl-ray run c.yaml\n")
-    overrides = tiny_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path,
-                               "tracked") + ["tracking.mlflow=true",
+    overrides = tiny_run_overrides(tiny_demo / "source", tiny_demo / "target", tmp_path,
+                                   "tracked") + ["tracking.mlflow=true",
                                              f"tracking.mlflow_uri={mlflow_server}",
                                              "tracking.experiment=dtl-ray-test"]
     assert cli.main(cli_args(f, overrides)) == 0

@@ -147,7 +147,7 @@ def _within(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False):
 RANGES = {
     "seed": _at_least(0),
     "model.image_size": _within(8, 4096),
-    "scaling.num_workers": _at_least(1),
+    "scaling.num_workers": ((lambda v: v == "auto" or v >= 1), ">= 1, or auto"),
     "scaling.cpus_per_worker": _at_least(1),
     "scaling.max_failures": _at_least(0),
     "data.batch_size": _at_least(1),
@@ -164,6 +164,8 @@ RANGES = {
     "discriminate.hidden": _at_least(1),
     "discriminate.epochs": _at_least(1),
     "discriminate.folds": _at_least(1),
+    "discriminate.batch_size": _at_least(0),
+    "discriminate.clusters": _at_least(0),
     "discriminate.lr": _above(0),
     "discriminate.heldout_fraction": _within(0, 1, open_lo=True, open_hi=True),
     "discriminate.dann_epochs": _at_least(1),
@@ -191,11 +193,16 @@ RANGES = {
     # without bound (0.999: a thousand copies)
     "finetune.mix_ratio": _within(0, 0.9),
     "finetune.batch_size": _at_least(1),
+    "finetune.min_epoch_samples": _at_least(0),
+    "finetune.max_epoch_samples": _at_least(1),
     "finetune.max_concurrent_trials": _at_least(0),
     "finetune.workers_per_trial": _at_least(0),
     "finetune.teacher_workers": _at_least(0),
     "finetune.gpus_per_worker": _within(0, 1, open_lo=True),
     "finetune.in_memory_mb": _at_least(0),
+    "finetune.consistency_weight": _at_least(0),
+    "finetune.consistency_threshold": _within(0, 1),
+    "finetune.unlabeled_ratio": _at_least(1),
 }
 
 MAY_BE_EMPTY = {"finetune.weight_alphas"}

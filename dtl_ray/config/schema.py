@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dtl_ray.config.finetune import FinetuneConfig  # the longest section: a module of its own
+
 
 @dataclass(frozen=True)
 class DomainConfig:
@@ -48,8 +50,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    num_workers: int = 1
-    """Ray Train workers for pretrain and discriminate (data parallel)."""
+    num_workers: int | Literal["auto"] = 1
+    """Ray Train workers for pretrain and discriminate (data parallel); `auto`: every GPU the
+    cluster and its autoscaler offer with `use_gpu`, else the CPUs but one (left for reading),
+    over `cpus_per_worker`."""
     use_gpu: bool = False
     """Train, score and fine-tune on GPUs."""
     cpus_per_worker: int = 1
@@ -103,20 +107,28 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class DiscriminateConfig:
-    layer: str | None = None
-    """Backbone node to tap (torchvision feature-extraction name); None: pooled penultimate."""
+    layer: str | None = "styles"
+    """What D reads: `styles`, several depths (each stage's per-channel mean and std, and the
+    pooled penultimate: rendering and content); null, the pooled penultimate alone; or one
+    backbone node (a torchvision feature-extraction name, e.g. `layer3`)."""
     hidden: int = 256
     """Hidden width of the MLP discriminator."""
     epochs: int = 30
     """Epochs over the (precomputed) features."""
     lr: float = 1e-3
     """Adam learning rate of the discriminator."""
+    batch_size: int = 0
+    """Rows per step of D's MLP (0: `data.batch_size`). Its features are computed once, so a
+    large batch (thousands) keeps a GPU busy where 64 waits on every step."""
     heldout_fraction: float = 0.2
     """Part of both domains held out to report accuracy, AUC and proxy A-distance."""
     folds: int = 5
     """Cross-fitting: D is trained `folds` times, each time without one fold of its training
     rows, and every training row is scored by the D that did not see it (out-of-fold scores);
     each D is calibrated (Platt) on its own fold. 1: one D, calibrated on the held-out part."""
+    clusters: int = 6
+    """Source train is cut into this many kinds by k-means on D's features, so that the
+    report shows which kinds D ranks target-like (0: none)."""
     balanced: bool = True
     """Class-balanced loss (each domain weighs half). Then N_s/N_t in the weights is 1."""
     mode: Literal["standard", "adversarial"] = "standard"
@@ -173,69 +185,6 @@ class SelectConfig:
     """Part of the unlabeled target pool to pseudo-label."""
     confidence_floor: float = 0.6
     """Target candidates need at least this model confidence."""
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = 15
-    """Most epochs a trial runs (ASHA's max_t)."""
-    grace_period: int = 8
-    """Epochs before ASHA may stop a trial (about half of `epochs`: a trial's val accuracy in
-    its first epochs says little about where it ends, least of all with candidates mixed in)."""
-    num_samples: int = 1
-    """Random draws of (lr, layers, weights) per (strategy, fraction) cell."""
-    source_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
-    """Source-pool fractions searched for `discriminator` and `random` (0 and 1 always run)."""
-    target_fractions: list[float] = field(default_factory=lambda: [0.0, 0.3])
-    """Unlabeled-target fractions searched (pseudo-labeled by the teacher)."""
-    strategies: list[str] = field(default_factory=lambda: ["discriminator", "random"])
-    """Selection strategies searched; baselines are added automatically."""
-    lr: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
-    """Learning rates to sample from."""
-    init: Literal["pretrain", "adapted"] = "pretrain"
-    """The backbone fine-tuning starts from: the pretrained one, or the adversarially adapted
-    one (needs discriminate.mode: adversarial)."""
-    train_layers: list[str] = field(default_factory=lambda: ["all", "last_block"])
-    """Which layers train: `head`, `last_block`, `all`."""
-    candidate_weight: list[float] = field(default_factory=lambda: [1.0])
-    """Loss weight of candidate samples relative to labeled target."""
-    weight_by_w: bool = False
-    """Multiply source-candidate losses by their (mean-normalised) importance weight."""
-    weight_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    """The method's soft cells: the whole source (in the target's classes) resampled with
-    replacement in proportion to `w ** alpha` (as many draws as images), one cell per alpha
-    and target fraction, beside the hard top fractions. `alpha` flattens the weights: 0 draws
-    uniformly (all of the source); [] turns them off."""
-    source_val_samples: int = 2000
-    """The label-free choice's source val: a fixed, seeded, class-stratified sample of this
-    many images (0: all of it), decoded once per trial."""
-    label_free: Literal["dev", "iwcv"] = "dev"
-    """Label-free model choice (reported beside the target-val choice): the trial and epoch
-    with the lowest DEV (You et al. 2019) or IWCV risk on weighted source val."""
-    mix_ratio: float = 0.25
-    """Labeled target is oversampled to at least this share of every epoch, and every batch
-    holds that share (balanced batches: no step of candidates alone)."""
-    batch_size: int = 64
-    """Fine-tuning batch size."""
-    max_concurrent_trials: int = 0
-    """A cap on trials running at once; 0: none. Tune queues every trial with its resource
-    request and runs what fits; on an autoscaling cluster the queued requests make it add
-    nodes."""
-    workers_per_trial: int = 0
-    """0: each trial trains in its own process (one device). N >= 1: the trial builds a
-    `TorchTrainer` of N data-parallel workers (each `scaling.cpus_per_worker` CPUs and, with
-    `scaling.use_gpu`, `gpus_per_worker` GPUs; the trial itself holds no CPU): Ray Train
-    inside Tune, for trials larger than one device. 0 is the default because a TorchTrainer
-    costs seconds to start and stop per trial, which one-device trials do not need."""
-    teacher_workers: int = 0
-    """The same for the teacher (0: it trains in one Ray task)."""
-    gpus_per_worker: float = 1.0
-    """GPUs of each fine-tuning worker (trial, teacher) with `scaling.use_gpu`; 0.5 lets two
-    trials share a GPU."""
-    in_memory_mb: int = 256
-    """A trial holds its cell's decoded candidates (and the source val set of the label-free
-    choice) in its own memory when they take less than this; larger ones are streamed from
-    Ray Data every epoch. Nothing is collected in the driver."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ not a run-time failure in a later stage an hour into a run.
   config.yaml  manifest.parquet  classes.json  rejected.parquet  report.json  report.html  *.png
   pretrain/     model.pt  train/ (Ray Train run)                               _DONE.json
   discriminate/ discriminator.pt  dann_model.pt  train/ adapted/ dann/ (Ray Train runs)
+                clusters/part-*.parquet (source train's kinds)
   score/        scores/part-*.parquet
   select/       candidates.parquet
   finetune/     teacher.pt  pseudo_labels.parquet  trials.parquet  models/<arm>.pt
@@ -120,6 +121,11 @@ class RunLayout:
     @property
     def discriminator(self) -> str:
         return storage.join(self.stage("discriminate"), "discriminator.pt")
+
+    @property
+    def source_clusters(self) -> str:
+        """A folder of Parquet parts: source train's `sample_id` and k-means `cluster`."""
+        return storage.join(self.stage("discriminate"), "clusters")
 
     @property
     def dann_model(self) -> str:

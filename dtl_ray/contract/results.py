@@ -107,6 +107,9 @@ class SelectResult:
     ranked_fraction_shared: float
     ranked_fraction_absent: float | None
     seconds: float
+    source_clusters: list[dict] | None = None
+    """Per kind of source train image (k-means on D's features): its size, its share in D's
+    top `fraction` and among the source candidates, its mean p_target, example sample_ids."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ class FinetuneResult:
     trials: int
     trials_failed: int
     cells: int
-    samples_per_epoch: int
+    samples_per_epoch: list[int]
+    """Each cell's samples per epoch (finetune.min_epoch_samples, max_epoch_samples)."""
     settings: list[dict]
     best: dict
     """The trial chosen on target val over the whole search."""

@@ -6,12 +6,13 @@ section it depends on, not from the whole pipeline config.
 
 from __future__ import annotations
 
-from dtl_ray.config import ModelConfig, PretrainConfig
+from dtl_ray.config import FinetuneConfig, ModelConfig, PretrainConfig
 from dtl_ray.errors import CheckpointError, ModelError
 from dtl_ray.method import loops, models
+from dtl_ray.method.consistency import Consistency
 from dtl_ray.storage import checkpoints
 
-__all__ = ["augment", "initial_weights", "classifier", "load_classifier"]
+__all__ = ["augment", "initial_weights", "classifier", "load_classifier", "consistency"]
 
 
 def augment(p: PretrainConfig) -> loops.Augment:
@@ -57,3 +58,12 @@ def load_classifier(uri: str) -> tuple[models.Classifier, dict]:
     model = models.build_classifier(meta["backbone"], meta["num_classes"])
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def consistency(f: FinetuneConfig) -> Consistency | None:
+    """The fine-tuning consistency term of `finetune.consistency_*` (None when its weight is
+    0: off)."""
+    if f.consistency_weight <= 0:
+        return None
+    return Consistency(weight=f.consistency_weight, threshold=f.consistency_threshold,
+                       unlabeled_ratio=f.unlabeled_ratio, align=f.distribution_alignment)

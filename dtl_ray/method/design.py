@@ -7,6 +7,7 @@ gives the baselines the method's budget is unit-tested without a cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -15,13 +16,16 @@ import pandas as pd
 
 from dtl_ray.config import FinetuneConfig
 from dtl_ray.data.samples import SAMPLE_ID
-from dtl_ray.method import target_fit, weighting
+from dtl_ray.method import batches, weighting
 
-__all__ = ["ARMS", "Cell", "make_cells", "settings_grid", "members", "source_loss_weights",
-           "members_table", "source_val_sample", "as_train_set", "train_set"]
+__all__ = ["ARMS", "UNLABELED_ARMS", "Cell", "make_cells", "settings_grid", "members",
+           "source_loss_weights", "members_table", "source_val_sample", "as_train_set", "train_set"]
 
-ARMS = ["method", "random_subset", "target_only", "all_source", "self_training"]
+ARMS = ["method", "random_subset", "target_only", "all_source", "self_training", "fixmatch",
+        "adamatch"]
 """The fine-tuned arms: the method and the fine-tuned baselines (docs/method.md)."""
+UNLABELED_ARMS = {"method", "random_subset", "self_training", "fixmatch", "adamatch"}
+"""The arms that learn from the unlabeled target pool (with the consistency term, when on)."""
 STRATEGY_ARM = {"discriminator": "method", "random": "random_subset"}
 
 
@@ -35,9 +39,12 @@ class Cell:
     target_fraction: float
     alpha: float | None = None
     """`weighted` cells: the whole source, drawn in proportion to `w ** alpha`."""
+    consistency: bool = False
+    """Trains with the consistency term on the unlabeled target pool."""
 
 
-def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
+def make_cells(f: FinetuneConfig, default_target_fraction: float,
+               has_unlabeled: bool = True) -> list[Cell]:
     """Every (strategy, source fraction, target fraction) the search covers.
 
     `target_only` (0, 0) and `all_source` (1, 0) always run; `self_training` runs at every
@@ -47,6 +54,11 @@ def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
     candidates alone. The method's soft cells (`weighted`, source fraction 1) run at every
     alpha of `finetune.weight_alphas` and every target fraction: the whole source resampled
     by the discriminator's weights, so the method's space reaches the all-source end.
+
+    With `finetune.consistency_weight` > 0 and an unlabeled pool, every cell of an arm that
+    uses the pool (`UNLABELED_ARMS`) trains with the consistency term, and the practitioner's
+    recipes run as their own arms on the same budget: `fixmatch` (labeled target + the
+    term) and `adamatch` (labeled target and all source + the term).
     """
     cells = [Cell("target_only", "none", 0.0, 0.0), Cell("all_source", "all", 1.0, 0.0)]
     source_fractions = [0.0] + [s for s in f.source_fractions if s > 0]
@@ -58,6 +70,9 @@ def make_cells(f: FinetuneConfig, default_target_fraction: float) -> list[Cell]:
               for a, tf in itertools.product(f.weight_alphas, f.target_fractions)]
     self_fracs = [t for t in f.target_fractions if t > 0] or [default_target_fraction]
     cells += [Cell("self_training", "confidence", 0.0, t) for t in self_fracs]
+    if f.consistency_weight > 0 and has_unlabeled:
+        cells += [Cell("fixmatch", "none", 0.0, 0.0), Cell("adamatch", "all", 1.0, 0.0)]
+        cells = [dataclasses.replace(c, consistency=c.arm in UNLABELED_ARMS) for c in cells]
     return cells
 
 
@@ -164,20 +179,20 @@ def source_val_sample(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return kept.drop(columns="_r").sort_values(SAMPLE_ID)
 
 
-def as_train_set(members: pd.DataFrame, pos: dict | None = None) -> target_fit.TrainSet:
+def as_train_set(members: pd.DataFrame, pos: dict | None = None) -> batches.TrainSet:
     """A members table as a TrainSet (`pos`: sample_id -> row of an image array; default:
     the table's own row order), a row drawn k times (`copies`) k times in it."""
     index = (np.array([pos[i] for i in members[SAMPLE_ID]], dtype=np.int64) if pos is not None
              else np.arange(len(members), dtype=np.int64))
     k = (members["copies"].to_numpy(np.int64) if "copies" in members
          else np.ones(len(members), np.int64))
-    return target_fit.TrainSet(index=np.repeat(index, k),
-                               label=np.repeat(members["y"].to_numpy(np.int64), k),
-                               weight=np.repeat(members["w"].to_numpy(np.float64), k),
-                               labeled=np.repeat(members["labeled"].to_numpy(bool), k))
+    return batches.TrainSet(index=np.repeat(index, k),
+                            label=np.repeat(members["y"].to_numpy(np.int64), k),
+                            weight=np.repeat(members["w"].to_numpy(np.float64), k),
+                            labeled=np.repeat(members["labeled"].to_numpy(bool), k))
 
 
 def train_set(labeled: pd.DataFrame, src: pd.DataFrame, tgt: pd.DataFrame, pos: dict,
-              local: dict, weight_by_w: bool) -> target_fit.TrainSet:
+              local: dict, weight_by_w: bool) -> batches.TrainSet:
     """`members_table` as rows of an image array (`pos`: sample_id -> row)."""
     return as_train_set(members_table(labeled, src, tgt, local, weight_by_w), pos)

@@ -15,9 +15,8 @@ from dtl_ray.errors import ModelError
 # torchvision is imported where it is needed: it costs about 1.3 s per process, which every
 # scoring actor, Train worker and Tune trial would pay even for `smallcnn`.
 
-__all__ = ["SmallCNN", "Classifier", "FeatureTap", "Discriminator", "build_backbone",
-           "build_classifier", "set_trainable", "tap_nodes", "grad_reverse",
-           "dann_scale", "DANN", "is_weights_name", "named_weights"]
+__all__ = ["SmallCNN", "Classifier", "build_backbone", "build_classifier", "set_trainable",
+           "is_weights_name", "named_weights"]
 
 
 
@@ -154,98 +153,6 @@ class Classifier(nn.Module):
 def build_classifier(name: str, num_classes: int, weights: dict | None = None) -> Classifier:
     g, dim = build_backbone(name, weights)
     return Classifier(g, dim, num_classes)
-
-
-def tap_nodes(backbone: nn.Module) -> list[str]:
-    """Names of the backbone's nodes that `FeatureTap` accepts."""
-    from torchvision.models.feature_extraction import get_graph_node_names
-
-    return get_graph_node_names(backbone)[1]
-
-
-class FeatureTap(nn.Module):
-    """Features of backbone layer `layer` (None: the backbone's pooled output), as (B, D).
-
-    Spatial maps (B, C, H, W) are average-pooled to (B, C).
-    """
-
-    def __init__(self, backbone: nn.Module, layer: str | None = None) -> None:
-        super().__init__()
-        if layer is None:
-            self.body = backbone
-        else:
-            nodes = tap_nodes(backbone)
-            # a module name (`layer3`) means the output of its last node
-            if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes):
-                raise ModelError(f"discriminate.layer {layer!r} is not a node of the backbone; "
-                                 f"some that are: {nodes[-12:]}")
-            from torchvision.models.feature_extraction import create_feature_extractor
-
-            self.body = create_feature_extractor(backbone, return_nodes={layer: "feat"})
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        if isinstance(out, dict):
-            out = out["feat"]
-        if out.dim() == 4:
-            out = out.mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
-        return out.flatten(1)
-
-
-class _GradReverse(torch.autograd.Function):
-    """Identity forward; the gradient times -scale backward (Ganin & Lempitsky 2015)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.scale * grad, None
-
-
-def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """The gradient reversal layer: features pass unchanged, their gradient flips sign (and is
-    scaled), so minimising the domain loss through it trains the features to *fool* D."""
-    return _GradReverse.apply(x, scale)
-
-
-class DANN(nn.Module):
-    """A classifier and a domain head behind a gradient reversal layer, in one module (so that
-    DistributedDataParallel sees one forward and syncs every gradient)."""
-
-    def __init__(self, classifier: Classifier, domain: nn.Module) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self.domain = domain
-
-    def forward(self, x: torch.Tensor, n_source: int, scale: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: source then target images; returns (source class logits, domain logits)."""
-        f = self.classifier.backbone(x)  # (B, D)
-        return self.classifier.head(f[:n_source]), self.domain(grad_reverse(f, scale))
-
-
-def dann_scale(progress: float, gamma: float = 10.0) -> float:
-    """DANN's schedule for the reversal strength: 2/(1+exp(-gamma p)) - 1, p in [0, 1]."""
-    import math
-
-    return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
-
-
-class Discriminator(nn.Module):
-    """MLP domain discriminator: features (B, D) -> logit of P(target) (B,)."""
-
-    def __init__(self, in_dim: int, hidden: int = 256) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(0.1),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net(f).squeeze(1)
 
 
 def set_trainable(model: Classifier, layers: str) -> None:

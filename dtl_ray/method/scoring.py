@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dtl_ray.config import ScoreConfig
 from dtl_ray.data import decode
-from dtl_ray.method import builders, calibration, loops, models, weighting
+from dtl_ray.method import builders, calibration, domain, loops, weighting
 from dtl_ray.storage import checkpoints
 
 __all__ = ["Scorer", "MultiEvaluator", "scorer_kwargs"]
@@ -47,9 +47,9 @@ class Scorer:
         self.discs, self.tap, self.platt, self.heldout_fraction = [], None, [], 0.0
         if disc_uri is not None:
             states, dmeta = checkpoints.read_discriminator(disc_uri)
-            self.tap = models.FeatureTap(self.model.backbone, dmeta["layer"]).eval().to(self.device)
+            self.tap = domain.FeatureTap(self.model.backbone, dmeta["layer"]).eval().to(self.device)
             for state in states:
-                disc = models.Discriminator(dmeta["in_dim"], dmeta["hidden"])
+                disc = domain.discriminator(dmeta["layer"], dmeta["in_dim"], dmeta["hidden"])
                 disc.load_state_dict(state)
                 self.discs.append(disc.eval().to(self.device))
             self.platt = [tuple(ab) for ab in dmeta["platt"]]
@@ -71,9 +71,9 @@ class Scorer:
             x = loops.to_input(batch["image"][ok], self.device)  # (B, 3, H, W)
             f = None
             with loops.autocast(self.device):
-                if self.tap is not None and self.tap.layer is None:  # D reads g's output:
-                    f = self.model.backbone(x)  # one backbone pass serves both
-                    logits = self.model.head(f).float()  # (B, K)
+                if self.tap is not None and self.tap.layer in (None, domain.STYLES):
+                    f, g = self.tap.with_output(x)  # one backbone pass serves D and the head
+                    logits = self.model.head(g).float()  # (B, K)
                 else:
                     logits = self.model(x).float()  # (B, K)
             if self.restrict:

@@ -10,7 +10,7 @@ import numpy as np
 from dtl_ray import storage
 from dtl_ray.method import weighting
 
-__all__ = ["png", "png_base64", "confusion", "histograms", "fractions", "ranked"]
+__all__ = ["png", "png_base64", "confusion", "histograms", "fractions", "ranked", "kinds"]
 
 
 def png(fig, dpi: int = 100) -> bytes:
@@ -77,7 +77,8 @@ def fractions(trials, doc: dict) -> bytes:
         best = sub.groupby("source_fraction")["best_val_accuracy"].max()
         ax.plot(best.index, best.values, marker="o", label=strategy)
     for (key, value), marker in ((("arm", "target_only"), "s"), (("arm", "all_source"), "^"),
-                                 (("arm", "self_training"), "D"), (("strategy", "weighted"), "*")):
+                                 (("arm", "self_training"), "D"), (("strategy", "weighted"), "*"),
+                                 (("arm", "fixmatch"), "v"), (("arm", "adamatch"), "P")):
         sub = trials[trials[key] == value]
         if len(sub):
             label = "method, w**alpha" if value == "weighted" else value
@@ -114,4 +115,31 @@ def ranked(scores, k: int = 10) -> bytes:
         axes[r][0].text(-0.3, 0.5, title, transform=axes[r][0].transAxes, ha="right",
                         va="center", fontsize=8)
     fig.suptitle("Source images ranked by importance weight w", fontsize=9)
+    return png(fig)
+
+
+def kinds(clusters: list[dict], paths: dict) -> bytes:
+    """A row of example images per kind of source image (`select.source_clusters`), most
+    target-like first, titled with the kind's share in D's top fraction."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    k = max(len(c["examples"]) for c in clusters)
+    fig, axes = plt.subplots(len(clusters), k, figsize=(k * 1.0, len(clusters) * 1.1),
+                             squeeze=False)
+    for r, c in enumerate(clusters):
+        for j in range(k):
+            ax = axes[r][j]
+            ax.axis("off")
+            if j < len(c["examples"]) and c["examples"][j] in paths:
+                try:
+                    raw = storage.read_bytes(paths[c["examples"][j]])
+                    ax.imshow(Image.open(io.BytesIO(raw)).convert("RGB"))
+                except Exception:  # an image gone since the run: its cell stays empty
+                    pass
+        axes[r][0].text(-0.15, 0.5, f"kind {c['cluster']}: {c['images']} images,\n"
+                        f"{c['in_top_fraction']:.0%} in D's top fraction",
+                        transform=axes[r][0].transAxes, ha="right", va="center", fontsize=7)
+    fig.suptitle("Kinds of source images (k-means on D's features), most target-like first",
+                 fontsize=9)
     return png(fig)

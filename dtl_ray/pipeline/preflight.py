@@ -18,7 +18,8 @@ from dtl_ray.data import manifests
 from dtl_ray.errors import ConfigError, ModelError
 from dtl_ray.pipeline import tracking
 
-__all__ = ["prepare", "check", "absolute", "resolve_weights", "weights_file", "check_resources"]
+__all__ = ["prepare", "check", "absolute", "resolve_weights", "weights_file", "workers",
+           "check_resources"]
 
 
 def prepare(cfg: PipelineConfig, download: bool = True) -> tuple[PipelineConfig, dict]:
@@ -133,6 +134,29 @@ def check_uris(cfg: PipelineConfig) -> None:
         storage.check_access(cfg.model.weights)
 
 
+def workers(cfg: PipelineConfig) -> PipelineConfig:
+    """`cfg` with `scaling.num_workers: auto` resolved on the cluster Ray is connected to:
+    every GPU its nodes and its autoscaler offer (with `use_gpu`; the GPUs now, at least one,
+    when an autoscaler does not say how many it may add), else its CPUs but one, over
+    `cpus_per_worker`."""
+    from dataclasses import replace
+
+    import ray
+
+    from dtl_ray.raykit import capacity
+
+    s = cfg.scaling
+    if s.num_workers != "auto":
+        return cfg
+    kind = "GPU" if s.use_gpu else "CPU"
+    most = capacity.most(kind)
+    total = most if most is not None else int(ray.cluster_resources().get(kind, 0))
+    n = max(1, total if s.use_gpu else (total - 1) // s.cpus_per_worker)
+    console.say(f"[dtl-ray] scaling.num_workers auto: {n} Train worker(s) ({total} {kind}s "
+                "in the cluster and what its autoscaler can add)")
+    return replace(cfg, scaling=replace(s, num_workers=n))
+
+
 def check_resources(cfg: PipelineConfig) -> None:
     """Every resource request of the run fits some node, now or once the autoscaler adds it
     (a request no node can hold waits forever); with scaling.use_gpu, the cluster has (or can
@@ -167,11 +191,11 @@ def build_model(cfg: PipelineConfig) -> None:
     layers and image sizes the backbone cannot take fail here, before anything is written."""
     import torch
 
-    from dtl_ray.method import builders, models
+    from dtl_ray.method import builders, domain
 
     model = builders.classifier(cfg.model, 2)
     x = torch.rand(2, 3, cfg.model.image_size, cfg.model.image_size)
-    tap = models.FeatureTap(model.backbone, cfg.discriminate.layer)
+    tap = domain.FeatureTap(model.backbone, cfg.discriminate.layer)
     try:
         with torch.no_grad():
             for train in (True, False):  # some models differ by mode (aux heads, dropout)

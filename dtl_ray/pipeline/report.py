@@ -48,7 +48,14 @@ def verdict(ev: dict) -> str:
     head = f"Discriminator-selected transfer reached {acc:.3f} target test accuracy"
     if not lost:
         return head + ", above every baseline."
-    return head + ", and did NOT beat: " + ", ".join(lost) + "."
+    recipes = {k: v["target_test_accuracy"] for k, v in ev["baselines"].items()
+               if k in ("fixmatch", "adamatch") and v["target_test_accuracy"] >= acc}
+    advice = ""
+    if recipes:  # the practitioner's recipes: if the method loses to one, say which to use
+        best = max(recipes, key=recipes.get)
+        advice = (f" On this data a user is better served by {best}, the practitioner's "
+                  "recipe (its model is saved with the run's).")
+    return head + ", and did NOT beat: " + ", ".join(lost) + "." + advice
 
 
 def write(doc: dict, layout: RunLayout) -> None:
@@ -70,6 +77,12 @@ def _plots(layout: RunLayout, doc: dict) -> list[tuple[str, str]]:
                      figures.histograms(scores)))
         made.append(("ranked_source.png", "highest- and lowest-weighted source images",
                      figures.ranked(scores)))
+        kinds = (doc.get("select") or {}).get("source_clusters")
+        if kinds:
+            made.append(("source_kinds.png", "how the discriminator separates the source: "
+                         "examples of each kind of source image and its share in D's top "
+                         "fraction", figures.kinds(kinds, dict(zip(scores["sample_id"],
+                                                                    scores["path"])))))
     if storage.exists(layout.trials):
         made.append(("val_vs_fraction.png", "target val accuracy against fraction",
                      figures.fractions(parquet.read_df(layout.trials), doc)))
@@ -188,6 +201,12 @@ def render(doc: dict, layout: RunLayout) -> str:
             if key == "finetune" and isinstance(doc[key].get("best"), dict):
                 parts.append(f"<p>{best_sentence(doc[key]['best'])}</p>")
             parts.append(_table(flat, ["", ""]))
+            if key == "select" and doc[key].get("source_clusters"):
+                parts.append("<h3>How the discriminator separates the source</h3>" + _table(
+                    [[c["cluster"], c["images"], c["in_top_fraction"], c["selected"],
+                      c["mean_p_target"]] for c in doc[key]["source_clusters"]],
+                    ["kind (k-means on D's features)", "images", "share in D's top fraction",
+                     "share selected", "mean p_target"]))
     for name, caption in _plots(layout, doc):
         parts.append(f"<figure><img src='{name}'><figcaption>{caption}</figcaption></figure>")
     parts.append("<h2>Data</h2>" + _table([[k, v] for k, v in doc["data"].items()], ["", ""]))

@@ -86,10 +86,10 @@ def _write_config(cfg: PipelineConfig, layout: RunLayout) -> None:
     storage.write_bytes(path, yaml.safe_dump(now, sort_keys=False).encode())
 
 
-def _start(cfg: PipelineConfig, layout: RunLayout, env: dict,
-           manifest: manifests.Manifest) -> tracking.Tracker | None:
+def _start(cfg: PipelineConfig, layout: RunLayout, env: dict, manifest: manifests.Manifest
+           ) -> tuple[PipelineConfig, tracking.Tracker | None]:
     """Writes the manifest and config, starts (or joins) Ray, opens the rejects ledger and the
-    MLflow tracker."""
+    MLflow tracker; returns the config with its Train workers resolved (`auto`)."""
     counts = manifest.counts()
     console.say(f"[dtl-ray] run {layout.root}: classes {manifest.classes}; source "
                 f"{counts['source']}; target {counts['target']}")
@@ -98,19 +98,20 @@ def _start(cfg: PipelineConfig, layout: RunLayout, env: dict,
         rejects.start(layout, manifest.unreadable_names)
     _write_config(cfg, layout)
     connect.ensure_ray(env)
+    cfg = preflight.workers(cfg)
     preflight.check_resources(cfg)
     readers.configure_context()
     rejects.open_ledger(layout, cfg.data.max_rejected_fraction, fresh=True)
     tracker = tracking.Tracker(cfg, layout) if cfg.tracking.mlflow else None
     if tracker:
         console.say(f"[dtl-ray] MLflow run {tracker.parent} at {tracker.uri}")
-    return tracker
+    return cfg, tracker
 
 
 def _run_listed(cfg: PipelineConfig, layout: RunLayout, wanted: list[str], env: dict,
                 t0: float, manifest: manifests.Manifest) -> dict:
     """`run` once the run's data are listed (and the run holds the console)."""
-    tracker = _start(cfg, layout, env, manifest)
+    cfg, tracker = _start(cfg, layout, env, manifest)
     summaries: dict[str, dict] = {}
     listed = rejects.count(layout)
     try:

@@ -7,7 +7,8 @@ import contextlib
 
 from dtl_ray import console
 
-__all__ = ["concurrency", "trial_lines", "credentials_kept_out_of_ray_logs"]
+__all__ = ["concurrency", "trial_lines", "credentials_kept_out_of_ray_logs",
+           "sweep_placement_groups"]
 
 
 def concurrency(max_concurrent_trials: int) -> int | None:
@@ -85,3 +86,36 @@ def credentials_kept_out_of_ray_logs():
         yield
     finally:
         class_cache.ENV_VARS_TO_PROPAGATE = before
+
+
+def sweep_placement_groups() -> list[str]:
+    """Removes the placement groups this job created that are still CREATED once its search
+    has returned; returns their ids.
+
+    A trial on a TorchTrainer owns its Train run's controller; when ASHA stops the trial,
+    Tune kills the trial's actor and the controller dies without removing its run's placement
+    group, which then holds its nodes' GPUs and CPUs (and keeps an autoscaler from removing
+    them) until the driver ends; only Train's best-effort cleaner would remove it (ray#54305,
+    #58515). Once the search has returned no trial or Train run of this job is alive, and
+    Ray Data's actor pools hold no placement group: whatever is still CREATED is left over.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    left = list_placement_groups(filters=[("creator_job_id", "=", job),
+                                          ("state", "=", "CREATED")],
+                                 detail=True, raise_on_missing_output=False)
+    removed = []
+    for pg in left:
+        if pg.is_detached:
+            continue
+        try:
+            remove_placement_group(PlacementGroup(
+                ray.PlacementGroupID(bytes.fromhex(pg.placement_group_id))))
+        except Exception as e:  # removed meanwhile (Train's cleaner won the race)
+            console.detail(f"[finetune] placement group {pg.placement_group_id}: {e}")
+            continue
+        removed.append(pg.placement_group_id)
+    return removed

@@ -23,7 +23,8 @@ from dtl_ray.storage import parquet
 
 __all__ = ["run", "measure"]
 
-FINETUNED = ["target_only", "all_source", "random_subset", "self_training"]
+FINETUNED = ["target_only", "all_source", "random_subset", "self_training", "fixmatch",
+             "adamatch"]
 BASELINES = ["source_only", *FINETUNED, "dann"]
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+import pandas as pd
+
+from dtl_ray import storage
 from dtl_ray.config import SelectConfig
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.contract.results import SelectResult
@@ -18,6 +22,26 @@ from dtl_ray.method import weighting
 from dtl_ray.storage import parquet
 
 __all__ = ["run"]
+
+
+def _kinds(layout: RunLayout, source_train: pd.DataFrame, top: pd.DataFrame,
+           src: pd.DataFrame, examples: int = 6) -> list[dict]:
+    """Per kind of source image (`discriminate.clusters`): its size, its share in D's top
+    fraction and among the source candidates, its mean p_target, and a few of its images
+    (the most and the least target-like first)."""
+    kinds = parquet.read_df(layout.source_clusters).merge(
+        source_train[["sample_id", "p_target", "weight", "logit_target"]], on="sample_id")
+    in_top, chosen = set(top["sample_id"]), set(src["sample_id"])
+    out = []
+    for k, g in kinds.groupby("cluster", sort=True):
+        g = weighting.ranked(g)
+        picks = list(g["sample_id"].iloc[np.unique(np.linspace(0, len(g) - 1, examples)
+                                                   .round().astype(int))])
+        out.append({"cluster": int(k), "images": int(len(g)),
+                    "in_top_fraction": float(g["sample_id"].isin(in_top).mean()),
+                    "selected": float(g["sample_id"].isin(chosen).mean()),
+                    "mean_p_target": float(g["p_target"].mean()), "examples": picks})
+    return out
 
 
 def run(layout: RunLayout, select: SelectConfig) -> SelectResult:
@@ -41,6 +65,8 @@ def run(layout: RunLayout, select: SelectConfig) -> SelectResult:
     # class's share kept in the top `fraction` of all source train by weight
     top = weighting.ranked(source_train).head(int(round(s.fraction * len(source_train))))
     top_kept = top.groupby("label").size().reindex(totals.index, fill_value=0)
+    kinds = _kinds(layout, source_train, top, src) if storage.exists(
+        layout.source_clusters) else None
     shared = [c for c in totals.index if int(c) in classes]
     absent = [c for c in totals.index if int(c) not in classes]
     return SelectResult(
@@ -55,4 +81,5 @@ def run(layout: RunLayout, select: SelectConfig) -> SelectResult:
         ranked_fraction_shared=float(top_kept[shared].sum() / max(totals[shared].sum(), 1)),
         ranked_fraction_absent=(float(top_kept[absent].sum() / totals[absent].sum())
                                 if absent else None),
+        source_clusters=kinds,
         seconds=round(time.time() - t0, 2))

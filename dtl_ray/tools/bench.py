@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import html
 import os
-import statistics
 import time
 
 import numpy as np
@@ -25,11 +24,13 @@ from dtl_ray.data.pairs import demo
 from dtl_ray.errors import ConfigError
 from dtl_ray.pipeline import figures, preflight
 from dtl_ray.storage import parquet
+from dtl_ray.tools import compare
+from dtl_ray.tools.compare import mean_sd
 
-__all__ = ["run", "summarise", "seed_config", "accuracies", "mean_sd"]
+__all__ = ["run", "summarise", "seed_config", "accuracies"]
 
 ROWS = ["method", "source_only", "target_only", "all_source", "random_subset",
-        "self_training", "dann"]
+        "self_training", "fixmatch", "adamatch", "dann"]
 
 
 def seed_config(config_path: str | None, seed: int, out: str, pair: str | None,
@@ -68,6 +69,9 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
     ev = doc["evaluate"]
     acc = accuracies(doc)
     trials = parquet.read_df(layout.trials)
+    pred = parquet.read_df(layout.predictions)
+    correct = {r: compare.correct_bits(pred[f"pred__{r}"], pred["label"]) for r in acc
+               if f"pred__{r}" in pred}
     scores = parquet.read_df(layout.scores,
                                   columns=["domain", "split", "p_target"])
     hist_edges = np.linspace(0, 1, 21)
@@ -77,7 +81,7 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
              .reset_index().to_dict("records"))
     sel = doc["select"]
     return {
-        "seed": seed, "name": name, "accuracy": acc,
+        "seed": seed, "name": name, "accuracy": acc, "correct": correct,
         "chosen": {"arm": ev["chosen"]["arm"],
                    "target_test_accuracy": ev["chosen"]["target_test_accuracy"]},
         "label_free": ev.get("label_free"),
@@ -102,14 +106,6 @@ def _seed_run(config_path: str | None, seed: int, out: str, pair: str | None,
     }
 
 
-def mean_sd(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "sd": None, "n": 0}
-    return {"mean": statistics.mean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
-
-
 def summarise(seeds: list[dict]) -> dict:
     """Mean and standard deviation over seeds of every row and of the label-free choice."""
     rows = [r for r in ROWS if any(r in s["accuracy"] for s in seeds)]
@@ -120,23 +116,11 @@ def summarise(seeds: list[dict]) -> dict:
     out["heldout_auc"] = mean_sd([s["heldout_auc"] for s in seeds])
     out["ranked_fraction_shared"] = mean_sd([s["ranked_fraction_shared"] for s in seeds])
     out["ranked_fraction_absent"] = mean_sd([s["ranked_fraction_absent"] for s in seeds])
-    out["method_minus"] = differences(seeds)
+    out["method_minus"] = compare.differences(seeds, ROWS)
     m = out["accuracy"].get("method", {}).get("mean")
     out["method_above_mean_of"] = [r for r in rows if r != "method" and m is not None
                                    and out["accuracy"][r]["mean"] is not None
                                    and m > out["accuracy"][r]["mean"]]
-    return out
-
-
-def differences(seeds: list[dict]) -> dict:
-    """Per baseline: mean and sd over seeds of (method - baseline) target test accuracy, and
-    in how many of those seeds the method won (strictly higher)."""
-    out = {}
-    for r in ROWS[1:]:
-        d = [s["accuracy"]["method"] - s["accuracy"][r] for s in seeds
-             if s["accuracy"].get(r) is not None and s["accuracy"].get("method") is not None]
-        if d:
-            out[r] = {**mean_sd(d), "wins": sum(x > 0 for x in d)}
     return out
 
 
@@ -148,8 +132,10 @@ def summary_lines(summary: dict, test_images: int | None, val_images: int | None
     for r, v in summary["accuracy"].items():
         lines.append(f"[bench]   {r:14s} {v['mean']:.3f} ± {v['sd']:.3f}")
     for r, d in summary["method_minus"].items():
+        ci = (f"; 95% interval {d['interval'][0]:+.3f} to {d['interval'][1]:+.3f}: "
+              f"{d['call']}") if "interval" in d else ""
         lines.append(f"[bench]   method - {r:14s} {d['mean']:+.3f} ± {d['sd']:.3f}  "
-                     f"(method won {d['wins']} of {d['n']} seeds)")
+                     f"(method won {d['wins']} of {d['n']} seeds{ci})")
     return lines
 
 
@@ -251,10 +237,15 @@ def _html(doc: dict) -> str:
              f"<b>{', '.join(s['method_above_mean_of']) or 'none'}</b>.</p>",
              "<table><tr><th>row</th><th>mean</th><th>sd</th><th>per seed</th></tr>"
              f"{rows}</table>",
-             "<table><tr><th>method minus</th><th>mean</th><th>sd</th><th>seeds won</th></tr>"
-             + "".join(f"<tr><td>{r}</td><td>{d['mean']:+.3f}</td><td>{f(d['sd'])}</td>"
-                       f"<td>{d['wins']} of {d['n']}</td></tr>"
-                       for r, d in s.get("method_minus", {}).items()) + "</table>",
+             "<table><tr><th>method minus</th><th>mean</th><th>sd</th><th>per seed</th>"
+             "<th>seeds won</th><th>95% interval (paired bootstrap over test images)</th>"
+             "</tr>" + "".join(
+                 f"<tr><td>{r}</td><td>{d['mean']:+.3f}</td><td>{f(d['sd'])}</td>"
+                 f"<td>{' '.join(f'{x:+.3f}' for x in d.get('per_seed', []))}</td>"
+                 f"<td>{d['wins']} of {d['n']}</td><td>"
+                 + (f"{d['interval'][0]:+.3f} to {d['interval'][1]:+.3f}: <b>{d['call']}</b>"
+                    if "interval" in d else "") + "</td></tr>"
+                 for r, d in s.get("method_minus", {}).items()) + "</table>",
              f"<p>Chosen on labeled target val: test accuracy {f(s['chosen']['mean'])} ± "
              f"{f(s['chosen']['sd'])}; chosen without target labels: {f(free['mean'])} ± "
              f"{f(free['sd'])}.</p>"]

@@ -35,7 +35,7 @@ from dtl_ray.contract.layout import RunLayout
 from dtl_ray.contract.registry import NAMES
 from dtl_ray.data import manifests, readers
 from dtl_ray.errors import ConfigError
-from dtl_ray.method import models
+from dtl_ray.method import domain, models
 from dtl_ray.raykit import pools
 from dtl_ray.storage import checkpoints
 from dtl_ray.tools.memory import PeakMemory
@@ -91,10 +91,10 @@ def save_models(uri: str, backbone: str, num_classes: int, image_size: int,
     checkpoints.save_classifier(model_uri, model.state_dict(), backbone,
                                 list(range(num_classes)), image_size=image_size)
     layer = None  # the backbone's pooled output, the discriminate stage's default
-    tap = models.FeatureTap(model.backbone, layer).eval()
+    tap = domain.FeatureTap(model.backbone, layer).eval()
     with torch.no_grad():
         in_dim = tap(torch.zeros(2, 3, image_size, image_size)).shape[1]
-    disc = models.Discriminator(in_dim, 128)
+    disc = domain.Discriminator(in_dim, 128)
     disc_uri = layout.discriminator
     checkpoints.save_discriminator(disc_uri, [disc.state_dict()], [(1.0, 0.0)], 0.2, layer,
                                    in_dim, 128, 1, 1, True)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dtl_ray import console
 from dtl_ray.data import readers
-from dtl_ray.method import builders, loops, models
+from dtl_ray.method import builders, domain, loops
 from dtl_ray.raykit import train
 from dtl_ray.stages.discriminate import fit
 from dtl_ray.stages.discriminate.specs import DannSpec
@@ -41,7 +41,7 @@ def dann_fn(config: dict) -> dict:
     spec: DannSpec = config["spec"]
     rank, device, model = fit.classifier_worker(spec.model_uri, spec.cpus, spec.seed)
     d, dcfg, seed = spec.discriminate, spec.data, spec.seed
-    net = models.DANN(model, models.Discriminator(model.head.in_features, d.hidden))
+    net = domain.DANN(model, domain.Discriminator(model.head.in_features, d.hidden))
     # called as a whole: DDP syncs every gradient
     net = ray.train.torch.prepare_model(net, move_to_device=device)
     inner = loops.unwrap(net)
@@ -67,7 +67,7 @@ def dann_fn(config: dict) -> dict:
                                                     dcfg.shuffle_buffer)):
             t = next(tgt)
             progress = (epoch * steps_per_epoch + step) / (d.dann_epochs * steps_per_epoch)
-            scale = d.dann_weight * models.dann_scale(min(progress, 1.0))
+            scale = d.dann_weight * domain.dann_scale(min(progress, 1.0))
             xs = loops.augment(loops.to_input(b["image"], device), aug, gen)
             xt = loops.augment(loops.to_input(t["image"], device), aug, gen)
             ys = torch.tensor(b["label"]).long().to(device)

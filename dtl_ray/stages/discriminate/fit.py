@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from dtl_ray import console
 from dtl_ray.config import DiscriminateConfig
-from dtl_ray.method import builders, calibration, loops, models
+from dtl_ray.method import builders, calibration, clusters, domain, loops
 from dtl_ray.raykit import train
 from dtl_ray.stages.discriminate.specs import FitSpec
 
@@ -22,17 +22,42 @@ __all__ = ["train_fn", "heldout_metrics", "classifier_worker"]
 
 @torch.no_grad()
 def _features(tap, it, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor,
-                                                          torch.Tensor]:
-    """(features (N, D), is_target (N,), fold (N,)) of a dataset shard."""
-    feats, ys, folds = [], [], []
+                                                          torch.Tensor, np.ndarray]:
+    """(features (N, D), is_target (N,), fold (N,), sample_id (N,)) of a dataset shard."""
+    feats, ys, folds, ids = [], [], [], []
     for b in it.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        feats.append(tap(loops.to_input(b["image"], device)).float())  # (B, D)
+        with loops.autocast(device):  # bf16 on a GPU (no loss here: nothing to scale)
+            feats.append(tap(loops.to_input(b["image"], device)).float())  # (B, D)
         ys.append(torch.tensor(b["is_target"]).float().to(device))
         folds.append(torch.tensor(b["fold"]).long().to(device))
+        ids.append(np.asarray(b["sample_id"], dtype=object))
     if not feats:
         return (torch.zeros(0, 1, device=device), torch.zeros(0, device=device),
-                torch.zeros(0, dtype=torch.long, device=device))
-    return torch.cat(feats), torch.cat(ys), torch.cat(folds)
+                torch.zeros(0, dtype=torch.long, device=device), np.zeros(0, object))
+    return torch.cat(feats), torch.cat(ys), torch.cat(folds), np.concatenate(ids)
+
+
+CLUSTER_SAMPLE = 4000  # source rows, over all workers, that the k-means centres are fitted on
+
+
+def _write_clusters(x: torch.Tensor, y: torch.Tensor, ids: np.ndarray, k: int, uri: str,
+                    seed: int) -> None:
+    """Source train's kinds: every worker fits the same k-means on the same gathered sample
+    of source rows, assigns its own rows and writes them as one part of `uri`."""
+    import pandas as pd
+
+    from dtl_ray import storage
+    from dtl_ray.storage import parquet
+
+    rank, world = train.world()
+    src = (y == 0).cpu().numpy()
+    xs = x[torch.from_numpy(src).to(x.device)].cpu()
+    take = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed + rank))
+    sample = _gather(xs[take[:CLUSTER_SAMPLE // world]].numpy())
+    centres = clusters.fit(torch.from_numpy(sample), k, seed)
+    parquet.write_df(pd.DataFrame({"sample_id": ids[src],
+                                   "cluster": clusters.assign(centres, xs).numpy()}),
+                     storage.join(uri, f"part-{rank:03d}.parquet"))
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -62,8 +87,9 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, d: DiscriminateConfig, bs: int, 
     epoch's mean loss. Every worker takes the same number of steps (DDP)."""
     import ray.train.torch
 
-    disc = ray.train.torch.prepare_model(models.Discriminator(x.shape[1], d.hidden),
-                                         move_to_device=device)
+    disc = domain.discriminator(d.layer, x.shape[1], d.hidden).to(device)
+    disc.fit_scale(x)
+    disc = ray.train.torch.prepare_model(disc, move_to_device=device)
     opt = torch.optim.Adam(disc.parameters(), lr=d.lr)
     steps = int(train.allreduce_min(math.ceil(len(x) / bs), device))
     gen = torch.Generator().manual_seed(seed)
@@ -106,14 +132,16 @@ def train_fn(config: dict) -> dict:
     spec: FitSpec = config["spec"]
     rank, device, model = classifier_worker(spec.model_uri, spec.cpus, spec.seed)
     d = spec.discriminate
-    tap = models.FeatureTap(model.backbone, d.layer).eval().to(device)
+    tap = domain.FeatureTap(model.backbone, d.layer).eval().to(device)
     for p in tap.parameters():
         p.requires_grad = False
     import ray.train
 
     bs = spec.batch_size
-    x, y, fold = _features(tap, ray.train.get_dataset_shard("train"), 4 * bs, device)
-    hx, hy, _ = _features(tap, ray.train.get_dataset_shard("heldout"), 4 * bs, device)
+    x, y, fold, ids = _features(tap, ray.train.get_dataset_shard("train"), 4 * bs, device)
+    hx, hy, _, _ = _features(tap, ray.train.get_dataset_shard("heldout"), 4 * bs, device)
+    if spec.clusters_uri and d.clusters > 0:
+        _write_clusters(x, y, ids, d.clusters, spec.clusters_uri, spec.seed)
     # class-balanced weights from the global counts: each domain weighs half, so D's odds
     # are already the density ratio (the prior ratio it saw is 1)
     n_s, n_t = spec.n_source, spec.n_target
@@ -127,7 +155,7 @@ def train_fn(config: dict) -> dict:
         oof = [(z.numpy(), zy.numpy()) for z, zy in state["oof"]]
     for j in range(len(states), k):
         fit_rows = fold != j if k > 1 else torch.ones_like(fold, dtype=torch.bool)
-        disc, loss = _fit_fold(x[fit_rows], y[fit_rows], d, bs, device,
+        disc, loss = _fit_fold(x[fit_rows], y[fit_rows], d, d.batch_size or bs, device,
                                spec.seed * 1000 + 31 * j + rank, w_pos, w_neg)
         # without folds, D is calibrated on the held-out part (then its ECE is in-sample)
         mine = (x[fold == j], y[fold == j]) if k > 1 else (hx, hy)
@@ -143,7 +171,7 @@ def train_fn(config: dict) -> dict:
                       f"{metrics['oof_auc']:.3f} on {len(z)} rows")
         last = j == k - 1
         if last:
-            metrics.update(_final_metrics(states, oof, hx, hy, d.hidden, device))
+            metrics.update(_final_metrics(states, oof, hx, hy, d, device))
         train.report_epoch(metrics, {"folds": states, "oof": [
             (torch.from_numpy(z), torch.from_numpy(zy)) for z, zy in oof]},
             {"epoch": j, "metrics": metrics, "in_dim": int(x.shape[1])})
@@ -151,13 +179,13 @@ def train_fn(config: dict) -> dict:
 
 
 def _final_metrics(states: list[dict], oof: list, hx: torch.Tensor, hy: torch.Tensor,
-                   hidden: int, device) -> dict:
+                   d: DiscriminateConfig, device) -> dict:
     """Platt parameters per fold, and the held-out metrics of the ensemble (mean calibrated
     logit) with its calibration error before and after."""
     platt = [calibration.fit_platt(z, zy) for z, zy in oof]
     raw, cal = [], []
     for state, ab in zip(states, platt, strict=True):
-        disc = models.Discriminator(hx.shape[1] if len(hx) else 1, hidden).to(device)
+        disc = domain.discriminator(d.layer, hx.shape[1] if len(hx) else 1, d.hidden).to(device)
         if len(hx):
             disc.load_state_dict(state)
             z = _logits(disc.eval(), hx)

@@ -23,6 +23,8 @@ class FitSpec:
     n_source: int
     n_target: int
     """Domain sizes of the fitting rows: the class-balanced loss weights."""
+    clusters_uri: str | None = None
+    """Where each worker writes its source rows' clusters (`discriminate.clusters`)."""
 
 
 @dataclass(frozen=True)

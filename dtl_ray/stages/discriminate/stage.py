@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from dtl_ray import storage
 from dtl_ray.config import (
     DataConfig,
     DiscriminateConfig,
@@ -33,7 +34,7 @@ from dtl_ray.config import (
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.contract.results import DiscriminateResult
 from dtl_ray.data import manifests, readers
-from dtl_ray.method import builders, calibration, models
+from dtl_ray.method import builders, calibration, domain
 from dtl_ray.raykit import train
 from dtl_ray.stages.discriminate import dann, fit
 from dtl_ray.stages.discriminate.specs import DannSpec, FitSpec
@@ -96,10 +97,11 @@ def _adapt(s: _Sections, layout: RunLayout, manifest: manifests.Manifest,
 
 
 def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
-                   rows: pd.DataFrame, held: np.ndarray,
-                   reading: readers.Reading) -> tuple[dict, dict]:
-    """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch."""
-    cols = ["image", "is_target", "fold"]
+                   rows: pd.DataFrame, held: np.ndarray, reading: readers.Reading,
+                   clusters_uri: str | None = None) -> tuple[dict, dict]:
+    """Trains a D on `model_uri`'s frozen features; returns (state, meta) of its last epoch.
+    `clusters_uri`: where source train's kinds are written (`fit._write_clusters`)."""
+    cols = ["image", "is_target", "fold", "sample_id"]
     size, cache, seed = s.model.frame, s.data.cache, s.seed
     rows = rows.assign(fold=calibration.fold_of(rows["sample_id"], ~held,
                                                 s.discriminate.folds))
@@ -108,13 +110,24 @@ def _discriminator(s: _Sections, train_run: tuple[str, str], model_uri: str,
     spec = FitSpec(discriminate=s.discriminate, batch_size=s.data.batch_size, seed=seed,
                    cpus=s.scaling.cpus_per_worker, model_uri=model_uri,
                    n_source=int((rows[~held]["is_target"] == 0).sum()),
-                   n_target=int((rows[~held]["is_target"] == 1).sum()))
+                   n_target=int((rows[~held]["is_target"] == 1).sum()),
+                   clusters_uri=clusters_uri)
     result = train.fit(fit.train_fn, s.scaling, *train_run, datasets, {"spec": spec},
                        progress=("discriminate", max(1, s.discriminate.folds), "fold"))
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
         return checkpoints.load_dir(d)
+
+
+def _tapped(layer: str | None, tap: domain.FeatureTap) -> str:
+    """What D reads, in words."""
+    if layer == domain.STYLES and not tap.stages:
+        return "styles asked, but the backbone has no stages: pooled penultimate"
+    if layer == domain.STYLES:
+        return (f"styles: per-channel mean and std of {', '.join(tap.stages[:-1])}, and the "
+                f"mean of {tap.stages[-1]} (the pooled penultimate)")
+    return layer or "pooled penultimate (backbone output)"
 
 
 def _gap(m: dict) -> dict:
@@ -133,7 +146,7 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     manifest = manifests.load(layout)
     pretrain_model = layout.pretrain_model
     classifier, _ = builders.load_classifier(pretrain_model)
-    models.FeatureTap(classifier.backbone, d.layer)  # a bad layer fails here, clearly
+    tap = domain.FeatureTap(classifier.backbone, d.layer)  # a bad layer fails here, clearly
     rows = domain_rows(manifest)
     held = calibration.heldout_mask(rows["sample_id"], d.heldout_fraction)
     n_source = int((rows["is_target"] == 0).sum())
@@ -141,7 +154,11 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
     # D on the pretrained features: the scoring D in standard mode, the gap "before" DANN
     reading = readers.reading(layout, data.max_image_pixels,
                               data.max_rejected_fraction, STAGE)
-    state, meta = _discriminator(s, layout.train_run(STAGE), pretrain_model, rows, held, reading)
+    # source train's kinds, by the pretrained features (what a person would call its styles)
+    if storage.exists(layout.source_clusters):  # a part per worker: none left from before
+        storage.delete_tree(layout.source_clusters)
+    state, meta = _discriminator(s, layout.train_run(STAGE), pretrain_model, rows, held, reading,
+                                 layout.source_clusters)
     scoring_model, adversarial = pretrain_model, {}
     if d.adapts:
         dann_uri, history = layout.dann_model, _adapt(s, layout, manifest, rows)
@@ -161,7 +178,7 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
         heldout_accuracy=m["heldout_accuracy"],
         heldout_balanced_accuracy=m["heldout_balanced_accuracy"],
         heldout_auc=m["heldout_auc"], proxy_a_distance=m["proxy_a_distance"],
-        layer=d.layer or "pooled penultimate (backbone output)",
+        layer=_tapped(d.layer, tap),
         n_source=n_source, n_target=n_target, heldout=int(held.sum()),
         folds=len(state["folds"]), out_of_fold_auc=m["oof_auc"],
         heldout_calibration_error_raw=m["heldout_ece_raw"],

@@ -92,7 +92,13 @@ def run(setup: SearchSetup, layout: RunLayout, tables: dict, n_cells: int):
             callbacks=[tune.trial_lines(total, settings)]),
     )
     with tune.credentials_kept_out_of_ray_logs():
-        return tuner.fit()
+        grid = tuner.fit()
+    if f.workers_per_trial > 0 or f.teacher_workers > 0:
+        swept = tune.sweep_placement_groups()
+        if swept:
+            console.say(f"[finetune] removed {len(swept)} placement group(s) left by Train runs "
+                        f"of stopped trials: {', '.join(swept)}")
+    return grid
 
 
 def trial_table(grid, cells: list[design.Cell], settings: list[dict],
@@ -115,6 +121,8 @@ def trial_table(grid, cells: list[design.Cell], settings: list[dict],
                      "best_val_accuracy": m["best_val_accuracy"],
                      "best_val_loss": m["best_val_loss"], "best_epoch": m["best_epoch"],
                      "epochs_run": m["epoch"], "samples_per_epoch": m["samples"],
+                     # the consistency term's share of pseudo-labels kept in its last epoch
+                     "mask_rate": m.get("mask_rate", float("nan")),
                      "best_free_risk": m.get("best_free_risk", float("nan")),
                      "best_free_epoch": m.get("best_free_epoch", -1), "key": m["key"],
                      # epochs it continued after (a retry or a new search), e.g. "1,3"

@@ -57,10 +57,14 @@ class SearchSetup:
     """The TorchTrainer's backend, asked outside any trial (None: no run uses Train)."""
     settings: list[dict] = field(default_factory=list)
     """The search's settings (lr, layers, candidate weight), the same in every cell."""
-    epoch_samples: int = 0
-    """Samples per epoch in every cell (the longest cell's)."""
+    epoch_samples: list[int] = field(default_factory=list)
+    """Samples per epoch of each cell (`batches.epoch_lengths`)."""
     streams: bool = False
     """Whether any cell streams its candidates (the search then leaves CPUs for reading)."""
+    cells: list = field(default_factory=list)
+    """The search's cells (`design.Cell`), by index."""
+    consistency: Any = None
+    """The consistency term (`builders.consistency`) of the cells that use it, or None."""
 
 
 @dataclass(frozen=True)
@@ -111,11 +115,20 @@ class CellInputs:
     """Held candidates: images, labels, weights, and how often a soft cell drew each."""
     cand_ds: Any = None
     source_val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    unl: np.ndarray | None = None
+    """The unlabeled target pool's images, held (the consistency term), or None."""
+    unl_ds: Any = None
+    """The same, streamed: a Ray dataset of `image`."""
 
     def datasets(self) -> dict:
         """The streamed sets, by the names a Train worker asks its shards for."""
-        return {"candidates": self.cand_ds} if self.cand_ds is not None else {}
+        sets = {"candidates": self.cand_ds, "unlabeled": self.unl_ds}
+        return {k: v for k, v in sets.items() if v is not None}
 
     def held(self) -> CellInputs:
         """These inputs without the datasets (they reach Train workers as shards)."""
-        return dataclasses.replace(self, cand_ds=None)
+        return dataclasses.replace(self, cand_ds=None, unl_ds=None)
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        return self.unl is not None or self.unl_ds is not None

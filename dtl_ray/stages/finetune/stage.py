@@ -45,7 +45,7 @@ from dtl_ray.contract.results import FinetuneResult
 from dtl_ray.data import manifests, readers
 from dtl_ray.data.samples import SAMPLE_ID
 from dtl_ray.data.scorefiles import read_scores
-from dtl_ray.method import builders, design, target_fit
+from dtl_ray.method import batches, builders, design
 from dtl_ray.stages.finetune import choice, inputs, search, teacher
 from dtl_ray.stages.finetune.specs import SearchSetup
 from dtl_ray.storage import parquet
@@ -82,6 +82,7 @@ def _setup(layout: RunLayout, finetune: FinetuneConfig, model: ModelConfig,
         shuffle_buffer=data.shuffle_buffer, val_images=val["image"],
         val_labels=np.array([local[int(v)] for v in val["label"]], dtype=np.int64),
         source_val_rows=src_val, progress=layout.progress, train_uri=layout.stage(STAGE),
+        consistency=builders.consistency(finetune),
         # asked here, outside any trial's placement group (the probe needs a GPU)
         backend=train.backend(scaling.use_gpu) if uses_train else None)
 
@@ -90,7 +91,7 @@ def _cells(setup: SearchSetup, select: SelectConfig, labeled: pd.DataFrame,
            scores: pd.DataFrame, unlabeled: pd.DataFrame, local: dict):
     """Phase 4a: the cells and their members (ids, labels, weights: all the driver holds)."""
     f = setup.finetune
-    cells = design.make_cells(f, select.target_fraction)
+    cells = design.make_cells(f, select.target_fraction, has_unlabeled=len(unlabeled) > 0)
     tables = []
     for i, cell in enumerate(cells):
         src, tgt = design.members(cell, scores, unlabeled, setup.classes, setup.seed,
@@ -98,6 +99,15 @@ def _cells(setup: SearchSetup, select: SelectConfig, labeled: pd.DataFrame,
         tables.append(design.members_table(labeled, src, tgt, local, f.weight_by_w)
                       .assign(cell=i))
     return cells, tables
+
+
+def _epoch_lengths(f: FinetuneConfig, cells: list, tables: list, pool: int) -> list[int]:
+    """Phase 4b: each cell's samples per epoch (`batches.epoch_lengths`; a cell with the
+    consistency term also counts its pass over the unlabeled pool)."""
+    passes = [batches.one_pass(design.as_train_set(t), f.mix_ratio,
+                               -(-pool // f.unlabeled_ratio) if c.consistency else 0)
+              for c, t in zip(cells, tables)]
+    return batches.epoch_lengths(passes, f.min_epoch_samples, f.max_epoch_samples)
 
 
 def run(layout: RunLayout, finetune: FinetuneConfig, select: SelectConfig, model: ModelConfig,
@@ -118,26 +128,31 @@ def run(layout: RunLayout, finetune: FinetuneConfig, select: SelectConfig, model
     console.detail(f"[finetune] {len(labeled)} labeled target, {len(setup.val_labels)} target "
                    f"val, {len(setup.source_val_rows)} source val (label-free choice)")
 
-    best_teacher = teacher.fit(setup, layout, model, manifest.table, labeled, scores, local)
     unl_rows = manifest.rows("target", "unlabeled")
-    unlabeled = teacher.pseudo_labels(setup, layout, unl_rows[unl_rows[SAMPLE_ID].isin(good)],
-                                      scores, score, data.max_image_pixels)
+    unl_rows = unl_rows[unl_rows[SAMPLE_ID].isin(good)]
+    best_teacher = teacher.fit(setup, layout, model, manifest.table, labeled, scores, local,
+                               unl_rows)
+    unlabeled = teacher.pseudo_labels(setup, layout, unl_rows, scores, score,
+                                      data.max_image_pixels)
 
     cells, tables = _cells(setup, select, labeled, scores, unlabeled, local)
     members = pd.concat(tables, ignore_index=True)
     parquet.write_df(members, storage.join(layout.stage(STAGE), "cells.parquet"))
     settings = design.settings_grid(f, seed)
-    epoch_samples = target_fit.epoch_length([design.as_train_set(t) for t in tables],
-                                            f.mix_ratio)
+    epochs = _epoch_lengths(f, cells, tables, len(unl_rows))
+    uses_pool = any(c.consistency for c in cells)
     streams = any(inputs.streams(int((~t["labeled"]).sum()), model.frame, f.in_memory_mb)
-                  for t in tables)
-    setup = dataclasses.replace(setup, settings=settings, epoch_samples=epoch_samples,
-                                streams=streams)
+                  for t in tables) or (uses_pool and inputs.streams(len(unl_rows), model.frame,
+                                                                    f.in_memory_mb))
+    setup = dataclasses.replace(setup, settings=settings, epoch_samples=epochs,
+                                streams=streams, cells=cells)
     rows = manifest.table[manifest.table[SAMPLE_ID].isin(set(members[SAMPLE_ID]))]
     console.detail(f"[finetune] search: {len(cells)} cells x {len(settings)} settings = "
-                   f"{len(cells) * len(settings)} trials, {epoch_samples} samples per epoch "
-                   "each")
-    grid = search.run(setup, layout, {"cells": members, "rows": rows}, len(cells))
+                   f"{len(cells) * len(settings)} trials, {min(epochs)} to {max(epochs)} "
+                   "samples per epoch")
+    grid = search.run(setup, layout, {"cells": members, "rows": rows,
+                                      "unlabeled": unl_rows if uses_pool else None},
+                      len(cells))
     trials, states, free_states = search.trial_table(grid, cells, settings, layout)
     if trials.empty:
         raise RuntimeError(f"every fine-tuning trial failed: see {layout.search}")
@@ -152,7 +167,7 @@ def run(layout: RunLayout, finetune: FinetuneConfig, select: SelectConfig, model
         label_free=choice.label_free(trials, free_states, f.label_free, layout, backbone,
                                      classes, len(setup.source_val_rows)),
         trials=int(len(trials)), trials_failed=int(len(cells) * len(settings) - len(trials)),
-        cells=len(cells), samples_per_epoch=int(epoch_samples), settings=settings,
+        cells=len(cells), samples_per_epoch=[int(n) for n in epochs], settings=settings,
         best=chosen["chosen"], arms=chosen,
         teacher_val_accuracy=float(best_teacher["val_accuracy"]),
         pseudo_labeled=int(len(unlabeled)), seconds=round(time.time() - t0, 2),

@@ -15,7 +15,7 @@ from dtl_ray.config import ModelConfig, ScoreConfig
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.data.samples import SAMPLE_ID
 from dtl_ray.errors import DataError
-from dtl_ray.method import design, loops, target_fit
+from dtl_ray.method import batches, design, loops, target_fit
 from dtl_ray.stages.finetune.inputs import cell_inputs, fit_cell
 from dtl_ray.stages.finetune.specs import SearchSetup
 from dtl_ray.stages.finetune.trial import fit_on_train, save_state, trial_spec
@@ -25,13 +25,13 @@ __all__ = ["fit", "pseudo_labels"]
 
 
 def _fit_to_end(setup: SearchSetup, members: pd.DataFrame, rows: pd.DataFrame,
-                settings: target_fit.Settings, out_uri: str) -> None:
+                unlabeled: pd.DataFrame, settings: target_fit.Settings, out_uri: str) -> None:
     """Fits the teacher to the end (a Ray task, or a TorchTrainer with
     `finetune.teacher_workers`); its best state goes to `out_uri`."""
     f = setup.finetune
     spec = dataclasses.replace(trial_spec(setup, -1, 0, settings), keep_state=out_uri,
                                source_val_rows=setup.source_val_rows.iloc[:0])
-    inputs = cell_inputs(members, rows, spec)
+    inputs = cell_inputs(members, rows, spec, unlabeled)
     if f.teacher_workers > 0:
         fit_on_train(spec, inputs, f.teacher_workers, setup, "teacher", in_tune=False)
         return
@@ -43,10 +43,13 @@ def _fit_to_end(setup: SearchSetup, members: pd.DataFrame, rows: pd.DataFrame,
 
 
 def fit(setup: SearchSetup, layout: RunLayout, model: ModelConfig, rows: pd.DataFrame,
-        labeled: pd.DataFrame, scores: pd.DataFrame, local: dict) -> dict:
-    """Fits the teacher on labeled target + the selected source candidates, with a trial's
-    budget (epochs as long as the all-source cell's); saves it as `layout.teacher` and
-    returns its best state (`val_accuracy`, `epoch`, `model`). `rows`: the manifest's."""
+        labeled: pd.DataFrame, scores: pd.DataFrame, local: dict,
+        unlabeled: pd.DataFrame) -> dict:
+    """Fits the teacher on labeled target + the selected source candidates (with the
+    consistency term on the `unlabeled` pool's rows when it is on), its epochs a pass over
+    its own data by the search's rule (`batches.epoch_lengths`); saves it as
+    `layout.teacher` and returns its best state (`val_accuracy`, `epoch`, `model`).
+    `rows`: the manifest's."""
     import ray
 
     f, scaling, seed = setup.finetune, setup.scaling, setup.seed
@@ -57,18 +60,24 @@ def fit(setup: SearchSetup, layout: RunLayout, model: ModelConfig, rows: pd.Data
     all_source, _ = design.members(design.Cell("all_source", "all", 1.0, 0.0), scores,
                                    scores.iloc[:0], setup.classes, seed, 0.0)
     budget = design.members_table(labeled, all_source, no_target, local, False)
+    cons = setup.consistency if len(unlabeled) else None
+    pool = -(-len(unlabeled) // f.unlabeled_ratio) if cons else 0
+    # its own data's pass, by the search's rule (the all-source cell: the longest pass)
+    own, longest = (batches.one_pass(design.as_train_set(m), f.mix_ratio, pool)
+                    for m in (members, budget))
     settings = target_fit.Settings(
         lr=f.lr[0], train_layers="all", epochs=f.epochs, batch_size=f.batch_size,
-        mix_ratio=f.mix_ratio, seed=seed,
-        epoch_samples=target_fit.epoch_length([design.as_train_set(members),
-                                               design.as_train_set(budget)], f.mix_ratio))
+        mix_ratio=f.mix_ratio, seed=seed, consistency=cons,
+        epoch_samples=batches.epoch_lengths([own, longest], f.min_epoch_samples,
+                                            f.max_epoch_samples)[0])
     state_uri = storage.join(layout.stage("finetune"), "teacher-state.pt")
     # in a task, never in the driver (it decodes its cell); with teacher_workers it only
     # drives a TorchTrainer and holds no CPU
     own = ({"num_cpus": 0} if f.teacher_workers > 0 else
            {"num_cpus": scaling.cpus_per_worker,
             "num_gpus": f.gpus_per_worker if scaling.use_gpu else 0})
-    ray.get(ray.remote(**own)(_fit_to_end).remote(setup, members, rows, settings, state_uri))
+    ray.get(ray.remote(**own)(_fit_to_end).remote(setup, members, rows, unlabeled, settings,
+                                                  state_uri))
     best = checkpoints.load(state_uri)[0]["best"]
     checkpoints.save_classifier(layout.teacher, best["model"], model.backbone, setup.classes,
                                 arm="teacher", val_accuracy=best["val_accuracy"])

@@ -80,8 +80,7 @@ def _train_worker(config: dict) -> None:
     if "node_id" in extra:  # where and since when rank 0 trains (Tune gets rank 0's
         # reports; the trial's own actor started before its workers were placed)
         extra.update(node_id=ray.get_runtime_context().get_node_id(), started_at=time.time())
-    for metrics, state in fit_cell(spec, inputs, device, resume, shards.get("candidates"),
-                                   prepare=prepare):
+    for metrics, state in fit_cell(spec, inputs, device, resume, shards, prepare=prepare):
         if rank == 0 and spec.progress_uri:
             _save_progress(spec, metrics, state)
         if rank == 0 and spec.keep_state:
@@ -118,8 +117,7 @@ def fit_on_train(spec: TrialSpec, inputs: CellInputs, workers: int, setup: Searc
                              callbacks=callbacks,
                              logging_config=ray.train.LoggingConfig(log_level="WARNING")),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["candidates"] if "candidates" in datasets
-                                  else []),
+        dataset_config=DataConfig(datasets_to_split=list(datasets)),
     ).fit()
 
 
@@ -135,9 +133,10 @@ def trial_fn(config: dict, tables: dict, setup: SearchSetup) -> None:
     # where and when it ran, in every report (the trial table keeps the last)
     where = {"key": key, "node_id": ray.get_runtime_context().get_node_id(),
              "started_at": time.time()}
-    settings = target_fit.Settings(**setup.settings[index], epochs=f.epochs,
-                                   batch_size=f.batch_size, mix_ratio=f.mix_ratio,
-                                   epoch_samples=setup.epoch_samples, seed=setup.seed)
+    settings = target_fit.Settings(
+        **setup.settings[index], epochs=f.epochs, batch_size=f.batch_size,
+        mix_ratio=f.mix_ratio, epoch_samples=setup.epoch_samples[cell], seed=setup.seed,
+        consistency=setup.consistency if setup.cells[cell].consistency else None)
     uri = storage.join(setup.progress, f"{key}.pt")
     resume, history, resumed = None, [], ()
     if storage.exists(uri):
@@ -151,7 +150,8 @@ def trial_fn(config: dict, tables: dict, setup: SearchSetup) -> None:
         ray.tune.report({**metrics, **where, "reported_at": time.time()})
     spec = dataclasses.replace(trial_spec(setup, cell, index, settings), progress_uri=uri,
                                history=history, resumed=resumed, report_extra=where)
-    inputs = cell_inputs(tables["cells"][tables["cells"]["cell"] == cell], tables["rows"], spec)
+    inputs = cell_inputs(tables["cells"][tables["cells"]["cell"] == cell], tables["rows"], spec,
+                         tables.get("unlabeled"))
     if f.workers_per_trial > 0:
         fit_on_train(spec, inputs, f.workers_per_trial, setup, f"trial-{key}", in_tune=True)
         return
