@@ -94,3 +94,28 @@ def test_requests_no_node_can_hold(ray_session, tiny_demo, tmp_path, capsys):
     assert code == 2 and len(err) == 1
     assert "asks for 3 CPU(s) (scaling.cpus_per_worker=3)" in err[0]
     assert "no node of the cluster" in err[0] and "lower scaling.cpus_per_worker" in err[0]
+
+
+def test_check_answers_for_this_machine_without_a_cluster(tiny_demo, tmp_path, capsys,
+                                                          monkeypatch):
+    """`--check` with no RAY_ADDRESS asks this machine (no GPU here) what the run's local Ray
+    would: GPUs asked for, none here -> one line, exit 2; with RAY_ADDRESS set it leaves the
+    question to the cluster (asked once the run joins it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    f = tmp_path / "c.yaml"
+    f.write_text(f"source: {{uri: {tiny_demo}/source}}\ntarget: {{uri: {tiny_demo}/target}}\n"
+                 f"storage: {tmp_path}/out\nmodel: {{backbone: smallcnn, image_size: 32}}\n")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, err = _run(["run", str(f), "--check", "--set", "scaling.use_gpu=true"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "scaling.use_gpu=true asks for 1 GPU(s)" in err[0] and "has 0" in err[0]
+    code, err = _run(["run", str(f), "--check", "--set", f"scaling.cpus_per_worker="
+                      f"{(os.cpu_count() or 1) + 1}"], capsys)
+    assert code == 2 and "scaling.cpus_per_worker" in err[0]
+    assert _run(["run", str(f), "--check"], capsys)[0] == 0
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster: its GPUs are asked later
+    assert _run(["run", str(f), "--check", "--set", "scaling.use_gpu=true"], capsys)[0] == 0
+    assert not (tmp_path / "out").exists()

@@ -88,3 +88,37 @@ def test_pipeline_job_on_a_real_head(token_head, tiny_run, tiny_demo, tmp_path):
          "print(JobSubmissionClient(sys.argv[1]).get_job_logs(sys.argv[2]))", address,
          again["id"]], capture_output=True, text=True, timeout=120, env=client_env(token))
     assert logs.stdout.count("already done, skipped") == 6, logs.stderr[-2000:]
+
+
+def test_dtl_ray_submit_follows_the_job_and_returns_its_exit(token_head, tiny_run, tiny_demo,
+                                                              tmp_path):
+    """`dtl-ray submit CONFIG --address URL --set ...` on the real head: the job's log comes
+    back as it runs, exit 0 when the job succeeds, non-zero when it fails; a client without
+    the head's token gets one line and exit 2; `--no-wait` returns at once with the id."""
+    address, token = token_head
+    copy_run(tiny_run[1], tmp_path / "out" / "sub", ["pretrain", "discriminate", "score",
+                                                     "select", "finetune"])
+    f = tmp_path / "c.yaml"
+    f.write_text("# Run: dtl-ray submit c.yaml --address URL\nname: sub\n")
+    sets = [a for o in tiny_run_overrides(tiny_demo / "source", tiny_demo / "target",
+                                          tmp_path / "out", "sub") for a in ("--set", str(o))]
+
+    def submit(*extra, token=token):
+        return subprocess.run([os.path.join(BIN, "dtl-ray"), "submit", str(f), "--address",
+                               address, *sets, *extra], capture_output=True, text=True,
+                              timeout=900, env=client_env(token))
+
+    ok = submit()
+    assert ok.returncode == 0, (ok.stdout[-3000:], ok.stderr[-3000:])
+    assert "submitted job dtl-ray-sub-" in ok.stdout and "SUCCEEDED" in ok.stdout
+    assert "[dtl-ray] evaluate: starting" in ok.stdout  # the job's own log, followed
+    assert (tmp_path / "out" / "sub" / "report.html").exists()
+    # a job that fails (a stage whose upstream is missing in a new run): its exit is not 0
+    failed = submit("--set", "name=other", "--stages", "evaluate")
+    assert failed.returncode == 1, (failed.stdout[-2000:], failed.stderr[-2000:])
+    assert "needs" in failed.stdout and "FAILED" in failed.stdout
+    refused = submit(token=None)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "--address" in refused.stderr
+    quick = submit("--no-wait")
+    assert quick.returncode == 0 and "ray job logs --address" in quick.stdout

@@ -48,7 +48,7 @@ def mlflow_server(tmp_path_factory):
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
+            os.killpg(proc.pid, 9)  # the server's workers too (its own process group)
             raise RuntimeError("the MLflow server did not start: "
                                + (root / "server.log").read_text()[-2000:])
         time.sleep(0.5)

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "demo-data": "demo_data",
     "run": "run",
+    "submit": "submit",
     "predict": "predict",
     "export": "export",
     "suggest-labels": "suggest_labels",

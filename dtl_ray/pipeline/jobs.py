@@ -18,7 +18,7 @@ import yaml
 from dtl_ray import storage
 from dtl_ray.contract.layout import RunLayout
 
-__all__ = ["submit", "Submission", "entrypoint_command"]
+__all__ = ["submit", "Submission", "entrypoint_command", "follow", "dashboard_address"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -57,6 +57,37 @@ def entrypoint_command(config_file: str, overrides: list[str] | None = None,
     if stages:
         args += ["--stages", ",".join(stages)]
     return shlex.join(args)
+
+
+def dashboard_address(address: str | None) -> str:
+    """The Jobs API address as `ray job submit` takes it: `address`, else `RAY_ADDRESS`, else
+    the local head's dashboard (http://127.0.0.1:8265); a bare host:port gets http://."""
+    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    return address if "://" in address else f"http://{address}"
+
+
+def follow(address: str, submission_id: str, out) -> str:
+    """Writes the job's log to `out` as it comes, until the job ends; returns its status."""
+    import asyncio
+
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(submission_id):
+            out.write(lines)
+            out.flush()
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError:  # the log stream closed early: the status still tells the end
+        pass
+    status = str(client.get_job_status(submission_id))
+    while status not in TERMINAL:
+        time.sleep(1)
+        status = str(client.get_job_status(submission_id))
+    return status
 
 
 def submit(config, address: str = "http://127.0.0.1:8265", wait: bool = False,

@@ -10,6 +10,7 @@ Ray cluster (`check_resources`) runs once Ray is up.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from dtl_ray import console, storage
 from dtl_ray.config import PipelineConfig
@@ -18,8 +19,8 @@ from dtl_ray.data import manifests
 from dtl_ray.errors import ConfigError, ModelError
 from dtl_ray.pipeline import tracking
 
-__all__ = ["prepare", "check", "absolute", "resolve_weights", "weights_file", "workers",
-           "check_resources"]
+__all__ = ["prepare", "check", "check_machine", "absolute", "resolve_weights", "weights_file",
+           "workers", "check_resources"]
 
 
 def prepare(cfg: PipelineConfig, download: bool = True) -> tuple[PipelineConfig, dict]:
@@ -51,9 +52,35 @@ def check(cfg: PipelineConfig, stages: list[str] | None = None,
     """
     registry.check_names([*(stages or []), *([restart_from] if restart_from else [])])
     cfg, _ = prepare(cfg, download=False)
+    if not os.environ.get("RAY_ADDRESS"):  # the run would start a Ray on this machine
+        check_machine(cfg)
     manifest = manifests.build(cfg.source.uri, cfg.target.uri, cfg.data.extensions)
     names = manifest.unreadable_names
     return {**manifest.counts(), "unreadable_names": 0 if names is None else len(names)}
+
+
+def check_machine(cfg: PipelineConfig) -> None:
+    """What `check_resources` will ask of the local Ray a run starts here, asked of this
+    machine without starting it: its GPUs (torch's CUDA devices) and its CPUs.
+
+    Raises:
+        ConfigError: naming the key to change.
+    """
+    import torch
+
+    s = cfg.scaling
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    workers = s.num_workers if isinstance(s.num_workers, int) else max(1, gpus)
+    if s.use_gpu and gpus < workers:
+        raise ConfigError(
+            f"scaling.use_gpu=true asks for {workers} GPU(s) (scaling.num_workers="
+            f"{s.num_workers}) but this machine has {gpus} and no cluster is given "
+            "(RAY_ADDRESS is not set): set scaling.use_gpu=false, or RAY_ADDRESS to a cluster "
+            "with GPU nodes")
+    cpus = os.cpu_count() or 1
+    if s.cpus_per_worker > cpus:
+        raise ConfigError(f"scaling.cpus_per_worker={s.cpus_per_worker} but this machine has "
+                          f"{cpus} CPUs and no cluster is given (RAY_ADDRESS is not set)")
 
 
 def absolute(cfg: PipelineConfig) -> PipelineConfig:
