@@ -30,7 +30,7 @@ def test_a_torchvision_backbone_on_jpeg_folders_packed_and_on_s3(other_run):
     assert doc["data"]["target_classes"] == ["apple", "leaf"]
     assert cfg.model.frame == (32, 36)  # resized to 36 and centre-cropped in every stage
     # and so by predict and suggest-labels, which read it from the run's saved config
-    _, saved, _, _ = predict._run(f"{cfg.storage}/other", "method")
+    _, saved, _, _ = predict.run_files(f"{cfg.storage}/other", "method")
     assert predict.frame(saved) == (32, 36)
     n = sum(n * (3 if d == "src" or s == "unlabeled" else 2) for (d, s), n in OTHER_COUNTS.items())
     assert len(folders.table) == n

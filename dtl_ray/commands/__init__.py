@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "submit": "submit",
     "predict": "predict",
     "export": "export",
+    "serve": "serve",
     "suggest-labels": "suggest_labels",
     "report": "report",
     "pack": "pack",

@@ -1,5 +1,5 @@
 """Using a finished run's model outside the pipeline: `dtl-ray predict` labels new images
-through Ray Data, `dtl-ray export` writes a TorchScript file that needs only torch.
+through Ray Data (`export.py` writes the model for other tools).
 
 Both read what the run wrote (its config, class names, fine-tuned models, discriminator), so
 they apply the run's own image size, pixel limit and normalisation.
@@ -7,9 +7,6 @@ they apply the run's own image size, pixel limit and normalisation.
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import time
 
 import numpy as np
@@ -20,19 +17,16 @@ from dtl_ray.config import ModelConfig, from_dict
 from dtl_ray.contract.layout import RunLayout
 from dtl_ray.data import decode, readers, samples
 from dtl_ray.errors import DataError, RunError
-from dtl_ray.method import builders, loops, scoring
+from dtl_ray.method import scoring
 from dtl_ray.storage import checkpoints, parquet
 
-__all__ = ["predict", "export", "list_images", "Predictor", "EXPORT_META"]
-
-EXPORT_META = "dtl_ray.json"
-"""The name of the JSON an exported file carries (`torch.jit.load(..., _extra_files=...)`)."""
+__all__ = ["predict", "list_images", "Predictor", "run_files", "frame"]
 
 COLUMNS = ["path", "class", "label", "confidence", "p_target", "error"]
 
 
 
-def _run(run_dir: str, arm: str) -> tuple[RunLayout, dict, list[str], str]:
+def run_files(run_dir: str, arm: str) -> tuple[RunLayout, dict, list[str], str]:
     """(layout, the run's config as a dict, class names, the model's URI)."""
     import yaml
 
@@ -89,7 +83,11 @@ class Predictor:
             self.domain = scoring.Scorer(meta["model"], classes, disc_uri, use_gpu=use_gpu)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = decode.decode_batch(batch, self.image_size, self.max_pixels)  # once for both
+        return self.label(decode.decode_batch(batch, self.image_size, self.max_pixels))
+
+    def label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A decoded batch (`image`, `error`, `path`, `sample_id`, `domain`, `split`): each
+        row's label, confidence and p_target (decoded once for both models)."""
         out = self.model(batch)
         p = self.domain(batch)["p_target"] if self.domain is not None else np.full(
             len(out["pred"]), np.nan)
@@ -113,7 +111,7 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
     from dtl_ray.raykit import connect
 
     t0 = time.time()
-    layout, cfg, names, model_uri = _run(run_dir, arm)
+    layout, cfg, names, model_uri = run_files(run_dir, arm)
     dcfg = cfg.get("data", {})
     rows, bad = list_images(images, dcfg.get("extensions", [".png", ".jpg", ".jpeg"]))
     if rows.empty and bad.empty:
@@ -151,69 +149,3 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
     counts = {"images": int(len(df)), "predicted": int(ok.sum()), "rejected": int((~ok).sum()),
               "model": arm, "seconds": round(time.time() - t0, 2)}
     return counts
-
-
-class _Exported:
-    """Builds the exported module (a class so torch is imported only when exporting)."""
-
-    @staticmethod
-    def module(model, mean, std):
-        import torch
-
-        class Exported(torch.nn.Module):
-            """uint8 RGB images (N, H, W, 3) at the run's image size -> class probabilities
-            (N, K) over the classes in the file's metadata, in that order."""
-
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-                self.register_buffer("mean", mean.clone())
-                self.register_buffer("std", std.clone())
-
-            def forward(self, images: torch.Tensor) -> torch.Tensor:
-                x = images.permute(0, 3, 1, 2).float() / 255.0
-                x = (x - self.mean) / self.std
-                return torch.softmax(self.model(x), dim=1)
-
-        return Exported().eval()
-
-
-def export(run_dir: str, out: str, arm: str = "chosen") -> dict:
-    """Writes the run's `arm` model as TorchScript to `out`: it loads with `torch.jit.load`
-    alone (no dtl-ray), takes uint8 RGB images (N, S, S, 3) resized to the run's image size S,
-    and returns class probabilities; its `dtl_ray.json` extra file holds the class names, the
-    image size, how to resize, and the normalisation it applies. Returns that metadata.
-
-    Raises:
-        RunError: not a run, or its model is missing.
-    """
-    import torch
-
-    _, cfg, names, model_uri = _run(run_dir, arm)
-    model, meta = builders.load_classifier(model_uri)
-    classes = list(meta["classes"])
-    if meta["num_classes"] != len(classes):
-        raise RunError(f"model '{arm}' has {meta['num_classes']} outputs for {len(classes)} "
-                       "classes: only fine-tuned models (one output per target class) export")
-    geometry = frame(cfg)
-    size = samples.side(geometry)
-    resize = ("to image_size x image_size with PIL's bilinear filter" if geometry == size else
-              f"the shorter side to {geometry[1]} px with PIL's bilinear filter, then the centre "
-              f"{size} x {size} px cropped (torchvision's Resize({geometry[1]}) and "
-              f"CenterCrop({size}))")
-    module = _Exported.module(model, loops.MEAN, loops.STD)
-    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example)
-    info = {"classes": [names[c] for c in classes], "image_size": size,
-            "resize_size": None if geometry == size else geometry[1],
-            "input": f"uint8 RGB tensor (N, {size}, {size}, 3)",
-            "resize": f"{resize}, after converting to RGB (transparency onto black)",
-            "output": "class probabilities (N, K), K = len(classes)",
-            "mean": loops.MEAN.flatten().tolist(), "std": loops.STD.flatten().tolist(),
-            "arm": arm, "backbone": meta["backbone"], "run": os.path.abspath(run_dir)
-            if "://" not in run_dir else run_dir}
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files={EXPORT_META: json.dumps(info)})
-    storage.write_bytes(out, buf.getvalue())
-    return info

@@ -170,7 +170,7 @@ def score_pool(run_dir: str, arm: str = "chosen") -> Pool:
     from dtl_ray.inference import predict
     from dtl_ray.raykit import connect
 
-    layout, cfg, names, model_uri = predict._run(run_dir, arm)
+    layout, cfg, names, model_uri = predict.run_files(run_dir, arm)
     manifest = manifests.load(layout)
     unl, lab = manifest.rows("target", "unlabeled"), manifest.rows("target", "train")
     if unl.empty:
