@@ -33,14 +33,14 @@ def test_missing_folder_writes_nothing(tmp_path, capsys):
 
 
 def test_empty_split(tmp_path, capsys):
-    for rel in ("s/train/a/x.png", "s/val/a/x.png", "t/train/a/x.png", "t/val/a/x.png"):
+    for rel in ("s/train/a/x.png", "s/val/a/x.png", "t/train/a/x.png", "t/test/a/x.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
-    (tmp_path / "t" / "test").mkdir()
+    (tmp_path / "t" / "val").mkdir()
     f = tmp_path / "c.yaml"
     f.write_text(f"source: {{uri: {tmp_path}/s}}\ntarget: {{uri: {tmp_path}/t}}\n")
     code, err = _run(["run", str(f)], capsys)
-    assert code == 2 and "target split 'test' is empty" in err[0]
+    assert code == 2 and "target split 'val' is empty" in err[0]
 
 
 def test_unknown_stage(tiny_demo, tmp_path, capsys):
@@ -94,6 +94,10 @@ def test_requests_no_node_can_hold(ray_session, tiny_demo, tmp_path, capsys):
     assert code == 2 and len(err) == 1
     assert "asks for 3 CPU(s) (scaling.cpus_per_worker=3)" in err[0]
     assert "no node of the cluster" in err[0] and "lower scaling.cpus_per_worker" in err[0]
+    # 2 fits the node, but a Train worker holding both CPUs leaves none to read its images
+    code, err = _run(["run", str(f), "--set", "scaling.cpus_per_worker=2"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "take all 2 CPUs that the cluster can hold" in err[0], err
 
 
 def test_check_answers_for_this_machine_without_a_cluster(tiny_demo, tmp_path, capsys,
@@ -115,6 +119,13 @@ def test_check_answers_for_this_machine_without_a_cluster(tiny_demo, tmp_path, c
     code, err = _run(["run", str(f), "--check", "--set", f"scaling.cpus_per_worker="
                       f"{(os.cpu_count() or 1) + 1}"], capsys)
     assert code == 2 and "scaling.cpus_per_worker" in err[0]
+    # Train workers holding every CPU leave none to read their images: a stage that would wait
+    # forever (`make perf`'s hang) is one line instead
+    cpus = os.cpu_count() or 1
+    code, err = _run(["run", str(f), "--check", "--set", f"scaling.cpus_per_worker={cpus}"],
+                     capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"take all {cpus} CPUs of this machine" in err[0] and "read their images" in err[0]
     assert _run(["run", str(f), "--check"], capsys)[0] == 0
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster: its GPUs are asked later
     assert _run(["run", str(f), "--check", "--set", "scaling.use_gpu=true"], capsys)[0] == 0

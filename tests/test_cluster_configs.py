@@ -79,3 +79,24 @@ def test_job_script_parses_and_fails_cleanly(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, (extra, proc.stderr)
         assert "config file not found" in proc.stderr
+
+
+def test_job_takes_code_and_package_from_one_version_the_repos():
+    """The RayJob's working_dir (the code its driver runs) and the package every node installs
+    name the same tag, this repository's version: a job never runs one version's entrypoint
+    on another version's package. The shipped cluster configs run the photo recipe and let the
+    autoscaler add the 8 GPU nodes it is written for."""
+    import dtl_ray
+
+    tag = f"v{dtl_ray.__version__}"
+    for rel in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        text = yaml.safe_dump(_load(rel))
+        assert set(re.findall(r"dtl-ray@(v[\w.]+)", text)) == {tag}, rel
+    job = _load("kuberay/rayjob.yaml")
+    assert job["spec"]["runtimeEnvYAML"].count(f"refs/tags/{tag}.zip") == 1
+    assert "configs/photos.yaml" in job["spec"]["entrypoint"]
+    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert [g["maxReplicas"] for g in groups if g["groupName"] == "gpu"] == [8]
+    aws = _load("aws-gpu.yaml")
+    assert aws["available_node_types"]["gpu_worker"]["max_workers"] == 8
+    assert aws["idle_timeout_minutes"] >= 10  # longer than the gaps between stages

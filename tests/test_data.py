@@ -63,9 +63,13 @@ FULL = ["s/train/a/1.png", "s/val/a/1.png", "t/train/a/1.png", "t/val/a/1.png",
 def test_layout_errors_are_clear(tmp_path):
     with pytest.raises(DataError, match="source folder not found"):
         manifests.build(str(tmp_path / "nope"), str(tmp_path), [".png"])
-    _layout(tmp_path / "r1", FULL[:-1])
-    with pytest.raises(DataError, match="target split 'test' is empty"):
+    _layout(tmp_path / "r1", [r for r in FULL if not r.startswith("t/val/")])
+    with pytest.raises(DataError, match="target split 'val' is empty"):
         manifests.build(str(tmp_path / "r1/s"), str(tmp_path / "r1/t"), [".png"])
+    # target test is optional: the run measures on val then, and says so
+    _layout(tmp_path / "r0", FULL[:-1])
+    counts = manifests.build(str(tmp_path / "r0/s"), str(tmp_path / "r0/t"), [".png"]).counts()
+    assert counts["target"]["test"] == 0 and counts["target"]["val"] == 1
     _layout(tmp_path / "r2", FULL + ["t/train/zebra/1.png"])
     with pytest.raises(DataError, match=r"target class\(es\) \['zebra'\]"):
         manifests.build(str(tmp_path / "r2/s"), str(tmp_path / "r2/t"), [".png"])

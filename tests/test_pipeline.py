@@ -54,6 +54,11 @@ def test_discriminate_stage(tiny_run):
     assert d["folds"] == len(d["platt"]) == 5 == cfg.discriminate.folds
     assert all(a > 0 for a, _ in d["platt"])  # calibration keeps the order of each D
     assert 0 <= d["heldout_calibration_error"] <= 1 and 0.5 <= d["out_of_fold_auc"] <= 1
+    # the report's ROC and reliability diagram: from (0, 0) to (1, 1), every held-out row binned
+    roc = np.asarray(d["heldout_roc"])
+    assert roc[0].tolist() == [0, 0] and roc[-1].tolist() == [1, 1]
+    assert (np.diff(roc, axis=0) >= 0).all()
+    assert sum(n for _, _, n in d["heldout_reliability"]) == d["heldout"]
 
 
 def test_score_stage_accounts_for_every_row(tiny_run):
@@ -253,3 +258,32 @@ def test_label_free_choice_is_reported_beside_the_labeled_one(tiny_run):
     assert os.path.exists(os.path.join(run, "finetune", "models", "label_free.pt"))
     html = open(os.path.join(run, "report.html")).read()
     assert "without target labels" in html
+
+
+def test_without_a_test_split_models_are_measured_on_val_and_the_report_says_so(
+        tiny_run, tiny_demo, tmp_path, capsys):
+    """A target without test/ is a run, not an error: evaluate measures the models on target
+    val (the images that chose them) and the console, the result, the verdict and the page
+    say so. The session's run up to the search; the manifest without its test rows."""
+    _, run, _ = tiny_run
+    copy = copy_run(run, tmp_path / "notest", registry.NAMES[:-1])
+    layout = RunLayout(str(copy))
+    m = parquet.read_df(layout.manifest)
+    is_test = (m["domain"] == "target") & (m["split"] == "test")
+    n_val = int(((m["domain"] == "target") & (m["split"] == "val")).sum())
+    assert is_test.any()
+    parquet.write_df(m[~is_test].reset_index(drop=True), layout.manifest)
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text("name: notest\n")
+    args = cli_args(cfg_file, tiny_run_overrides(tiny_demo / "source", tiny_demo / "target",
+                                                 tmp_path, "notest"))
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "the target has no test split" in capsys.readouterr().out
+    doc = storage.read_json(layout.report_json)
+    ev = doc["evaluate"]
+    assert ev["measured_on"] == "val" and ev["test_images"] == n_val
+    assert doc["verdict"].startswith("The target has no test split")
+    page = open(layout.report_html).read()
+    assert f"on {n_val} val images" in page and "Target val (no test split" in page
+    assert "Target test (measured once" not in page

@@ -13,7 +13,7 @@ __all__ = ["DEMO_CONFIG", "PAIRS", "add_overrides", "add_verbose", "add_model",
            "demo_config_path", "at_least_one"]
 
 DEMO_CONFIG = "demo.yaml"
-PAIRS = ("standard", "partial", "digits", "icons")
+PAIRS = ("standard", "partial", "digits", "icons", "photos")
 """The built-in demo pairs (`data.pairs`): standard; partial (the target has 3 of the
 source's 7 classes); digits (real images: printed digits to handwritten MNIST digits)."""
 

@@ -16,7 +16,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", choices=_common.PAIRS, default="standard",
                    help="partial: the target has 3 of the source's 7 classes; digits: real "
                    "images, printed digits (fonts) to handwritten MNIST digits; icons: real "
-                   "images, desktop icons in five styles to a sixth (Debian's icon themes)")
+                   "images, desktop icons in five styles to a sixth (Debian's icon themes); "
+                   "photos: photo-like scenes at 320x240, daylight to dusk, for "
+                   "configs/photos.yaml's checks")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -14,9 +14,13 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from dtl_ray import storage
     from dtl_ray.contract.layout import RunLayout
+    from dtl_ray.errors import RunError
     from dtl_ray.pipeline import report
 
     layout = RunLayout(args.run_dir)
+    if not storage.exists(layout.report_json):
+        raise RunError(f"{args.run_dir} has no report.json: not a run's folder, or its run "
+                       "has not finished (running its config again resumes it)")
     report.write(storage.read_json(layout.report_json), layout)
     print(f"wrote {layout.report_html}")
     return 0

@@ -61,6 +61,11 @@ class DiscriminateResult:
     seconds: float
     adversarial: dict | None = field(default=None, metadata={"omit_if_none": True})
     """With DANN: the gap before and after adaptation, DANN's curve and its model."""
+    heldout_roc: list | None = field(default=None, metadata={"omit_if_none": True})
+    """The scoring D's ROC curve on the held-out part: [false positive rate, true positive
+    rate] at quantiles of p (the report's plot)."""
+    heldout_reliability: list | None = field(default=None, metadata={"omit_if_none": True})
+    """Its reliability diagram: per bin of p, [mean p, share of target, rows]."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,9 @@ class EvaluateResult:
     test_images: int
     test_rejected: int
     seconds: float
+    measured_on: str = "test"
+    """`test`; `val` when the target has no test split: the figures are then measured on the
+    images the models were chosen on (they flatter every model, the chosen ones most)."""
 
 
 

@@ -23,8 +23,8 @@ COLUMNS = [SAMPLE_ID, IMAGE, LABEL, DOMAIN, SPLIT, PATH, ERROR, P_TARGET, WEIGHT
 SPLITS = {"source": ["train", "val"], "target": ["train", "unlabeled", "val", "test"]}
 
 
-REQUIRED = {("source", "train"), ("source", "val"), ("target", "train"), ("target", "val"),
-            ("target", "test")}
+REQUIRED = {("source", "train"), ("source", "val"), ("target", "train"), ("target", "val")}
+"""Without target test a run measures its models on target val instead, and says so."""
 
 
 UNLABELED = -1

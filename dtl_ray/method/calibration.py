@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["heldout_mask", "in_training", "fold_of", "HELD_OUT", "fit_platt", "apply_platt",
-           "expected_calibration_error", "sigmoid", "near_perfect", "effective_sample_size"]
+           "expected_calibration_error", "reliability", "roc_points", "sigmoid", "near_perfect",
+           "effective_sample_size"]
 
 HELD_OUT = -1
 """`fold_of` for a row no discriminator trained on."""
@@ -137,6 +138,36 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 15,
         if m.any():
             ece += abs(np.sum(w[m] * y[m]) - np.sum(w[m] * p[m]))
     return float(ece / w.sum())
+
+
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[list[float]]:
+    """The reliability diagram's points: per non-empty equal-width bin of p, [mean p, the
+    share of target in it (domains weighing half each, as in the ECE), rows]."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=bool)
+    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    w = np.where(y, 0.5 / n_pos, 0.5 / n_neg)
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            out.append([round(float(p[m].mean()), 4),
+                        round(float(np.sum(w[m] * y[m]) / np.sum(w[m])), 4), int(m.sum())])
+    return out
+
+
+def roc_points(p: np.ndarray, y: np.ndarray, points: int = 51) -> list[list[float]]:
+    """The ROC curve at `points` thresholds (quantiles of p): [false positive rate, true
+    positive rate] pairs from (0, 0) to (1, 1), target the positive class."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=bool)
+    if not y.any() or y.all():
+        return []
+    cuts = np.unique(np.quantile(p, np.linspace(0, 1, points)))[::-1]
+    curve = [[0.0, 0.0]]
+    for c in cuts:
+        hit = p >= c
+        curve.append([round(float(hit[~y].mean()), 4), round(float(hit[y].mean()), 4)])
+    return curve + ([[1.0, 1.0]] if curve[-1] != [1.0, 1.0] else [])
 
 
 def near_perfect(auc: float, balanced_accuracy: float) -> bool:

@@ -10,7 +10,8 @@ import numpy as np
 from dtl_ray import storage
 from dtl_ray.method import weighting
 
-__all__ = ["png", "png_base64", "confusion", "histograms", "fractions", "ranked", "kinds"]
+__all__ = ["png", "png_base64", "confusion", "histograms", "fractions", "ranked", "kinds",
+           "discriminator_curves"]
 
 
 def png(fig, dpi: int = 100) -> bytes:
@@ -48,6 +49,34 @@ def confusion(confusion: list[list[int]], names: list[str]) -> bytes:
                     color="white" if cm[i, j] > top / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    return png(fig)
+
+
+def discriminator_curves(roc: list, reliability: list, auc: float | None) -> bytes:
+    """D on its held-out part: the ROC curve, and the reliability diagram (calibrated p
+    against the share of target in each bin of p; on the diagonal, p means what it says)."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.6))
+    if roc:
+        r = np.asarray(roc)
+        a.plot(r[:, 0], r[:, 1], marker=".", label=f"D (AUC {auc:.3f})" if auc else "D")
+    a.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+    a.set_xlabel("false positive rate (source called target)")
+    a.set_ylabel("true positive rate")
+    a.set_title("ROC, held out")
+    a.legend(loc="lower right", fontsize=8)
+    if reliability:
+        r = np.asarray(reliability, dtype=float)
+        b.plot(r[:, 0], r[:, 1], marker="o", label="D, calibrated")
+        for x, y, n in r:
+            b.annotate(str(int(n)), (x, y), fontsize=6, xytext=(3, -8),
+                       textcoords="offset points")
+    b.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    b.set_xlabel("mean p_target in the bin")
+    b.set_ylabel("share of target (domains weigh half)")
+    b.set_title("Reliability, held out (rows per bin)")
+    b.legend(loc="upper left", fontsize=8)
     return png(fig)
 
 

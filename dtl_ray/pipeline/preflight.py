@@ -81,6 +81,20 @@ def check_machine(cfg: PipelineConfig) -> None:
     if s.cpus_per_worker > cpus:
         raise ConfigError(f"scaling.cpus_per_worker={s.cpus_per_worker} but this machine has "
                           f"{cpus} CPUs and no cluster is given (RAY_ADDRESS is not set)")
+    if isinstance(s.num_workers, int):
+        _leave_a_reader(s.num_workers, s.cpus_per_worker, cpus, "of this machine")
+
+
+def _leave_a_reader(workers: int, cpus_per_worker: int, cpus: int, where: str) -> None:
+    """The Train workers must leave a CPU to the Ray Data tasks that read, decode and shuffle
+    their images: with every CPU held by a worker those tasks never start and the stage
+    waits forever (`make perf` hung so)."""
+    if workers * cpus_per_worker >= cpus:
+        raise ConfigError(
+            f"scaling.num_workers={workers} x scaling.cpus_per_worker={cpus_per_worker} Train "
+            f"worker CPUs take all {cpus} CPUs {where} "
+            "and leave none to read their images (the stage would wait forever): lower "
+            "scaling.cpus_per_worker or scaling.num_workers (`auto` leaves one)")
 
 
 def absolute(cfg: PipelineConfig) -> PipelineConfig:
@@ -211,6 +225,9 @@ def check_resources(cfg: PipelineConfig) -> None:
             f"{what} (scaling.cpus_per_worker={s.cpus_per_worker}) but no node of the cluster "
             "(nor any node type its autoscaler can add) has that much: lower "
             "scaling.cpus_per_worker or add larger nodes")
+    cpus = capacity.most("CPU")
+    if cpus is not None:
+        _leave_a_reader(s.num_workers, s.cpus_per_worker, cpus, "that the cluster can hold")
 
 
 def build_model(cfg: PipelineConfig) -> None:

@@ -49,6 +49,9 @@ def run(cfg: PipelineConfig, stages: list[str] | None = None,
             restart(layout, restart_from)
         fingerprints.check(cfg, layout)
         manifest = _manifest(cfg, layout)  # fails fast, before Ray starts, on bad folders
+        if not manifest.counts()["target"].get("test"):
+            console.say("[dtl-ray] the target has no test split: the report measures the "
+                        "models on target val, which chooses them (optimistic figures)")
         with console.quiet(layout.root, verbose):  # Ray's output in the run's log
             return _run_listed(cfg, layout, wanted, env, t0, manifest)
 

@@ -116,7 +116,7 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-PAIRS = ("standard", "partial", "digits", "icons")
+PAIRS = ("standard", "partial", "digits", "icons", "photos")
 # the partial pair: the target has only these classes; the source keeps all seven
 PARTIAL_TARGET_CLASSES = ["circle", "cross", "square"]
 
@@ -135,6 +135,10 @@ def target_classes(pair: str = "standard") -> list[str]:
         from dtl_ray.data.pairs import icons
 
         return list(icons.CLASSES)
+    if pair == "photos":
+        from dtl_ray.data.pairs import photos
+
+        return list(photos.CLASSES)
     raise ValueError(f"unknown demo pair {pair!r}: choose from {list(PAIRS)}")
 
 
@@ -160,7 +164,8 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
         pair: `standard` (the target lacks one source class), `partial` (partial domain
             adaptation: the target has 3 of the source's 7 classes, so 4 are source-only) or
             `digits` (real images: printed digits to handwritten MNIST, `pairs.digits`) or
-            `icons` (real images: desktop icons in five styles to a sixth, `pairs.icons`).
+            `icons` (real images: desktop icons in five styles to a sixth, `pairs.icons`) or
+            `photos` (photo-like scenes at 320x240 for the photo recipe's checks).
 
     Returns:
         Counts per domain/split, and the near/far make-up of source train.
@@ -174,6 +179,10 @@ def write_demo(out_uri: str, seed: int = 0, scale: float = 1.0, pair: str = "sta
         from dtl_ray.data.pairs import icons
 
         return icons.write_icons(out_uri, seed=seed, scale=scale)
+    if pair == "photos":
+        from dtl_ray.data.pairs import photos
+
+        return photos.write_photos(out_uri, seed=seed, scale=scale)
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     near_total = 0

@@ -202,5 +202,7 @@ def _final_metrics(states: list[dict], oof: list, hx: torch.Tensor, hy: torch.Te
     out.update(platt=[list(ab) for ab in platt],
                oof_auc=loops.roc_auc(calibration.sigmoid(z_all), y_all),
                heldout_ece_raw=calibration.expected_calibration_error(hp_raw, hyn),
-               heldout_ece=calibration.expected_calibration_error(hp, hyn))
+               heldout_ece=calibration.expected_calibration_error(hp, hyn),
+               heldout_roc=calibration.roc_points(hp, hyn),
+               heldout_reliability=calibration.reliability(hp, hyn))
     return out

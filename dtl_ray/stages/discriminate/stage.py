@@ -183,4 +183,5 @@ def run(layout: RunLayout, discriminate: DiscriminateConfig, model: ModelConfig,
         folds=len(state["folds"]), out_of_fold_auc=m["oof_auc"],
         heldout_calibration_error_raw=m["heldout_ece_raw"],
         heldout_calibration_error=m["heldout_ece"], platt=m["platt"], near_perfect=perfect,
-        seconds=round(time.time() - t0, 2))
+        seconds=round(time.time() - t0, 2), heldout_roc=m.get("heldout_roc"),
+        heldout_reliability=m.get("heldout_reliability"))
