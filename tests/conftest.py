@@ -4,6 +4,10 @@ import contextlib
 import os
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+# every Ray the tests start (this process's and the heads they launch): its dashboard waits
+# up to 2 minutes for its modules instead of 30 s, which a loaded 2-core machine overran
+# ("Module MetricsHead failed to start"), failing the session's fixture
+os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "120")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
