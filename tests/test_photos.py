@@ -55,7 +55,8 @@ def test_photo_recipe_checks_with_only_the_data_paths_changed(photo_pair, tmp_pa
     assert cfg["scaling"]["use_gpu"] is True and cfg["scaling"]["num_workers"] == "auto"
     proc = _check(root, tmp_path, "scaling.use_gpu=false")
     assert proc.returncode == 0, proc.stderr
-    assert "usable" in proc.stdout and f"'unlabeled': {counts['target/unlabeled']}" in proc.stdout
+    assert "usable" in proc.stdout and f"unlabeled {counts['target/unlabeled']} ·" in proc.stdout
+    assert "source train 40 · val 8; target train 4 · unlabeled 20" in proc.stdout
     assert not (tmp_path / "runs" / "photos").exists()  # a check writes no run
 
 

@@ -38,7 +38,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.check:
         found = pipeline.check(cfg, stages, args.restart_from)
-        print(f"dtl-ray: config, storage, model and data are usable: {found}")
+        splits = "; ".join(f"{d} " + " · ".join(f"{s} {n:,}" for s, n in found[d].items())
+                           for d in ("source", "target"))
+        print(f"dtl-ray: config, storage, model and data are usable: {splits}; "
+              f"{found['unreadable_names']} file name(s) unreadable")
         return 0
     doc = pipeline.run(cfg, stages, restart_from=args.restart_from, verbose=args.verbose)
     print(doc.get("verdict", ""))
