@@ -20,7 +20,7 @@ from dtl_ray.errors import DataError, RunError
 from dtl_ray.method import scoring
 from dtl_ray.storage import checkpoints, parquet
 
-__all__ = ["predict", "list_images", "Predictor", "run_files", "frame"]
+__all__ = ["predict", "list_images", "Predictor", "run_files", "predictor_kwargs", "frame"]
 
 COLUMNS = ["path", "class", "label", "confidence", "p_target", "error"]
 
@@ -60,6 +60,20 @@ def list_images(uri: str, extensions: list[str]) -> tuple[pd.DataFrame, pd.DataF
     rows = pd.DataFrame(good, columns=[samples.SAMPLE_ID, samples.DOMAIN, samples.SPLIT,
                                        samples.PATH])
     return rows, pd.DataFrame(bad, columns=["path", "error"])
+
+
+def predictor_kwargs(run_dir: str, arm: str, use_gpu: bool) -> tuple[RunLayout, dict, list[str],
+                                                                     dict]:
+    """(layout, the run's config, class names, the `Predictor` arguments of model `arm`):
+    the run's own image size and pixel limit, its discriminator when it has one."""
+    layout, cfg, names, model_uri = run_files(run_dir, arm)
+    _, meta = checkpoints.read_classifier(model_uri)
+    disc = layout.discriminator if storage.exists(layout.discriminator) else None
+    return layout, cfg, names, {
+        "model_uri": model_uri, "classes": list(meta["classes"]), "disc_uri": disc,
+        "image_size": frame(cfg), "use_gpu": use_gpu,
+        "max_pixels": int(cfg.get("data", {}).get("max_image_pixels",
+                                                  decode.DEFAULT_MAX_PIXELS))}
 
 
 def frame(cfg: dict) -> samples.Size:
@@ -111,14 +125,11 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
     from dtl_ray.raykit import connect
 
     t0 = time.time()
-    layout, cfg, names, model_uri = run_files(run_dir, arm)
-    dcfg = cfg.get("data", {})
-    rows, bad = list_images(images, dcfg.get("extensions", [".png", ".jpg", ".jpeg"]))
+    _, cfg, names, kwargs = predictor_kwargs(run_dir, arm, use_gpu)
+    extensions = cfg.get("data", {}).get("extensions", [".png", ".jpg", ".jpeg"])
+    rows, bad = list_images(images, extensions)
     if rows.empty and bad.empty:
         raise DataError(f"no images below {images}")
-    _, meta = checkpoints.read_classifier(model_uri)
-    classes = list(meta["classes"])
-    disc = layout.discriminator if storage.exists(layout.discriminator) else None
     connect.ensure_ray()
     readers.configure_context()
     parts = []
@@ -126,11 +137,7 @@ def predict(run_dir: str, images: str, out: str, arm: str = "chosen", batch_size
         chunks = [rows.iloc[i:i + 256].reset_index(drop=True) for i in range(0, len(rows), 256)]
         cpus = int(ray.cluster_resources().get("CPU", 1))
         ds = ray.data.from_pandas(chunks).map_batches(
-            Predictor, fn_constructor_kwargs={
-                "model_uri": model_uri, "classes": classes, "disc_uri": disc,
-                "image_size": frame(cfg),
-                "max_pixels": int(dcfg.get("max_image_pixels", decode.DEFAULT_MAX_PIXELS)),
-                "use_gpu": use_gpu},
+            Predictor, fn_constructor_kwargs=kwargs,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)),
             batch_size=batch_size, batch_format="numpy", num_gpus=1 if use_gpu else 0,
             max_task_retries=decode.TASK_RETRIES["max_retries"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from dtl_ray import storage
 from dtl_ray.data import decode
 
 __all__ = ["application", "classify"]
@@ -56,16 +55,10 @@ def application(run_dir: str, arm: str = "chosen", max_batch_size: int = 32,
     class Classifier:
         def __init__(self, run_dir: str, arm: str) -> None:
             from dtl_ray.inference import predict
-            from dtl_ray.storage import checkpoints
 
-            layout, cfg, self.names, model_uri = predict.run_files(run_dir, arm)
-            _, meta = checkpoints.read_classifier(model_uri)
-            self.size = predict.frame(cfg)
-            self.max_pixels = int(cfg.get("data", {}).get("max_image_pixels",
-                                                          decode.DEFAULT_MAX_PIXELS))
-            disc = layout.discriminator if storage.exists(layout.discriminator) else None
-            self.predictor = predict.Predictor(model_uri, list(meta["classes"]), disc,
-                                               self.size, self.max_pixels, use_gpu)
+            _, _, self.names, kwargs = predict.predictor_kwargs(run_dir, arm, use_gpu)
+            self.size, self.max_pixels = kwargs["image_size"], kwargs["max_pixels"]
+            self.predictor = predict.Predictor(**kwargs)
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)
         async def batch(self, raws: list[bytes]) -> list:
